@@ -1,0 +1,45 @@
+"""ragcun: train and evaluate dense retrievers with unnormalized ("Gaussian") embeddings, Euclidean
+distance and LeJEPA's SIGReg isotropy regularizer.
+
+This module stays light (no torch import) so ``ragcun --help`` starts fast; heavy parts load on use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ragcun.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ragcun.model import EmbeddingModel
+    from ragcun.registry import Registry
+
+__all__ = ["__version__", "hookimpl", "load", "build_model", "get_registry", "list_components"]
+
+
+def load(path: str, **kwargs: Any) -> "EmbeddingModel":
+    """Load a ragcun checkpoint folder (``model.safetensors`` + ``ragcun.json``)."""
+    from ragcun.model import load as _load
+
+    return _load(path, **kwargs)
+
+
+def build_model(encoder: str = "all-minilm-l6-v2", head: str = "gaussian", distance: str = "euclidean",
+                **kwargs: Any) -> "EmbeddingModel":
+    """Build a fresh model from component specs."""
+    from ragcun.model import EmbeddingModel
+
+    return EmbeddingModel.build(encoder, head, distance, **kwargs)
+
+
+def get_registry() -> "Registry":
+    """The registry filled by the built-ins and every installed plugin."""
+    from ragcun.plugins import get_registry as _get
+
+    return _get()
+
+
+def list_components(kind: str | None = None, pattern: str | None = None) -> list[dict]:
+    return [e.as_dict() for e in get_registry().entries(kind, pattern)]

@@ -1,0 +1,84 @@
+"""Build components from specs and settings, through the registry (the only way ragcun instantiates them)."""
+
+from __future__ import annotations
+
+import inspect
+from importlib import metadata
+from typing import Any
+
+from ragcun.registry import Entry, Registry
+from ragcun.spec import Settings, Term, check_params, parse_spec
+
+# Arguments ragcun itself passes to constructors; users may not set them.
+RESERVED = {"encoder": ("init_weights",), "head": ("in_dim",), "loss": ("distance",), "distance": (),
+            "evaluator": ()}
+# The constructor parameter that receives a term's ':ARG' (hf:PATH).
+ARG_PARAM = {"encoder": "path"}
+
+
+def _registry(registry: Registry | None) -> Registry:
+    if registry is not None:
+        return registry
+    from ragcun.plugins import get_registry
+
+    return get_registry()
+
+
+def term_config(kind: str, term: Term, entry: Entry, settings: Settings | None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the settings for ``kind.name`` (under its canonical name or the alias used) with a term's ARG."""
+    config: dict[str, Any] = {}
+    by_name = (settings or {}).get(kind, {})
+    for key in (entry.name, *entry.aliases, term.name):
+        config.update(by_name.get(key, {}))
+    if term.arg is not None:
+        param = ARG_PARAM.get(kind)
+        if param is None:
+            raise ValueError(f"{kind} spec '{term.format()}' has an argument, but {kind}s take none; "
+                             f"use --set {kind}.{entry.name}.PARAM=VALUE")
+        config[param] = term.arg
+    config.update(extra or {})
+    return config
+
+
+def build(kind: str, spec: str | Term, settings: Settings | None = None, *, registry: Registry | None = None,
+          **injected: Any) -> Any:
+    """Build one component (e.g. ``build("head", "gaussian", settings, in_dim=384)``)."""
+    registry = _registry(registry)
+    term = spec if isinstance(spec, Term) else parse_spec(spec, composable=False).single
+    entry = registry.get(kind, term.name)
+    target = entry.load()
+    config = term_config(kind, term, entry, settings)
+    check_params(target, config, f"{kind}.{entry.name}", reserved=RESERVED.get(kind, ()))
+    accepted = inspect.signature(target).parameters
+    kwargs = {k: v for k, v in injected.items()
+              if k in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())}
+    try:
+        component = target(**config, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"cannot build {kind} {entry.name!r} with {config}: {exc}") from None
+    component._ragcun_entry = entry  # provenance for checkpoints
+    return component
+
+
+def provenance(component: Any) -> dict[str, Any]:
+    """Registry name and supplying distribution of a built component, for ``ragcun.json``."""
+    entry: Entry | None = getattr(component, "_ragcun_entry", None)
+    if entry is None:
+        return {"name": None, "provider": "unknown", "provider_version": None}
+    try:
+        version = metadata.version(entry.provider)
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"name": entry.name, "provider": entry.provider, "provider_version": version}
+
+
+def check_compatible(head: Any, distance: Any, *, head_name: str, distance_name: str) -> None:
+    """A distance (or loss) that needs ``logvar`` fails before any work starts, naming the fix."""
+    provides = set(getattr(head, "provides", {"mean"}))
+    missing = set(getattr(distance, "needs", {"mean"})) - provides
+    if missing:
+        fix = ("--head gaussian --set head.gaussian.logvar=true" if "logvar" in missing
+               else "a head that provides them")
+        raise ValueError(f"{distance_name!r} needs {', '.join(sorted(missing))}, but head {head_name!r} "
+                         f"provides only {', '.join(sorted(provides))}; use {fix}")

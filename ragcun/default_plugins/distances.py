@@ -1,0 +1,13 @@
+from ragcun.hookspecs import hookimpl
+
+
+@hookimpl
+def register_distances(register):
+    register("euclidean", "ragcun.distances.euclidean:EuclideanDistance", aliases=("l2",), needs=("mean",),
+             summary="||q - d||, searchable as [q, 1] . [2d, -||d||^2]")
+    register("sqeuclidean", "ragcun.distances.sqeuclidean:SquaredEuclideanDistance",
+             aliases=("sq-euclidean", "squared-euclidean"), needs=("mean",), summary="||q - d||^2")
+    register("cosine", "ragcun.distances.cosine:CosineSimilarity", aliases=("cos", "cos-sim"), needs=("mean",),
+             summary="cosine similarity (sentence-transformers' default)")
+    register("dot", "ragcun.distances.dot:DotProduct", aliases=("inner-product", "ip"), needs=("mean",),
+             summary="inner product")

@@ -1,0 +1,11 @@
+from ragcun.hookspecs import hookimpl
+
+
+@hookimpl
+def register_heads(register):
+    register("identity", "ragcun.heads.identity:IdentityHead", aliases=("none",), provides=("mean",),
+             summary="the encoder's pooled vector, unchanged")
+    register("linear", "ragcun.heads.linear:LinearHead", provides=("mean",),
+             summary="affine projection, optionally L2-normalized")
+    register("gaussian", "ragcun.heads.gaussian:GaussianHead", provides=("mean", "logvar"),
+             summary="unnormalized linear map to out_dim=512, optional per-dimension log-variance")

@@ -1,0 +1,6 @@
+from ragcun.hookspecs import hookimpl
+
+
+@hookimpl
+def register_losses(register):
+    """Built-in losses (see ragcun/losses/)."""

@@ -1,0 +1,1 @@
+"""Distances between embeddings, shared by training (logits) and retrieval. One module per distance."""

@@ -1,0 +1,70 @@
+"""The distance contract.
+
+A distance scores every query against every document with ``similarity(q, d) -> (Q, N)``: larger means
+closer (a true distance returns its negation). Training uses it for logits; retrieval must rank with the
+*same* function. To let retrieval use one inner-product search (exact, chunked, or FAISS) for every
+distance, each distance also maps queries and documents to vectors whose inner product ranks documents
+exactly as ``similarity`` does for each query::
+
+    query_vectors(q) @ document_vectors(d).T  ==  g_q(similarity(q, d))   for a per-query increasing g_q
+
+and ``similarity_from_inner`` undoes ``g_q`` so retrieval can report the true similarity.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ragcun.embedding import Embedding
+
+
+class Distance:
+    needs: frozenset[str] = frozenset({"mean"})
+    #: True for distances (similarity = -distance), False for similarities (cosine, dot)
+    is_metric: bool = True
+
+    def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N)
+        raise NotImplementedError
+
+    def distance(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N)
+        return -self.similarity(q, d)
+
+    def query_vectors(self, q: Embedding) -> torch.Tensor:  # (Q, K)
+        raise NotImplementedError
+
+    def document_vectors(self, d: Embedding) -> torch.Tensor:  # (N, K)
+        raise NotImplementedError
+
+    def similarity_from_inner(self, inner: torch.Tensor, q: Embedding) -> torch.Tensor:
+        """Turn ``query_vectors(q) @ document_vectors(d).T`` back into ``similarity(q, d)``."""
+        return inner
+
+    def get_config(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def squared_norms(x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B,)
+    return (x * x).sum(-1)
+
+
+def pairwise_sqeuclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``||a_i - b_j||^2`` as (A, B), via the expansion (one matmul) and clamped at 0 against round-off."""
+    sq = squared_norms(a)[:, None] + squared_norms(b)[None, :] - 2.0 * (a @ b.T)
+    return sq.clamp_min(0.0)
+
+
+def euclidean_query_vectors(x: torch.Tensor) -> torch.Tensor:
+    """``[q, 1]``: paired with :func:`euclidean_document_vectors` gives ``2 q.d - ||d||^2``."""
+    return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+
+
+def euclidean_document_vectors(x: torch.Tensor) -> torch.Tensor:
+    """``[2 d, -||d||^2]``: ``-||q - d||^2 = 2 q.d - ||d||^2 - ||q||^2`` and the last term is per query."""
+    return torch.cat([2.0 * x, -squared_norms(x)[:, None]], dim=1)
+
+
+def negative_sqeuclidean_from_inner(inner: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    return (inner - squared_norms(query_x)[:, None]).clamp_max(0.0)

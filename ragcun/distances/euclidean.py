@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import torch
+
+from ragcun.distances.base import (Distance, euclidean_document_vectors, euclidean_query_vectors,
+                                   negative_sqeuclidean_from_inner, pairwise_sqeuclidean)
+from ragcun.embedding import Embedding
+
+
+class EuclideanDistance(Distance):
+    """``||q - d||_2`` on the mean vectors; ``similarity = -distance``.
+
+    The gradient of the square root is infinite at 0; ``eps`` (default 1e-12, inside the root) keeps the
+    gradient finite when a query and document coincide.
+    """
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        self.eps = float(eps)
+
+    def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:
+        return -torch.sqrt(pairwise_sqeuclidean(q.mean, d.mean) + self.eps)
+
+    def query_vectors(self, q: Embedding) -> torch.Tensor:
+        return euclidean_query_vectors(q.mean)
+
+    def document_vectors(self, d: Embedding) -> torch.Tensor:
+        return euclidean_document_vectors(d.mean)
+
+    def similarity_from_inner(self, inner: torch.Tensor, q: Embedding) -> torch.Tensor:
+        return -torch.sqrt(-negative_sqeuclidean_from_inner(inner, q.mean) + self.eps)
+
+    def get_config(self) -> dict:
+        return {"eps": self.eps}

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import torch
+
+from ragcun.distances.base import (Distance, euclidean_document_vectors, euclidean_query_vectors,
+                                   negative_sqeuclidean_from_inner, pairwise_sqeuclidean)
+from ragcun.embedding import Embedding
+
+
+class SquaredEuclideanDistance(Distance):
+    """``||q - d||_2^2`` on the mean vectors; ranks like ``euclidean`` but has smooth gradients everywhere."""
+
+    def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:
+        return -pairwise_sqeuclidean(q.mean, d.mean)
+
+    def query_vectors(self, q: Embedding) -> torch.Tensor:
+        return euclidean_query_vectors(q.mean)
+
+    def document_vectors(self, d: Embedding) -> torch.Tensor:
+        return euclidean_document_vectors(d.mean)
+
+    def similarity_from_inner(self, inner: torch.Tensor, q: Embedding) -> torch.Tensor:
+        return negative_sqeuclidean_from_inner(inner, q.mean)

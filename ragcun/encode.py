@@ -1,0 +1,23 @@
+"""Embed texts and compare them pairwise (the library side of ``ragcun encode``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ragcun.spec import Settings
+
+
+def pairwise_report(texts: list[str], model_spec: str, *, distance: str | None = None,
+                    settings: Settings | None = None) -> dict[str, Any]:
+    """Distances (or similarities, for cosine/dot) between every pair of ``texts`` under the model's distance."""
+    from ragcun.resolve import resolve_model
+
+    if not texts:
+        raise ValueError("give at least one text to encode")
+    model = resolve_model(model_spec, distance=distance, settings=settings)
+    emb = model.encode_embeddings(texts)
+    dist = model.distance
+    matrix = dist.distance(emb, emb) if dist.is_metric else dist.similarity(emb, emb)
+    entry = getattr(dist, "_ragcun_entry", None)
+    return {"model": model_spec, "dim": int(emb.mean.shape[1]), "distance": entry.name if entry else repr(dist),
+            "is_metric": bool(dist.is_metric), "texts": texts, "matrix": matrix.tolist()}

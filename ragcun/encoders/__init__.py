@@ -1,0 +1,1 @@
+"""Encoders: texts -> pooled vectors ``(B, H)``. One module per encoder."""

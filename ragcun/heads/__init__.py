@@ -1,0 +1,1 @@
+"""Heads: encoder vectors ``(B, H)`` -> :class:`ragcun.embedding.Embedding`. One module per head."""

@@ -1,0 +1,59 @@
+"""The loss contract shared by every loss, the composite, and the training loop.
+
+A loss is an ``nn.Module`` called on :class:`LossInputs` that returns a scalar tensor. Losses that look
+across the batch handle ``torch.distributed`` themselves (gathering candidates, all-reducing statistics), so
+the training loop never needs to know which losses talk across ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ragcun.embedding import Embedding
+
+
+@dataclass
+class LossInputs:
+    """One (per-rank) batch of embeddings.
+
+    ``negatives`` holds ``K`` hard negatives per query, grouped by query: rows ``i*K .. (i+1)*K - 1`` belong
+    to query ``i``. Document ids, when given, let losses recognise the same document appearing twice.
+    """
+
+    queries: Embedding  # (B, D)
+    positives: Embedding  # (B, D); positives[i] is relevant to queries[i]
+    negatives: Embedding | None = None  # (B*K, D)
+    positive_ids: list[str] | None = None  # (B,)
+    negative_ids: list[str] | None = None  # (B*K,)
+    step: int = 0  # global optimizer step; seeds per-step randomness identically on every rank
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.queries)
+
+    @property
+    def negatives_per_query(self) -> int:
+        return 0 if self.negatives is None else len(self.negatives) // max(len(self.queries), 1)
+
+
+@dataclass
+class LossOutput:
+    """What a composite loss returns: the total to backpropagate and each weighted term, for logging."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Loss(nn.Module):
+    """Base class: declare ``needs`` (embedding fields) and implement ``forward(inputs) -> scalar``."""
+
+    needs: frozenset[str] = frozenset({"mean"})
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {}

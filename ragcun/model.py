@@ -1,0 +1,316 @@
+"""EmbeddingModel = encoder + head (+ the distance it is trained and searched with).
+
+Checkpoints are a folder::
+
+    model.safetensors   every weight (encoder and head), loaded without unpickling anything
+    ragcun.json         registry names, configs, versions and which distribution supplied each component
+    encoder/            the encoder's config and tokenizer files, so the folder is self-contained
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import nullcontext
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ragcun import __version__
+from ragcun.components import build, check_compatible, provenance
+from ragcun.embedding import Embedding
+from ragcun.registry import UnknownComponentError
+from ragcun.spec import Settings
+
+CONFIG_FILE = "ragcun.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+PROGRESS_THRESHOLD = 1000  # texts; below this a progress bar is noise
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(self, encoder: nn.Module, head: nn.Module, distance: Any, *, query_prefix: str = "",
+                 document_prefix: str = "") -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.distance = distance
+        self.query_prefix = query_prefix
+        self.document_prefix = document_prefix
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def build(cls, encoder: str = "all-minilm-l6-v2", head: str = "gaussian", distance: str = "euclidean",
+              settings: Settings | None = None, *, query_prefix: str = "", document_prefix: str = "",
+              registry=None) -> "EmbeddingModel":
+        """Build from specs, e.g. ``EmbeddingModel.build("hf:/models/mpnet", "gaussian", "euclidean")``."""
+        enc = build("encoder", encoder, settings, registry=registry)
+        hd = build("head", head, settings, registry=registry, in_dim=enc.dim)
+        dist = build("distance", distance, settings, registry=registry)
+        check_compatible(hd, dist, head_name=head, distance_name=distance)
+        return cls(enc, hd, dist, query_prefix=query_prefix, document_prefix=document_prefix)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return int(self.head.out_dim)
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, features: dict[str, torch.Tensor]) -> Embedding:
+        return self.head(self.encoder(features))
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.encoder.tokenize(texts)
+
+    def embed(self, texts: list[str]) -> Embedding:
+        """Embed with autograd (for training): tokenize, move to the model's device, forward."""
+        features = {k: v.to(self.device) for k, v in self.tokenize(list(texts)).items()}
+        return self(features)
+
+    def encode_embeddings(self, texts: Sequence[str], batch_size: int = 32, *, show_progress: bool | None = None,
+                          autocast_dtype: torch.dtype | None = None, description: str = "Encoding") -> Embedding:
+        """Embed without autograd, in the input order, as float32 on the CPU.
+
+        Texts are sorted by length so each batch pads to similar lengths (the dominant cost), then restored.
+        """
+        texts = list(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not texts:
+            empty = torch.empty(0, self.dim)
+            return Embedding(empty, empty.clone() if "logvar" in self.head.provides else None)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        was_training = self.training
+        self.eval()
+        device = self.device
+        autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                    else nullcontext())
+        show = len(texts) >= PROGRESS_THRESHOLD if show_progress is None else show_progress
+        means, logvars = [], []
+        try:
+            with torch.inference_mode(), autocast, _progress(show, description, len(texts)) as advance:
+                for start in range(0, len(texts), batch_size):
+                    batch = [texts[i] for i in order[start:start + batch_size]]
+                    features = {k: v.to(device) for k, v in self.tokenize(batch).items()}
+                    out = self(features)
+                    means.append(out.mean.float().cpu())
+                    if out.logvar is not None:
+                        logvars.append(out.logvar.float().cpu())
+                    advance(len(batch))
+        finally:
+            self.train(was_training)
+        inverse = torch.from_numpy(np.argsort(order))
+        mean = torch.cat(means)[inverse]
+        return Embedding(mean, torch.cat(logvars)[inverse] if logvars else None)
+
+    def encode(self, texts: Sequence[str] | str, batch_size: int = 32, **kwargs: Any) -> np.ndarray:
+        """Mean vectors as a float32 array ``(N, D)`` (a single string gives ``(D,)``)."""
+        single = isinstance(texts, str)
+        emb = self.encode_embeddings([texts] if single else texts, batch_size, **kwargs)
+        out = emb.mean.numpy().astype(np.float32, copy=False)
+        return out[0] if single else out
+
+    # -- BEIR's custom-model interface ------------------------------------------------------------
+    # beir's DenseRetrievalExactSearch calls these and ranks by dot product; returning the distance's
+    # inner-product vectors makes that ranking exactly the model's own distance (use score_function="dot").
+    def encode_queries(self, queries: list[str], batch_size: int = 32, **kwargs: Any) -> np.ndarray:
+        texts = [self.query_prefix + q for q in queries]
+        emb = self.encode_embeddings(texts, batch_size, **_encode_kwargs(kwargs), description="Queries")
+        return self.distance.query_vectors(emb).numpy().astype(np.float32, copy=False)
+
+    def encode_corpus(self, corpus: list[dict[str, str]] | dict[str, list[str]], batch_size: int = 32,
+                      **kwargs: Any) -> np.ndarray:
+        texts = [self.document_prefix + t for t in corpus_texts(corpus)]
+        emb = self.encode_embeddings(texts, batch_size, **_encode_kwargs(kwargs), description="Documents")
+        return self.distance.document_vectors(emb).numpy().astype(np.float32, copy=False)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "ragcun_version": __version__,
+            "encoder": {**provenance(self.encoder), "config": self.encoder.get_config()},
+            "head": {**provenance(self.head), "config": self.head.get_config()},
+            "distance": {**provenance(self.distance), "config": self.distance.get_config()},
+            "query_prefix": self.query_prefix,
+            "document_prefix": self.document_prefix,
+            "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
+        }
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the checkpoint; each file lands atomically (written aside, then renamed)."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = self.config_dict()
+        if hasattr(self.encoder, "save_assets"):
+            config["encoder"]["config"] = self.encoder.save_assets(folder / "encoder")
+        with _atomic_path(folder / WEIGHTS_FILE) as tmp:
+            save_model(self, str(tmp), metadata={"format": "pt", "ragcun_version": __version__})
+        config["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(folder / WEIGHTS_FILE)}
+        with _atomic_path(folder / CONFIG_FILE) as tmp:
+            tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, registry=None, map_location: str = "cpu") -> "EmbeddingModel":
+        return load(folder, registry=registry, map_location=map_location)
+
+
+def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu") -> EmbeddingModel:
+    """Load a checkpoint written by :meth:`EmbeddingModel.save_pretrained`. Never unpickles."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; a ragcun checkpoint is a folder holding {CONFIG_FILE}")
+    if not config_path.is_file():
+        raise ValueError(f"{folder} is not a ragcun checkpoint: it has no {CONFIG_FILE}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_path}: not valid JSON ({exc})") from None
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: checkpoint format {config.get('format_version')!r} is not supported "
+                         f"by ragcun {__version__} (it reads format {FORMAT_VERSION})")
+    weights = folder / config.get("weights", {}).get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ValueError(f"{folder}: weights file {weights.name} is missing")
+    expected = config.get("weights", {}).get("sha256")
+    if expected and _sha256(weights) != expected:
+        raise ValueError(f"{weights}: checksum does not match {CONFIG_FILE}; the file is corrupt or truncated")
+
+    parts = {}
+    for kind in ("encoder", "head", "distance"):
+        section = config.get(kind)
+        if not isinstance(section, dict) or not section.get("name"):
+            raise ValueError(f"{config_path}: missing or malformed '{kind}' section")
+        params = dict(section.get("config") or {})
+        if kind == "encoder":
+            if "path" in params and not os.path.isabs(params["path"]):
+                params["path"] = str(folder / params["path"])
+            params["init_weights"] = False
+        settings = {kind: {section["name"]: params}}
+        try:
+            parts[kind] = build(kind, section["name"], settings, registry=registry,
+                                **({"in_dim": parts["encoder"].dim} if kind == "head" else {}))
+        except UnknownComponentError:
+            provider = section.get("provider", "unknown")
+            raise ValueError(f"{folder} needs {kind} {section['name']!r} from the package {provider!r}, which is "
+                             f"not installed: pip install {provider}") from None
+    model = EmbeddingModel(parts["encoder"], parts["head"], parts["distance"],
+                           query_prefix=config.get("query_prefix", ""),
+                           document_prefix=config.get("document_prefix", ""))
+    try:
+        state = load_file(str(weights), device=map_location)
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights}: cannot read weights ({exc}); the file is corrupt or truncated") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    # Tied weights are stored once by safetensors' save_model; they are legitimately "missing".
+    missing = [k for k in missing if not _is_tied(model, k, state)]
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match {CONFIG_FILE}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for key, tensor in state.items():
+        if own[key].shape != tensor.shape:
+            raise ValueError(f"{weights} does not match {CONFIG_FILE}: {key} has shape {tuple(tensor.shape)}, "
+                             f"the config builds {tuple(own[key].shape)}")
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    return model
+
+
+def corpus_texts(corpus: list[dict[str, str]] | dict[str, list[str]]) -> list[str]:
+    """Documents as sentence-transformers encodes them for BEIR: ``title + " " + text``, stripped."""
+    if isinstance(corpus, dict):
+        titles = corpus.get("title") or [""] * len(corpus["text"])
+        docs = [{"title": t, "text": x} for t, x in zip(titles, corpus["text"])]
+    else:
+        docs = corpus
+    return [((d.get("title") or "") + " " + (d.get("text") or "")).strip() for d in docs]
+
+
+def _encode_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # beir passes sentence-transformers' keyword arguments; keep the ones that mean something here.
+    out = {}
+    if "show_progress_bar" in kwargs:
+        out["show_progress"] = kwargs["show_progress_bar"]
+    if "autocast_dtype" in kwargs:
+        out["autocast_dtype"] = kwargs["autocast_dtype"]
+    return out
+
+
+def _is_tied(model: nn.Module, key: str, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return any(other in state and own[other].data_ptr() == own[key].data_ptr() for other in own if other != key)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _atomic_path:
+    """Context manager yielding a temporary path beside ``target``; renamed over it on success."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            with self.tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.target)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+class _progress:
+    """A rich progress bar on stderr (or nothing); yields ``advance(n)``."""
+
+    def __init__(self, show: bool, description: str, total: int) -> None:
+        self.show, self.description, self.total = show, description, total
+
+    def __enter__(self):
+        if not self.show:
+            return lambda n: None
+        from ragcun.console import make_progress
+
+        self.progress = make_progress()
+        self.progress.__enter__()
+        task = self.progress.add_task(self.description, total=self.total)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.show:
+            self.progress.__exit__(*exc)

@@ -1,0 +1,196 @@
+"""Builds the pluggy PluginManager, loads the built-ins and pip-installed plugins, and fills the registry.
+
+Plugins come from the entry-point group ``ragcun``::
+
+    [project.entry-points.ragcun]
+    mything = "ragcun_mything.plugin"
+
+Environment variables:
+
+* ``RAGCUN_LOAD_PLUGINS``: comma-separated allow-list of plugin (entry-point or distribution) names to
+  load. Set but empty means no third-party plugin at all. The built-ins always load.
+* ``RAGCUN_DISABLE_PLUGINS``: comma-separated block-list.
+
+A plugin that fails to import, implements a hook that does not exist, or raises while registering is
+recorded (``ragcun plugins`` shows the error) and left out; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from ragcun import hookspecs
+from ragcun.registry import KINDS, PLURALS, RegistryError, Registry
+
+ENTRY_POINT_GROUP = "ragcun"
+BUILTIN_PROVIDER = "ragcun"
+DEFAULT_PLUGIN_MODULES = (
+    "ragcun.default_plugins.encoders",
+    "ragcun.default_plugins.heads",
+    "ragcun.default_plugins.distances",
+    "ragcun.default_plugins.losses",
+    "ragcun.default_plugins.evaluators",
+    "ragcun.default_plugins.commands",
+)
+
+
+@dataclass
+class PluginRecord:
+    """What ``ragcun plugins`` reports about one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    builtin: bool = False
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+    traceback: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "distribution": self.distribution, "version": self.version,
+                "module": self.module, "builtin": self.builtin, "hooks": sorted(self.hooks),
+                "status": "error" if self.error else "ok", "error": self.error}
+
+
+def _env_list(var: str) -> set[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return {v.strip().lower() for v in value.split(",") if v.strip()}
+
+
+class PluginHost:
+    """A PluginManager plus what happened while loading each plugin, and the registry they filled."""
+
+    def __init__(self, *, load_entry_points: bool = True, extra_plugins: list[tuple[str, Any]] = ()) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        from ragcun import __version__
+
+        for module_name in DEFAULT_PLUGIN_MODULES:
+            module = importlib.import_module(module_name)
+            self._add(module, PluginRecord(module_name.rsplit(".", 1)[1], BUILTIN_PROVIDER, __version__,
+                                           module_name, builtin=True))
+        if load_entry_points:
+            self._load_entry_points()
+        for name, plugin in extra_plugins:
+            self._add(plugin, PluginRecord(name, name, "", getattr(plugin, "__name__", type(plugin).__name__)))
+        self.registry = Registry()
+        self._fill_registry()
+
+    # -- loading -----------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        allow = _env_list("RAGCUN_LOAD_PLUGINS")
+        block = _env_list("RAGCUN_DISABLE_PLUGINS") or set()
+        seen: set[tuple[str, str]] = set()
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            version = ep.dist.version if ep.dist is not None else ""
+            if (ep.name, ep.value) in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add((ep.name, ep.value))
+            names = {ep.name.lower(), dist.lower()}
+            if (allow is not None and not names & allow) or names & block:
+                continue
+            record = PluginRecord(ep.name, dist, version, ep.value)
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                record.error = f"import failed: {type(exc).__name__}: {exc}"
+                record.traceback = traceback.format_exc()
+                self.records[record.name] = record
+                continue
+            self._add(plugin, record)
+
+    def _add(self, plugin: Any, record: PluginRecord) -> None:
+        self.records[record.name] = record
+        try:
+            self.pm.register(plugin, name=record.name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            record.error = f"invalid plugin: {exc}"
+            return
+        try:
+            # Fails when the plugin implements a hook that does not exist (a misspelling).
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(plugin)
+            record.error = f"unknown hook: {exc}"
+            return
+        record.hooks = [caller.name for caller in self.pm.get_hookcallers(plugin) or []]
+
+    def _provider(self, plugin_name: str) -> str:
+        record = self.records.get(plugin_name)
+        return record.distribution if record else plugin_name
+
+    def _fill_registry(self) -> None:
+        # Call each implementation on its own, so we know which distribution provides each component
+        # and a plugin that raises is isolated instead of aborting the whole hook call.
+        for kind in KINDS:
+            caller = getattr(self.pm.hook, f"register_{PLURALS[kind]}")
+            for impl in reversed(caller.get_hookimpls()):  # built-ins first
+                record = self.records.get(impl.plugin_name)
+                if record is not None and record.error:
+                    continue
+                provider = self._provider(impl.plugin_name)
+
+                def register(name: str, target: Any, _kind: str = kind, _provider: str = provider,
+                             **meta: Any) -> None:
+                    self.registry.register(_kind, name, target, provider=_provider, **meta)
+
+                try:
+                    impl.function(register=register)
+                except Exception as exc:
+                    self._fail(impl.plugin_name, f"register_{PLURALS[kind]} raised {type(exc).__name__}: {exc}")
+
+    def _fail(self, plugin_name: str, message: str) -> None:
+        record = self.records.get(plugin_name)
+        if record is None:
+            return
+        record.error = message
+        if record.builtin:
+            raise RegistryError(f"built-in plugin {plugin_name} failed: {message}")
+        self.registry.unregister_provider(record.distribution)
+        plugin = self.pm.get_plugin(plugin_name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+
+    def add_commands(self, cli: Any) -> None:
+        """Let every plugin add its click commands; a plugin that raises here is reported, not fatal."""
+        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                self._fail(impl.plugin_name, f"register_commands raised {type(exc).__name__}: {exc}")
+
+    def plugin_records(self) -> list[PluginRecord]:
+        return sorted(self.records.values(), key=lambda r: (not r.builtin, r.name))
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, built on first use."""
+    global _HOST
+    if _HOST is None:
+        _HOST = PluginHost()
+    return _HOST
+
+
+def get_registry() -> Registry:
+    return get_host().registry
+
+
+def reset_host(host: PluginHost | None = None) -> None:
+    """Replace (or forget) the process-wide host; tests use it after changing plugin env variables."""
+    global _HOST
+    _HOST = host

@@ -1,0 +1,214 @@
+"""Component specs and per-component settings.
+
+Grammar (only losses compose)::
+
+    spec := term ("+" term)*
+    term := [weight "*"] name [":" arg]
+
+``contrastive+0.05*isotropy`` is two weighted loss terms; ``hf:/models/mpnet`` is the ``hf`` encoder with
+the argument ``/models/mpnet``. An argument runs to the end of its term, so in a composable spec it may not
+contain ``+``; in a single-term spec (encoders, heads, distances) it may contain anything.
+
+Settings address a constructor parameter as ``kind.name.param`` (``loss.isotropy.num_slices=256``). They
+come from a TOML file (``[loss.isotropy] num_slices = 256``) or repeatable ``--set`` flags, and are checked
+against the constructor's signature before anything is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ragcun.registry import KINDS, normalize_kind, normalize_name
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+_TERM_RE = re.compile(rf"^\s*(?:(?P<weight>[^*:]+?)\s*\*\s*)?(?P<name>{_NAME})\s*(?::(?P<arg>.*))?$", re.S)
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    weight: float = 1.0
+    arg: str | None = None
+
+    def format(self) -> str:
+        out = self.name if self.arg is None else f"{self.name}:{self.arg}"
+        if self.weight != 1.0:
+            out = f"{_format_weight(self.weight)}*{out}"
+        return out
+
+
+@dataclass(frozen=True)
+class Spec:
+    terms: tuple[Term, ...]
+
+    def format(self) -> str:
+        return "+".join(t.format() for t in self.terms)
+
+    __str__ = format
+
+    @property
+    def single(self) -> Term:
+        if len(self.terms) != 1:
+            raise ValueError(f"spec {self.format()!r} has {len(self.terms)} terms; only one is allowed here")
+        return self.terms[0]
+
+
+def _format_weight(weight: float) -> str:
+    # repr() is the shortest string that round-trips to the same float
+    text = repr(float(weight))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _parse_weight(text: str, spec: str) -> float:
+    try:
+        weight = float(text)
+    except ValueError:
+        raise ValueError(f"bad weight {text!r} in spec {spec!r}: a weight is a number, as in '0.05*isotropy'") from None
+    if not math.isfinite(weight):
+        raise ValueError(f"bad weight {text!r} in spec {spec!r}: weights must be finite")
+    return weight
+
+
+def parse_term(text: str, spec: str | None = None) -> Term:
+    spec = text if spec is None else spec
+    match = _TERM_RE.match(text)
+    if not text.strip():
+        raise ValueError(f"empty term in spec {spec!r} (two '+' in a row, or a '+' at an end?)")
+    if match is None:
+        raise ValueError(
+            f"cannot parse {text.strip()!r} in spec {spec!r}: expected [WEIGHT*]NAME[:ARG], e.g. "
+            "'contrastive', '0.05*isotropy' or 'hf:/path/to/model'")
+    weight = _parse_weight(match["weight"], spec) if match["weight"] is not None else 1.0
+    arg = match["arg"]
+    if arg is not None and arg == "":
+        raise ValueError(f"empty argument after ':' in spec {spec!r}")
+    return Term(normalize_name(match["name"]), weight, arg)
+
+
+def parse_spec(text: str, *, composable: bool = True) -> Spec:
+    """Parse a spec string. ``composable=False`` (encoders, heads, distances) allows exactly one term."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty spec: give a component name, e.g. 'gaussian' or 'contrastive+0.05*isotropy'")
+    if not composable:
+        term = parse_term(text)
+        if term.weight != 1.0:
+            raise ValueError(f"spec {text!r} has a weight, but only losses are weighted and composed")
+        return Spec((term,))
+    parts = text.split("+")
+    terms = []
+    i = 0
+    # A '+' inside a number such as 1e+3 belongs to the weight, not the grammar.
+    while i < len(parts):
+        part = parts[i]
+        while re.search(r"\d[eE]$", part.strip()) and i + 1 < len(parts) and "*" not in part:
+            i += 1
+            part = f"{part}+{parts[i]}"
+        terms.append(parse_term(part, text))
+        i += 1
+    names = [t.name for t in terms]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"spec {text!r} names {dupes[0]!r} twice; merge the weights into one term")
+    return Spec(tuple(terms))
+
+
+# --------------------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------------------
+
+Settings = dict[str, dict[str, dict[str, Any]]]  # kind -> name -> param -> value
+
+
+def empty_settings() -> Settings:
+    return {k: {} for k in KINDS}
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: a TOML literal (``256``, ``1e-3``, ``true``, ``[1, 2]``, ``"x"``) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_set_option(option: str) -> tuple[str, str, str, Any]:
+    """``loss.isotropy.num_slices=256`` -> ``("loss", "isotropy", "num_slices", 256)``."""
+    key, sep, value = option.partition("=")
+    if not sep:
+        raise ValueError(f"--set {option!r}: expected KIND.NAME.PARAM=VALUE, e.g. loss.isotropy.num_slices=256")
+    parts = key.strip().split(".")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"--set {option!r}: the key must have three parts, KIND.NAME.PARAM "
+                         f"(kinds: {', '.join(KINDS)})")
+    kind, name, param = parts
+    try:
+        kind = normalize_kind(kind)
+    except ValueError as exc:
+        raise ValueError(f"--set {option!r}: {exc}") from None
+    return kind, normalize_name(name), param.strip(), parse_value(value.strip())
+
+
+def merge_settings(base: Settings, kind: str, name: str, param: str, value: Any) -> Settings:
+    base.setdefault(kind, {}).setdefault(name, {})[param] = value
+    return base
+
+
+def settings_from_options(options: Iterable[str], base: Settings | None = None) -> Settings:
+    settings = base if base is not None else empty_settings()
+    for option in options:
+        merge_settings(settings, *parse_set_option(option))
+    return settings
+
+
+def settings_from_mapping(data: Mapping[str, Any], source: str = "config") -> Settings:
+    """Component settings from a parsed TOML table ``{kind: {name: {param: value}}}``; other tables ignored."""
+    settings = empty_settings()
+    for raw_kind, names in data.items():
+        try:
+            kind = normalize_kind(raw_kind)
+        except ValueError:
+            continue  # not a component table (e.g. [train]); the caller reads those
+        if not isinstance(names, Mapping):
+            raise ValueError(f"{source}: [{raw_kind}] must hold tables like [{raw_kind}.NAME]")
+        for name, params in names.items():
+            if not isinstance(params, Mapping):
+                raise ValueError(f"{source}: [{raw_kind}.{name}] must be a table of PARAM = VALUE")
+            for param, value in params.items():
+                merge_settings(settings, kind, normalize_name(name), param, value)
+    return settings
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path}: {exc}") from None
+
+
+def check_params(target: Any, params: Mapping[str, Any], label: str,
+                 reserved: Iterable[str] = ()) -> None:
+    """Fail early, naming the setting, when ``params`` are not keyword arguments of ``target``'s constructor."""
+    func = target.__init__ if inspect.isclass(target) else target
+    sig = inspect.signature(func)
+    accepted = {n for n, p in sig.parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    settable = sorted(accepted - set(reserved))
+    for param in params:
+        if param not in settable:
+            close = difflib.get_close_matches(param, settable, n=1)
+            hint = f"; did you mean {label}.{close[0]}?" if close else ""
+            raise ValueError(f"unknown setting {label}.{param}{hint} "
+                             f"(settable: {', '.join(settable) or 'none'})")
