@@ -201,11 +201,13 @@ def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu")
         if kind == "encoder":
             if "path" in params and not os.path.isabs(params["path"]):
                 params["path"] = str(folder / params["path"])
-            params["init_weights"] = False
+        injected = {"init_weights": False} if kind == "encoder" else {}
+        if kind == "head":
+            params.pop("in_dim", None)
+            injected = {"in_dim": parts["encoder"].dim}
         settings = {kind: {section["name"]: params}}
         try:
-            parts[kind] = build(kind, section["name"], settings, registry=registry,
-                                **({"in_dim": parts["encoder"].dim} if kind == "head" else {}))
+            parts[kind] = build(kind, section["name"], settings, registry=registry, **injected)
         except UnknownComponentError:
             provider = section.get("provider", "unknown")
             raise ValueError(f"{folder} needs {kind} {section['name']!r} from the package {provider!r}, which is "
