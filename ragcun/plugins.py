@@ -136,7 +136,7 @@ class PluginHost:
         # and a plugin that raises is isolated instead of aborting the whole hook call.
         for kind in KINDS:
             caller = getattr(self.pm.hook, f"register_{PLURALS[kind]}")
-            for impl in reversed(caller.get_hookimpls()):  # built-ins first
+            for impl in caller.get_hookimpls():  # registration order: built-ins first
                 record = self.records.get(impl.plugin_name)
                 if record is not None and record.error:
                     continue
@@ -165,7 +165,7 @@ class PluginHost:
 
     def add_commands(self, cli: Any) -> None:
         """Let every plugin add its click commands; a plugin that raises here is reported, not fatal."""
-        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+        for impl in self.pm.hook.register_commands.get_hookimpls():
             try:
                 impl.function(cli=cli)
             except Exception as exc:

@@ -1,5 +1,5 @@
 """Helpers for testing ragcun and ragcun plugins: tiny offline models, 2-rank gloo runs, contract checks.
 
-Plugin authors: ``pytest -p ragcun.testing.fixtures`` (or ``pytest_plugins = ["ragcun.testing.fixtures"]``
-in a conftest) gives the fixtures below.
+The fixtures in :mod:`ragcun.testing.fixtures` load automatically in any pytest run once ragcun is
+installed (a ``pytest11`` entry point), so plugin authors get ``tiny_model``, ``data_dir`` etc. for free.
 """

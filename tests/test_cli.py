@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from ragcun.cli.root import build_cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(build_cli(), list(args))
+
+
+def test_list_json_has_every_builtin_kind():
+    result = invoke("list", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    kinds = {r["kind"] for r in rows}
+    assert {"encoder", "head", "distance"} <= kinds
+    gaussian = next(r for r in rows if r["kind"] == "head" and r["name"] == "gaussian")
+    assert gaussian["provider"] == "ragcun" and gaussian["target"] == "ragcun.heads.gaussian:GaussianHead"
+
+
+def test_list_by_kind_and_pattern():
+    rows = json.loads(invoke("list", "distances", "*euclid*", "--format", "json").output)
+    assert [r["name"] for r in rows] == ["euclidean", "sqeuclidean"]
+    rows = json.loads(invoke("list", "l2", "--format", "json").output)  # a bare pattern across kinds
+    assert [r["name"] for r in rows] == ["euclidean"]
+
+
+def test_list_bad_kind_is_a_usage_error():
+    result = invoke("list", "optimizers", "adam")
+    assert result.exit_code == 2 and "choose one of" in result.output
+
+
+def test_plugins_json_lists_the_example_plugin():
+    result = invoke("plugins", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["mlp"]["distribution"] == "ragcun-mlp" and rows["mlp"]["status"] == "ok"
+    assert "head:mlp" in rows["mlp"]["components"]
+
+
+def test_help_lists_plugin_commands_and_groups():
+    result = invoke("--help")
+    for command in ("train", "eval", "isotropy", "list", "plugins", "encode", "params"):
+        assert command in result.output
+
+
+def test_encode_json(tiny_model_dir):
+    result = invoke("encode", "--model", f"hf:{tiny_model_dir}", "--distance", "euclidean", "--format", "json",
+                    "one text", "another text")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["distance"] == "euclidean" and report["dim"] == 32
+    assert report["matrix"][0][0] < 1e-3 and report["matrix"][0][1] > 0
+
+
+def test_bad_input_is_one_line_error_and_nonzero_exit(tmp_path):
+    result = invoke("encode", "--model", str(tmp_path), "text")
+    assert result.exit_code == 1
+    assert "neither a ragcun checkpoint" in result.output and "Traceback" not in result.output
+    result = invoke("encode", "--model", "nonexistent-encoder", "text")
+    assert result.exit_code == 1 and "ragcun list encoders" in result.output
+
+
+def _modules_after(code: str) -> set:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_help_and_list_do_not_import_torch():
+    for argv in (["--help"], ["list"], ["list", "--format", "json"], ["plugins"]):
+        code = ("import sys; sys.argv = ['ragcun'] + %r\n"
+                "from ragcun.cli import main\n"
+                "try:\n    main()\nexcept SystemExit:\n    pass" % argv)
+        modules = _modules_after(code)
+        assert "torch" not in modules, argv
+        assert "transformers" not in modules, argv
+
+
+def test_settings_that_would_be_ignored_are_errors(tiny_model_dir):
+    result = invoke("encode", "--model", f"hf:{tiny_model_dir}", "--set", "head.gaussian.out_dim=3", "x")
+    assert result.exit_code == 1 and "does not use head 'gaussian'" in result.output
+    result = invoke("encode", "--model", f"hf:{tiny_model_dir}", "--set", "head.gaussian.outdim=3", "x")
+    assert result.exit_code == 1 and "did you mean head.gaussian.out_dim" in result.output

@@ -1,0 +1,123 @@
+"""Plugin loading through real entry points: fake distributions are written to a folder on sys.path
+(importlib.metadata discovers them exactly as it discovers pip-installed ones)."""
+
+import inspect
+import textwrap
+
+import pytest
+
+from ragcun import hookspecs
+from ragcun.plugins import PluginHost
+
+
+def write_distribution(root, dist, module, source, entry_name=None):
+    entry_name = entry_name or module
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[ragcun]\n{entry_name} = {module}\n")
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+GOOD = """
+    import ragcun
+
+    @ragcun.hookimpl
+    def register_distances(register):
+        register("manhattan", "ragcun_fake_good:Manhattan", summary="L1")
+
+    class Manhattan:
+        pass
+"""
+BROKEN_IMPORT = "raise ImportError('numpy 99 required')\n"
+MISSPELLED = """
+    import ragcun
+
+    @ragcun.hookimpl
+    def register_lossses(register):
+        register("typo", "m:C")
+"""
+RAISES = """
+    import ragcun
+
+    @ragcun.hookimpl
+    def register_heads(register):
+        register("half-done", "m:C")
+        raise RuntimeError("boom")
+"""
+DUPLICATE = """
+    import ragcun
+
+    @ragcun.hookimpl
+    def register_heads(register):
+        register("gaussian", "ragcun_fake_dup:C")
+"""
+
+
+@pytest.fixture()
+def fake_plugins(tmp_path, monkeypatch):
+    write_distribution(tmp_path, "ragcun-fake-good", "ragcun_fake_good", GOOD, entry_name="good")
+    write_distribution(tmp_path, "ragcun-fake-broken", "ragcun_fake_broken", BROKEN_IMPORT, entry_name="broken")
+    write_distribution(tmp_path, "ragcun-fake-typo", "ragcun_fake_typo", MISSPELLED, entry_name="typo")
+    write_distribution(tmp_path, "ragcun-fake-raises", "ragcun_fake_raises", RAISES, entry_name="raises")
+    write_distribution(tmp_path, "ragcun-fake-dup", "ragcun_fake_dup", DUPLICATE, entry_name="dup")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("RAGCUN_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("RAGCUN_DISABLE_PLUGINS", raising=False)
+    return tmp_path
+
+
+def test_broken_plugins_are_isolated_and_reported(fake_plugins):
+    host = PluginHost()
+    records = {r.name: r for r in host.plugin_records()}
+    assert records["good"].error is None
+    assert host.registry.get("distance", "manhattan").provider == "ragcun-fake-good"
+    assert "import failed" in records["broken"].error and "numpy 99" in records["broken"].error
+    assert "unknown hook" in records["typo"].error and "register_lossses" in records["typo"].error
+    assert "boom" in records["raises"].error
+    # what a failing plugin registered before raising is withdrawn
+    assert ("head", "half-done") not in host.registry
+    assert "registered twice" in records["dup"].error
+    # the built-ins and the healthy plugin still work
+    assert host.registry.get("head", "gaussian").provider == "ragcun"
+
+
+def test_allow_list(fake_plugins, monkeypatch):
+    monkeypatch.setenv("RAGCUN_LOAD_PLUGINS", "good")
+    host = PluginHost()
+    names = {r.name for r in host.plugin_records() if not r.builtin}
+    assert names == {"good"}
+
+
+def test_empty_allow_list_loads_no_third_party_plugin(fake_plugins, monkeypatch):
+    monkeypatch.setenv("RAGCUN_LOAD_PLUGINS", "")
+    host = PluginHost()
+    assert all(r.builtin for r in host.plugin_records())
+    assert ("head", "gaussian") in host.registry
+
+
+def test_block_list_by_entry_point_or_distribution(fake_plugins, monkeypatch):
+    monkeypatch.setenv("RAGCUN_DISABLE_PLUGINS", "broken, ragcun-fake-typo,raises,dup")
+    host = PluginHost()
+    records = {r.name: r for r in host.plugin_records() if not r.builtin}
+    assert set(records) >= {"good"} and not {"broken", "typo", "raises", "dup"} & set(records)
+    assert all(r.error is None for r in records.values())
+
+
+def test_example_plugin_loads_through_its_installed_entry_point(monkeypatch):
+    monkeypatch.delenv("RAGCUN_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("RAGCUN_DISABLE_PLUGINS", raising=False)
+    host = PluginHost()
+    record = {r.name: r for r in host.plugin_records()}["mlp"]
+    assert record.distribution == "ragcun-mlp" and record.error is None
+    assert set(record.hooks) == {"register_heads", "register_commands"}
+    assert host.registry.get("head", "mlp").provider == "ragcun-mlp"
+
+
+def test_every_hookspec_is_documented():
+    specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
+    assert {f.__name__ for f in specs} == {"register_encoders", "register_heads", "register_losses",
+                                           "register_distances", "register_evaluators", "register_commands"}
+    for f in specs:
+        doc = inspect.getdoc(f) or ""
+        assert len(doc) > 40, f"{f.__name__} needs a docstring saying what plugins register"
