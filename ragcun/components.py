@@ -82,3 +82,21 @@ def check_compatible(head: Any, distance: Any, *, head_name: str, distance_name:
                else "a head that provides them")
         raise ValueError(f"{distance_name!r} needs {', '.join(sorted(missing))}, but head {head_name!r} "
                          f"provides only {', '.join(sorted(provides))}; use {fix}")
+
+
+def check_settings(settings: Settings | None, in_use: dict[str, list[str]] | None = None, *,
+                   registry: Registry | None = None) -> None:
+    """Check every ``kind.name.param`` setting names a registered component and a constructor argument,
+    and, given ``in_use`` (kind -> canonical names this run builds), that it addresses a component in use:
+    a setting that would be silently ignored is an error."""
+    registry = _registry(registry)
+    for kind, by_name in (settings or {}).items():
+        for name, params in by_name.items():
+            if not params:
+                continue
+            entry = registry.get(kind, name)
+            check_params(entry.load(), params, f"{kind}.{entry.name}", reserved=RESERVED.get(kind, ()))
+            if in_use is not None and entry.name not in in_use.get(kind, []):
+                used = ", ".join(repr(n) for n in in_use.get(kind, [])) or "none"
+                raise ValueError(f"--set {kind}.{name}.{next(iter(params))}: this run does not use {kind} "
+                                 f"{entry.name!r} (it uses {used})")

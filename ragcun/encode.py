@@ -15,6 +15,12 @@ def pairwise_report(texts: list[str], model_spec: str, *, distance: str | None =
     if not texts:
         raise ValueError("give at least one text to encode")
     model = resolve_model(model_spec, distance=distance, settings=settings)
+    from ragcun.components import check_settings
+
+    check_settings(settings, {kind: [getattr(part, "_ragcun_entry").name]
+                              for kind, part in (("encoder", model.encoder), ("head", model.head),
+                                                 ("distance", model.distance))
+                              if getattr(part, "_ragcun_entry", None) is not None})
     emb = model.encode_embeddings(texts)
     dist = model.distance
     matrix = dist.distance(emb, emb) if dist.is_metric else dist.similarity(emb, emb)
