@@ -11,3 +11,8 @@ def register_distances(register):
              summary="cosine similarity (sentence-transformers' default)")
     register("dot", "ragcun.distances.dot:DotProduct", aliases=("inner-product", "ip"), needs=("mean",),
              summary="inner product")
+    register("wasserstein", "ragcun.distances.wasserstein:WassersteinDistance", aliases=("w2",),
+             needs=("mean", "logvar"),
+             summary="2-Wasserstein between diagonal Gaussians: Euclidean on [mu, sigma]")
+    register("expected-sqeuclidean", "ragcun.distances.expected_sqeuclidean:ExpectedSquaredEuclideanDistance",
+             needs=("mean", "logvar"), summary="E||x - y||^2 = ||mu_q - mu_d||^2 + sum sigma_q^2 + sum sigma_d^2")

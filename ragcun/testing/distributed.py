@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import tempfile
@@ -27,7 +28,11 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         result = fn(rank, world_size, *args)
-        queue.put((rank, "ok", result))
+        # Tensors sent through a multiprocessing queue are shared by file descriptor, which dies with this
+        # process; serialise them to bytes instead so the parent gets real tensors back.
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        queue.put((rank, "ok", buffer.getvalue()))
     except Exception:  # report, don't hang the parent
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -38,7 +43,8 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
 def run_on_ranks(fn: Callable[..., Any], world_size: int = 2, *args: Any, timeout: float = 300) -> list[Any]:
     """Call ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return the results by rank.
 
-    ``fn`` must be importable (a module-level function) and its result picklable (tensors are fine).
+    ``fn`` must be importable (a module-level function); its result may hold tensors, numpy arrays and
+    plain Python values (it is sent back with ``torch.save``).
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -52,7 +58,9 @@ def run_on_ranks(fn: Callable[..., Any], world_size: int = 2, *args: Any, timeou
         for _ in range(world_size):
             rank, status, value = queue.get(timeout=timeout)
             if status == "ok":
-                results[rank] = value
+                import torch
+
+                results[rank] = torch.load(io.BytesIO(value), weights_only=False)
             else:
                 errors.append(f"rank {rank}:\n{value}")
     finally:

@@ -1,0 +1,174 @@
+"""InfoNCE: each query against its positive, every other positive in the (global) batch and the hard negatives.
+
+References: van den Oord et al. 2018 (arXiv 1807.03748, "InfoNCE"); Henderson et al. 2017 and
+sentence-transformers' ``MultipleNegativesRankingLoss`` (in-batch negatives); Karpukhin et al. 2020 (DPR,
+hard negatives).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ragcun.distributed import all_gather_sizes, gather_with_grad, is_distributed, world
+from ragcun.embedding import Embedding
+from ragcun.losses._common import check_positive, full_precision, rank_share, upcast
+from ragcun.losses.base import Loss, LossInputs
+
+_NO_ID = -1  # hashed ids are >= 0; a missing id never matches anything
+
+
+def _hash_ids(ids: list[str] | None, n: int, device) -> torch.Tensor:  # (n,) int64
+    """Stable 63-bit hashes of document ids (Python's ``hash`` differs between processes)."""
+    if ids is None:
+        return torch.full((n,), _NO_ID, dtype=torch.long, device=device)
+    if len(ids) != n:
+        raise ValueError(f"got {len(ids)} document ids for {n} documents")
+    values = [_NO_ID if i is None else
+              int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") >> 1
+              for i in ids]
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+def _upcast_embedding(e: Embedding) -> Embedding:
+    return Embedding(upcast(e.mean), None if e.logvar is None else upcast(e.logvar))
+
+
+def _gather_embedding(e: Embedding, sizes: list[int]) -> Embedding:
+    return Embedding(gather_with_grad(e.mean, sizes),
+                     None if e.logvar is None else gather_with_grad(e.logvar, sizes))
+
+
+class ContrastiveLoss(Loss):
+    """InfoNCE over in-batch and hard negatives, with logits from any registered distance.
+
+    Inputs (:class:`~ragcun.losses.base.LossInputs`): ``queries`` (B, D), ``positives`` (B, D), optional
+    ``negatives`` (B*K, D) grouped by query, optional ``positive_ids`` (B,) / ``negative_ids`` (B*K,).
+
+    For query ``i`` the candidates are all positives and all hard negatives of the batch (of *every* rank
+    under torch.distributed); logits are ``similarity(q_i, c_j) / temperature`` with ``similarity`` the
+    distance's (``-distance`` for metrics, so ``euclidean`` gives ``-||q - c|| / tau``), and the loss is
+    the cross-entropy toward ``q_i``'s positive, averaged over queries. With ``symmetric=True`` the mean of
+    that and the document-to-query direction (each positive against all queries) is returned.
+
+    Duplicates: when ids are given, a candidate with the same document id as query ``i``'s positive (the
+    same document mined twice, or shared by two queries) is masked out of ``q_i``'s negatives.
+
+    Distributed: candidates (and their ids) of all ranks are gathered *with gradient* in rank order, each
+    rank block being ``[positives_r; negatives_r]``; the label of local query ``i`` is ``i`` plus the
+    number of candidates of the ranks before, computed from that layout. Each rank returns
+    ``world_size * (sum of its per-query losses) / global query count``, so the rank average (DDP's
+    gradient average) is the single-process loss on the concatenated batch, even for unequal rank batches.
+
+    Settings: ``temperature`` (default 0.05); ``learnable_temperature`` (learn ``log(1/tau)``, clamped to
+    ``1/tau <= max_scale``, as in CLIP); ``symmetric``; ``mask_duplicates`` (default true). A learnable
+    temperature is a parameter of this module, not of the model: the training loop must hand
+    ``loss.parameters()`` to its optimizer and, under DDP, average their gradients over ranks itself.
+
+    Example::
+
+        >>> from ragcun.distances.euclidean import EuclideanDistance
+        >>> loss = ContrastiveLoss(EuclideanDistance(), temperature=0.1)
+        >>> q, p = torch.randn(8, 16), torch.randn(8, 16)
+        >>> loss(LossInputs(Embedding(q), Embedding(p))).shape
+        torch.Size([])
+    """
+
+    def __init__(self, distance=None, temperature: float = 0.05, learnable_temperature: bool = False,
+                 symmetric: bool = False, mask_duplicates: bool = True, max_scale: float = 100.0) -> None:
+        super().__init__()
+        if distance is None or isinstance(distance, str):
+            from ragcun.components import build
+
+            distance = build("distance", distance or "euclidean")
+        if not hasattr(distance, "similarity"):
+            raise ValueError(f"loss.contrastive: distance must be a Distance, got {distance!r}")
+        self.distance = distance
+        self.needs = frozenset({"mean"}) | frozenset(getattr(distance, "needs", {"mean"}))
+        self.temperature = check_positive("temperature", temperature, "contrastive")
+        self.max_scale = check_positive("max_scale", max_scale, "contrastive")
+        if 1.0 / self.temperature > self.max_scale:
+            raise ValueError(f"loss.contrastive.temperature={temperature} is below 1/max_scale={1 / self.max_scale}")
+        self.learnable_temperature = bool(learnable_temperature)
+        self.symmetric = bool(symmetric)
+        self.mask_duplicates = bool(mask_duplicates)
+        # log(1/tau): learning the log keeps tau positive; a buffer when fixed so it follows .to(device)
+        log_scale = torch.tensor(math.log(1.0 / self.temperature))
+        if self.learnable_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale, persistent=False)
+
+    @property
+    def scale(self) -> torch.Tensor:  # 1 / tau
+        return self.log_scale.clamp(max=math.log(self.max_scale)).exp()
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        # Logits in float32 at least, autocast off: distances of unnormalized vectors come from the expansion
+        # ||q||^2 + ||d||^2 - 2 q.d, which bfloat16 (8-bit mantissa) would swamp with round-off.
+        with full_precision(inputs.queries.mean.device):
+            return self._forward(inputs)
+
+    def _forward(self, inputs: LossInputs) -> torch.Tensor:
+        q, pos = _upcast_embedding(inputs.queries), _upcast_embedding(inputs.positives)
+        neg = None if inputs.negatives is None else _upcast_embedding(inputs.negatives)
+        b = len(q)
+        if len(pos) != b:
+            raise ValueError(f"contrastive: {b} queries but {len(pos)} positives")
+        if neg is not None and len(neg) % max(b, 1):
+            raise ValueError(f"contrastive: {len(neg)} hard negatives is not a multiple of {b} queries")
+        local_cands = pos if neg is None else Embedding.cat([pos, neg])  # (B + B*K, D), positives first
+        device = q.mean.device
+        cand_ids = _hash_ids(inputs.positive_ids, b, device)  # (B,)
+        if neg is not None:
+            cand_ids = torch.cat([cand_ids, _hash_ids(inputs.negative_ids, len(neg), device)])  # (B + B*K,)
+        pos_ids = cand_ids[:b]  # (B,)
+
+        rank, _ = world()
+        if is_distributed():
+            cand_sizes = all_gather_sizes(len(local_cands), device=device)
+            query_sizes = all_gather_sizes(b, device=device)
+            cands = _gather_embedding(local_cands, cand_sizes)  # (C, D), rank blocks [pos_r; neg_r]
+            all_cand_ids = gather_with_grad(cand_ids, cand_sizes)  # ids carry no gradient; same layout
+            cand_offset = sum(cand_sizes[:rank])
+            query_offset = sum(query_sizes[:rank])
+        else:
+            cands, all_cand_ids, cand_offset, query_offset = local_cands, cand_ids, 0, 0
+        labels = cand_offset + torch.arange(b, device=device)  # (B,) column of each query's own positive
+
+        scale = self.scale.to(dtype=q.mean.dtype)
+        logits = self.distance.similarity(q, cands) * scale  # (B, C)
+        if self.mask_duplicates:
+            logits = self._mask(logits, pos_ids, all_cand_ids, labels)
+        losses = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+
+        if self.symmetric:
+            # document -> query: each local positive against all queries of all ranks
+            if is_distributed():
+                queries = _gather_embedding(q, query_sizes)  # (Q, D)
+                all_query_pos_ids = gather_with_grad(pos_ids, query_sizes)  # (Q,)
+            else:
+                queries, all_query_pos_ids = q, pos_ids
+            q_labels = query_offset + torch.arange(b, device=device)  # (B,)
+            d2q = self.distance.similarity(pos, queries) * scale  # (B, Q)
+            if self.mask_duplicates:
+                # another query whose positive is this same document is not a negative of it
+                d2q = self._mask(d2q, pos_ids, all_query_pos_ids, q_labels)
+            losses = 0.5 * (losses + F.cross_entropy(d2q, q_labels, reduction="none"))
+        return rank_share(losses.sum(), b)
+
+    @staticmethod
+    def _mask(logits: torch.Tensor, row_ids: torch.Tensor, col_ids: torch.Tensor,
+              labels: torch.Tensor) -> torch.Tensor:
+        """-inf where column ``j`` has row ``i``'s id but is not row ``i``'s label (duplicates of the positive)."""
+        same = (row_ids[:, None] == col_ids[None, :]) & (row_ids[:, None] != _NO_ID)  # (B, C)
+        same[torch.arange(len(labels), device=labels.device), labels] = False
+        return logits.masked_fill(same, float("-inf"))
+
+    def get_config(self) -> dict:
+        return {"temperature": self.temperature, "learnable_temperature": self.learnable_temperature,
+                "symmetric": self.symmetric, "mask_duplicates": self.mask_duplicates, "max_scale": self.max_scale}
