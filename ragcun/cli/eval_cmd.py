@@ -4,10 +4,120 @@ from __future__ import annotations
 
 import click
 
+from ragcun.cli.options import echo_json, format_option, set_option
+
 
 @click.group("eval")
 def eval_group() -> None:
     """Evaluate a model on retrieval benchmarks."""
+
+
+@eval_group.command("beir")
+@click.option("--model", "model_spec", default="all-minilm-l6-v2", show_default=True,
+              help="ragcun checkpoint folder, hf:PATH, or an encoder name (base models use their authors' "
+                   "similarity and max_seq_length)")
+@click.option("--datasets", default="scifact,nfcorpus", show_default=True,
+              help="comma-separated dataset names or folders, or 'all' (every BEIR folder in --data-dir)")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="folder holding BEIR datasets [default: $RAGCUN_DATA, else ~/.cache/ragcun/beir]")
+@click.option("--split", default="test", show_default=True, help="qrels split (qrels/<split>.tsv)")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="write the JSON report here")
+@click.option("--k", "k", type=click.IntRange(1, 10_000), default=1000, show_default=True,
+              help="documents retrieved per query (metrics at 1,3,5,10,100,1000 up to k)")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "bfloat16-weights"]), default="float32",
+              show_default=True, help="encoder precision: bfloat16/float16 autocast, or bfloat16-weights (whole model in bfloat16)")
+@click.option("--distance", default=None, help="override the model's distance (see `ragcun list distances`)")
+@click.option("--query-prefix", default=None, help="text put before every query [default: the model's]")
+@click.option("--document-prefix", default=None, help="text put before every document [default: the model's]")
+@click.option("--search", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
+              help="exact chunked top-k, or a flat FAISS index (pip install 'ragcun[faiss]')")
+@click.option("--ignore-identical-ids/--keep-identical-ids", default=True, show_default=True,
+              help="skip documents whose id equals the query's id, as BEIR does")
+@click.option("--per-query", is_flag=True, help="add per-query scores to the JSON (for significance tests)")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="download a missing BEIR dataset from the official BEIR location")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available]")
+@set_option
+@format_option
+def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: str, output: str | None, k: int,
+                 batch_size: int, dtype: str, distance: str | None, query_prefix: str | None,
+                 document_prefix: str | None, search: str, ignore_identical_ids: bool, per_query: bool,
+                 download: bool, device: str | None, set_options: tuple[str, ...], output_format: str) -> None:
+    """Retrieve with MODEL on BEIR datasets and score with beir's metrics (pytrec_eval).
+
+    \b
+      ragcun eval beir --model all-minilm-l6-v2 --datasets scifact,nfcorpus --output results.json
+      torchrun --nproc-per-node=2 $(which ragcun) eval beir --model runs/ckpt --datasets all
+    """
+    from ragcun.evaluation.beir_eval import evaluate_beir, init_distributed_from_env
+    from ragcun.evaluation.encoding import dist_info
+    from ragcun.spec import settings_from_options
+
+    started = init_distributed_from_env()
+    rank = dist_info()[0]
+    try:
+        report = evaluate_beir(model_spec, datasets, data_dir, split, k=k, batch_size=batch_size, dtype=dtype,
+                               distance=distance, query_prefix=query_prefix, document_prefix=document_prefix,
+                               ignore_identical_ids=ignore_identical_ids, search=search, per_query=per_query,
+                               download=download, device=device, settings=settings_from_options(set_options))
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank != 0:
+        return  # every rank computed the same report; rank 0 speaks
+    if output:
+        write_report(report, output)
+    if output_format == "json":
+        echo_json(report)
+    else:
+        print_report(report, output)
+
+
+def write_report(report: dict, path: str) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+def print_report(report: dict, output: str | None = None) -> None:
+    from rich.table import Table
+
+    from ragcun.console import stderr, stdout
+    from ragcun.evaluation.beir_eval import main_metrics
+
+    for warning in report.get("warnings", []):
+        stderr.print(f"[yellow]warning:[/] {warning}")
+    settings = report["settings"]
+    cols = main_metrics(report)
+    table = Table(title=f"{report['model']} · {settings['split']} · distance {settings['distance']} · "
+                        f"{settings['dtype']}")
+    table.add_column("dataset", no_wrap=True)
+    for c in cols:
+        table.add_column(c, justify="right", no_wrap=True)
+    table.add_column("docs/s", justify="right", no_wrap=True)
+    for name, metrics in report["datasets"].items():
+        speed = report["timings"].get(name, {}).get("docs_per_s")
+        table.add_row(name, *(f"{metrics[c]:.4f}" for c in cols), f"{speed:.0f}" if speed else "")
+    stdout.print(table)
+    if report.get("skipped"):
+        missing = [n for n, why in report["skipped"].items() if why.startswith("not present")]
+        other = {n: why for n, why in report["skipped"].items() if not why.startswith("not present")}
+        for n, why in other.items():
+            stdout.print(f"skipped {n}: {why}")
+        if missing:
+            stdout.print(f"skipped (not present in {settings['data_dir']}): {', '.join(missing)}")
+    if output:
+        stdout.print(f"report written to {output}")
 
 
 def add_to(group: click.Group) -> None:

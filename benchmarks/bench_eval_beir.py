@@ -1,0 +1,180 @@
+"""ragcun eval beir vs the sentence-transformers + beir path, in one process, on the same data.
+
+    python benchmarks/bench_eval_beir.py --dataset scifact              # the full SciFact test split
+    python benchmarks/bench_eval_beir.py --dataset scifact --limit 500  # a quick run on 500 documents
+
+Each contender retrieves the top 1000 for every test query with the same model (all-MiniLM-L6-v2, the copy
+packaged with ragcun), the same batch size and the same number of threads, and is scored with beir's
+EvaluateRetrieval. Reported: wall time (encode queries + encode corpus + search + metrics; the model is loaded
+beforehand and warmed up), documents per second (corpus size / wall time), peak memory, NDCG@10, and the
+ratio to sentence-transformers.
+
+Peak memory is the process's resident set size (RSS, from /proc/self/statm sampled every 5 ms by a thread):
+the highest RSS during the run, and that peak minus the RSS just before the run ("+RSS"). ``resource``'s
+high-water mark cannot separate runs inside one process and ``tracemalloc`` does not see torch's buffers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+K_VALUES = [1, 3, 5, 10, 100, 1000]
+
+
+class RssSampler:
+    """Peak resident set size (bytes) while the ``with`` block runs."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.start = self.peak = self.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def subset(folder: Path, limit: int, seed: int = 0) -> Path:
+    """A BEIR folder with at most ``limit`` documents: every document judged for the test queries first
+    (in qrels order), then random others, so the numbers stay meaningful on a small corpus."""
+    from ragcun.data.beir import load_beir
+
+    ds = load_beir(folder, "test")
+    judged = list(dict.fromkeys(d for docs in ds.qrels.values() for d in docs if d in ds.corpus))
+    rest = [d for d in ds.corpus if d not in set(judged)]
+    random.Random(seed).shuffle(rest)
+    keep = (judged + rest)[:limit]
+    keep_set = set(keep)
+    qrels = {q: {d: s for d, s in docs.items() if d in keep_set} for q, docs in ds.qrels.items()}
+    qrels = {q: docs for q, docs in qrels.items() if docs}
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{folder.name}-")) / folder.name
+    (out / "qrels").mkdir(parents=True)
+    with (out / "corpus.jsonl").open("w") as fh:
+        for d in keep:
+            fh.write(json.dumps({"_id": d, **ds.corpus[d]}) + "\n")
+    with (out / "queries.jsonl").open("w") as fh:
+        for q in qrels:
+            fh.write(json.dumps({"_id": q, "text": ds.queries[q]}) + "\n")
+    with (out / "qrels" / "test.tsv").open("w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for q, docs in qrels.items():
+            for d, s in docs.items():
+                fh.write(f"{q}\t{d}\t{s}\n")
+    return out
+
+
+def run_sentence_transformers(folder: Path, batch_size: int) -> dict:
+    from beir.datasets.data_loader import GenericDataLoader
+    from beir.retrieval.evaluation import EvaluateRetrieval
+    from beir.retrieval.models import SentenceBERT
+    from beir.retrieval.search.dense import DenseRetrievalExactSearch
+
+    from ragcun.encoders.embedded import embedded_model_path
+
+    model = SentenceBERT(embedded_model_path(), device="cpu")
+    model.q_model.encode(["warm up"] * 4)
+    with RssSampler() as mem:
+        t0, c0 = time.perf_counter(), time.process_time()
+        corpus, queries, qrels = GenericDataLoader(str(folder)).load("test")
+        retriever = EvaluateRetrieval(DenseRetrievalExactSearch(model, batch_size=batch_size,
+                                                                show_progress_bar=False),
+                                      k_values=K_VALUES, score_function="cos_sim")
+        results = retriever.retrieve(corpus, queries)
+        ndcg, *_ = retriever.evaluate(qrels, results, K_VALUES)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "docs": len(corpus), "ndcg10": ndcg["NDCG@10"], "peak_rss": mem.peak,
+            "delta_rss": mem.peak - mem.start}
+
+
+def run_ragcun(folder: Path, batch_size: int, dtype: str) -> dict:
+    from ragcun.evaluation.beir_eval import evaluate_beir
+    from ragcun.evaluation.encoding import encode
+    from ragcun.resolve import resolve_model
+
+    model = resolve_model("all-minilm-l6-v2")
+    import torch
+
+    encode(model, ["warm up"] * 4, autocast_dtype=torch.bfloat16 if dtype.startswith("bfloat16") else None)
+    with RssSampler() as mem:
+        t0, c0 = time.perf_counter(), time.process_time()
+        report = evaluate_beir(model, str(folder), None, "test", batch_size=batch_size, dtype=dtype,
+                               download=False, device="cpu", show_progress=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    name = next(iter(report["datasets"]))
+    return {"wall_s": wall, "cpu_s": cpu, "docs": report["counts"][name]["documents"], "ndcg10": report["datasets"][name]["NDCG@10"],
+            "peak_rss": mem.peak, "delta_rss": mem.peak - mem.start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="scifact", help="dataset name under --data-dir (default scifact)")
+    parser.add_argument("--data-dir", default=os.environ.get("RAGCUN_DATA", str(REPO.parent / "shared/data/beir")))
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many documents")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--skip", default="", help="comma list of contenders to skip: st,f32,bf16,bf16w")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = Path(args.data_dir) / args.dataset
+    if args.limit:
+        folder = subset(folder, args.limit)
+    skip = set(filter(None, args.skip.split(",")))
+    rows = []
+    if "st" not in skip:
+        rows.append(("sentence-transformers + beir (float32)", run_sentence_transformers(folder, args.batch_size)))
+    if "f32" not in skip:
+        rows.append(("ragcun eval beir (float32)", run_ragcun(folder, args.batch_size, "float32")))
+    if "bf16" not in skip:
+        rows.append(("ragcun eval beir (bfloat16 autocast)", run_ragcun(folder, args.batch_size, "bfloat16")))
+    if "bf16w" not in skip:
+        rows.append(("ragcun eval beir (bfloat16-weights)", run_ragcun(folder, args.batch_size, "bfloat16-weights")))
+
+    base, base_cpu = rows[0][1]["wall_s"], rows[0][1]["cpu_s"]
+    print(f"dataset {args.dataset} ({rows[0][1]['docs']} documents), batch size {args.batch_size}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}")
+    print(f"command: python {' '.join(sys.argv)}")
+    header = (f"| {'contender':40} | wall s | CPU s | docs/s | peak RSS MiB | +RSS MiB | NDCG@10 | "
+              f"speed (wall) | speed (CPU) |")
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for label, r in rows:
+        print(f"| {label:40} | {r['wall_s']:6.1f} | {r['cpu_s']:5.0f} | {r['docs'] / r['wall_s']:6.1f} | "
+              f"{r['peak_rss'] / 2**20:12.0f} | {r['delta_rss'] / 2**20:8.0f} | {r['ndcg10']:.5f} | "
+              f"{base / r['wall_s']:11.2f}x | {base_cpu / r['cpu_s']:10.2f}x |")
+    if args.json:
+        Path(args.json).write_text(json.dumps([{"contender": label, **r} for label, r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

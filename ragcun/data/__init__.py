@@ -1,0 +1,1 @@
+"""Datasets: BEIR folders (:mod:`ragcun.data.beir`), training pairs and triples."""

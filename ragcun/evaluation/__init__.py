@@ -1,0 +1,1 @@
+"""Retrieval evaluation: exact (chunked) and FAISS search, BEIR metrics, result files."""

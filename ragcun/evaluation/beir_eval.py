@@ -1,0 +1,379 @@
+"""``evaluate_beir``: a model on BEIR-format datasets, scored with beir's own metrics (pytrec_eval).
+
+Conventions follow BEIR and MTEB so published numbers reproduce: documents are ``title + " " + text``
+(stripped), queries as they are, base models scored with their sentence-transformers similarity (cosine for
+all-MiniLM-L6-v2) and ``max_seq_length``, top-1000 exact search, identical query/document ids ignored,
+``EvaluateRetrieval.evaluate`` for NDCG/MAP/Recall/P and ``evaluate_custom(..., "mrr")`` for MRR.
+
+Under ``torchrun`` every rank calls :func:`evaluate_beir`; corpus and query encoding is split across ranks
+(:mod:`ragcun.evaluation.encoding`) and every rank returns the same result (rank 0 writes files).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_K_VALUES = (1, 3, 5, 10, 100, 1000)
+# float32; bfloat16/float16: autocast (matrix products in 16 bits, normalisations and sums in float32);
+# bfloat16-weights: the whole encoder cast to bfloat16 (fastest on CPUs, slightly less exact than autocast).
+DTYPES = ("float32", "bfloat16", "float16", "bfloat16-weights")
+CORPUS_CHUNK_SIZE = 50_000  # documents encoded before their vectors are merged into the running top-k
+
+
+def k_values_for(k: int) -> list[int]:
+    """The usual cut-offs up to ``k`` (and ``k`` itself)."""
+    if k < 1:
+        raise ValueError(f"--k must be positive, got {k}")
+    return sorted({v for v in DEFAULT_K_VALUES if v <= k} | {k})
+
+
+def parse_datasets(datasets: str | Sequence[str]) -> list[str]:
+    names = [d.strip() for d in datasets.split(",")] if isinstance(datasets, str) else [str(d) for d in datasets]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("no datasets given; name them (scifact,nfcorpus) or use 'all'")
+    return list(dict.fromkeys(names))
+
+
+def select_datasets(names: Sequence[str], data_dir: Path, split: str, *, download: bool = True
+                    ) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """Resolve dataset names to folders. ``all`` = every BEIR folder under ``data_dir`` that has ``split``;
+    the others (missing split, standard BEIR datasets not present) are returned as ``{name: why skipped}``."""
+    from ragcun.data.beir import (
+        BEIR_DATASETS,
+        available_splits,
+        find_dataset,
+        present_datasets,
+    )
+
+    chosen: list[tuple[str, Path]] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        if name.lower() != "all":
+            folder = find_dataset(name, data_dir, download=download)
+            chosen.append((Path(name).name if os.sep in name else name, folder))
+            continue
+        present = present_datasets(data_dir)
+        for found in present:
+            folder = data_dir / found
+            if split in available_splits(folder):
+                chosen.append((found, folder))
+            else:
+                skipped[found] = f"no {split} split (has: {', '.join(available_splits(folder)) or 'none'})"
+        for beir_name in BEIR_DATASETS:
+            if beir_name not in present:
+                skipped.setdefault(beir_name, f"not present in {data_dir}")
+    unique = list(dict.fromkeys(chosen))
+    if not unique:
+        raise ValueError(f"no dataset with a {split!r} split found in {data_dir}; put BEIR-format folders there "
+                         "or pass --data-dir (or set RAGCUN_DATA)")
+    return unique, skipped
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "bfloat16-weights": None}[dtype]
+
+
+def _inference_copy(model, dtype: str):
+    """The model to encode with. Under autocast a Linear casts its float32 weight to 16 bits on every call;
+    a copy whose Linear weights are already 16-bit computes exactly the same numbers without the casts
+    (~10% faster on a CPU). ``bfloat16-weights`` casts every parameter."""
+    import copy
+
+    import torch
+
+    if dtype == "float32":
+        return model
+    half = torch.float16 if dtype == "float16" else torch.bfloat16
+    fast = copy.deepcopy(model)
+    if dtype == "bfloat16-weights":
+        return fast.to(half)
+    for module in fast.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(half)
+    return fast
+
+
+def _default_device():
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init_distributed_from_env() -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) start the process group if nobody has: NCCL with one GPU per
+    rank when CUDA is there, else gloo. Returns True when this call started it (the caller ends it)."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def _resolve(model_or_spec, distance: str | None, settings):
+    from ragcun.model import EmbeddingModel
+
+    if isinstance(model_or_spec, EmbeddingModel):
+        model = model_or_spec
+        if distance is not None:
+            from ragcun.components import build, check_compatible
+
+            model.distance = build("distance", distance, settings)
+            check_compatible(model.head, model.distance, head_name="model head", distance_name=distance)
+        path = getattr(model.encoder, "path", None)
+        return model, f"{type(model.encoder).__name__}({path})" if path else type(model.encoder).__name__
+    from ragcun.resolve import resolve_model
+
+    return resolve_model(str(model_or_spec), distance=distance, settings=settings), str(model_or_spec)
+
+
+def _progress(enabled: bool):
+    """A rich progress bar on stderr (or a no-op): yields ``(start(description, total) -> advance)``."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def ctx():
+        if not enabled:
+            yield lambda description, total: (lambda n: None)
+            return
+        from ragcun.console import make_progress
+
+        with make_progress() as progress:
+            def start(description, total):
+                task = progress.add_task(description, total=total)
+                return lambda n: progress.update(task, advance=n)
+
+            yield start
+
+    return ctx()
+
+
+def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] | None = None,
+                     batch_size: int = 128, autocast_dtype=None, query_prefix: str = "",
+                     document_prefix: str = "", ignore_identical_ids: bool = True, search_kind: str = "exact",
+                     corpus_chunk_size: int = CORPUS_CHUNK_SIZE, per_query: bool = False,
+                     progress_start=None) -> dict[str, Any]:
+    """Retrieve and score one loaded :class:`~ragcun.data.beir.BeirDataset`; returns metrics, timings and
+    (optionally) per-query scores."""
+    from beir.retrieval.evaluation import EvaluateRetrieval
+
+    from ragcun.evaluation.encoding import encode
+    from ragcun.evaluation.search import (
+        identical_id_positions,
+        make_searcher,
+        to_results,
+    )
+    from ragcun.model import corpus_texts
+
+    k_values = list(k_values or k_values_for(k))
+    start = progress_start or (lambda description, total: (lambda n: None))
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    query_ids = list(dataset.queries)
+    query_emb = encode(model, [query_prefix + dataset.queries[q] for q in query_ids], batch_size,
+                       autocast_dtype=autocast_dtype, progress=start(f"{dataset.name} queries", len(query_ids)))
+    timings["encode_queries_s"] = time.perf_counter() - t0
+
+    # BEIR's order: the corpus sorted by length, longest first, encoded in chunks merged into a running top-k.
+    corpus = dataset.corpus
+    doc_ids = sorted(corpus, key=lambda d: len(corpus[d]["title"] + corpus[d]["text"]), reverse=True)
+    exclude = identical_id_positions(query_ids, doc_ids) if ignore_identical_ids else None
+    searcher = make_searcher(search_kind, model.distance.query_vectors(query_emb), k, exclude)
+    advance = start(f"{dataset.name} corpus", len(doc_ids))
+    t0 = time.perf_counter()
+    encode_s = 0.0
+    for s in range(0, len(doc_ids), corpus_chunk_size):
+        chunk = [corpus[d] for d in doc_ids[s:s + corpus_chunk_size]]
+        t1 = time.perf_counter()
+        emb = encode(model, [document_prefix + t for t in corpus_texts(chunk)], batch_size,
+                     autocast_dtype=autocast_dtype, progress=advance)
+        encode_s += time.perf_counter() - t1
+        searcher.add(model.distance.document_vectors(emb))
+        del emb
+    values, indices = searcher.result()
+    results = to_results(model.distance, query_emb, values, indices, query_ids, doc_ids)
+    timings["encode_corpus_s"] = encode_s
+    timings["search_s"] = time.perf_counter() - t0 - encode_s
+
+    t0 = time.perf_counter()
+    beir_logger = logging.getLogger("beir.retrieval.evaluation")
+    level = beir_logger.level
+    beir_logger.setLevel(logging.WARNING)  # beir logs every metric at INFO; ours go in the table
+    try:
+        ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(dataset.qrels, results, k_values,
+                                                                   ignore_identical_ids=ignore_identical_ids)
+        mrr = EvaluateRetrieval.evaluate_custom(dataset.qrels, results, k_values, "mrr")
+    finally:
+        beir_logger.setLevel(level)
+    metrics = {**ndcg, **_map, **recall, **precision, **mrr}
+    timings["metrics_s"] = time.perf_counter() - t0
+    timings["docs_per_s"] = len(doc_ids) / encode_s if encode_s > 0 else None
+    out: dict[str, Any] = {"metrics": metrics, "timings": timings,
+                           "counts": {"documents": len(doc_ids), "queries": len(query_ids),
+                                      "qrels": sum(len(v) for v in dataset.qrels.values())},
+                           "warnings": dataset.warnings(), "results": results}
+    if per_query:
+        out["per_query"] = per_query_scores(dataset.qrels, results, k_values)
+    return out
+
+
+def per_query_scores(qrels, results, k_values: Sequence[int]) -> dict[str, dict[str, float]]:
+    """pytrec_eval's per-query NDCG/MAP/Recall/P at each cut-off plus MRR@k, named as in the summary."""
+    import pytrec_eval
+
+    ks = ",".join(str(k) for k in k_values)
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {f"map_cut.{ks}", f"ndcg_cut.{ks}", f"recall.{ks}", f"P.{ks}"})
+    scores = evaluator.evaluate(results)
+    names = {"ndcg_cut": "NDCG", "map_cut": "MAP", "recall": "Recall", "P": "P"}
+    out: dict[str, dict[str, float]] = {}
+    for qid in qrels:
+        row = {}
+        for key, label in names.items():
+            for k in k_values:
+                row[f"{label}@{k}"] = float(scores.get(qid, {}).get(f"{key}_{k}", 0.0))
+        relevant = {d for d, r in qrels[qid].items() if r > 0}
+        ranked = sorted(results.get(qid, {}).items(), key=lambda item: item[1], reverse=True)
+        for k in k_values:
+            rank = next((i for i, (d, _) in enumerate(ranked[:k]) if d in relevant), None)
+            row[f"MRR@{k}"] = 0.0 if rank is None else 1.0 / (rank + 1)
+        out[qid] = row
+    return out
+
+
+def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: str | os.PathLike | None = None,
+                  split: str = "test", *, k: int = 1000, k_values: Sequence[int] | None = None,
+                  batch_size: int = 128, dtype: str = "float32", distance: str | None = None,
+                  query_prefix: str | None = None, document_prefix: str | None = None,
+                  ignore_identical_ids: bool = True, search: str = "exact",
+                  corpus_chunk_size: int = CORPUS_CHUNK_SIZE, per_query: bool = False, download: bool = True,
+                  device: str | None = None, settings=None, show_progress: bool | None = None,
+                  return_results: bool = False) -> dict[str, Any]:
+    """Evaluate ``model`` (an EmbeddingModel, or a spec: checkpoint folder, ``hf:PATH``, encoder name) on BEIR
+    datasets (names, a comma list, or ``all``) and return::
+
+        {"model": ..., "datasets": {"scifact": {"NDCG@10": ..., ...}}, "skipped": {...},
+         "settings": {...}, "timings": {...}, "counts": {...}, "warnings": [...], ["per_query": ...]}
+
+    Prefixes default to the model's own (a ragcun checkpoint stores them); ``dtype="bfloat16"`` autocasts the
+    encoder. ``return_results`` adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``).
+    """
+    import torch
+
+    from ragcun.data.beir import default_data_dir, load_beir
+    from ragcun.evaluation.encoding import dist_info
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if corpus_chunk_size < 1:
+        raise ValueError(f"corpus_chunk_size must be positive, got {corpus_chunk_size}")
+    if search not in ("exact", "faiss"):
+        raise ValueError(f"--search must be exact or faiss, got {search!r}")
+    autocast_dtype = _torch_dtype(dtype)
+    k_values = sorted(set(k_values)) if k_values else k_values_for(k)
+    k = max(k_values)
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    names = parse_datasets(datasets)
+    chosen, skipped = select_datasets(names, data_dir, split, download=download)
+
+    t_load = time.perf_counter()
+    model, model_name = _resolve(model, distance, settings)
+    target = torch.device(device) if device is not None else _default_device()
+    model.to(target)
+    if autocast_dtype is torch.bfloat16 and target.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("--dtype bfloat16: this GPU does not support bfloat16; use float32 or float16")
+    if autocast_dtype is torch.float16 and target.type == "cpu":
+        raise ValueError("--dtype float16 autocast is for GPUs; on a CPU use bfloat16")
+    model_load_s = time.perf_counter() - t_load
+    encoder_model = _inference_copy(model, dtype)
+    q_prefix = model.query_prefix if query_prefix is None else query_prefix
+    d_prefix = model.document_prefix if document_prefix is None else document_prefix
+
+    rank, world = dist_info()
+    if show_progress is None:
+        show_progress = rank == 0
+    report: dict[str, Any] = {
+        "model": model_name,
+        "datasets": {},
+        "skipped": skipped,
+        "settings": {
+            "split": split, "k": k, "k_values": k_values, "batch_size": batch_size, "dtype": dtype,
+            "distance": getattr(getattr(model.distance, "_ragcun_entry", None), "name", type(model.distance).__name__),
+            "query_prefix": q_prefix, "document_prefix": d_prefix, "ignore_identical_ids": ignore_identical_ids,
+            "search": search, "corpus_chunk_size": corpus_chunk_size, "data_dir": str(data_dir),
+            "max_seq_length": getattr(model.encoder, "max_seq_length", None),
+            "device": str(target), "world_size": world, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "platform": platform.platform(),
+            "document_text": "title + ' ' + text, stripped (sentence-transformers / BEIR)",
+        },
+        "timings": {"model_load_s": model_load_s},
+        "counts": {},
+        "warnings": [],
+    }
+    if per_query:
+        report["per_query"] = {}
+    if return_results:
+        report["runs"] = {}
+    total = time.perf_counter()
+    with _progress(show_progress) as start:
+        for name, folder in chosen:
+            t0 = time.perf_counter()
+            dataset = load_beir(folder, split, name=name)
+            load_s = time.perf_counter() - t0
+            out = evaluate_dataset(encoder_model, dataset, k=k, k_values=k_values, batch_size=batch_size,
+                                   autocast_dtype=autocast_dtype, query_prefix=q_prefix, document_prefix=d_prefix,
+                                   ignore_identical_ids=ignore_identical_ids, search_kind=search,
+                                   corpus_chunk_size=corpus_chunk_size, per_query=per_query, progress_start=start)
+            report["datasets"][name] = out["metrics"]
+            report["timings"][name] = {"load_s": load_s, **out["timings"]}
+            report["counts"][name] = out["counts"]
+            report["warnings"].extend(out["warnings"])
+            if per_query:
+                report["per_query"][name] = out["per_query"]
+            if return_results:
+                report["runs"][name] = out["results"]
+    report["timings"]["total_s"] = time.perf_counter() - total
+    return report
+
+
+class BeirEvaluator:
+    """The registered ``beir`` evaluator: ``BeirEvaluator(**settings)(model) -> report`` (see :func:`evaluate_beir`)."""
+
+    def __init__(self, datasets: str | Sequence[str] = "all", data_dir: str | None = None, split: str = "test",
+                 k: int = 1000, batch_size: int = 128, dtype: str = "float32", query_prefix: str | None = None,
+                 document_prefix: str | None = None, ignore_identical_ids: bool = True, search: str = "exact") -> None:
+        self.config = {"datasets": datasets, "data_dir": data_dir, "split": split, "k": k, "batch_size": batch_size,
+                           "dtype": dtype, "query_prefix": query_prefix, "document_prefix": document_prefix,
+                           "ignore_identical_ids": ignore_identical_ids, "search": search}
+
+    def __call__(self, model: Any, **overrides: Any) -> dict[str, Any]:
+        return evaluate_beir(model, **{**self.config, **overrides})
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self.config)
+
+
+def main_metrics(report: dict[str, Any]) -> list[str]:
+    """The columns of the summary table."""
+    k_values = report["settings"]["k_values"]
+    cols = ["NDCG@10", "MRR@10", "Recall@10", "Recall@100", f"Recall@{max(k_values)}"]
+    present = set().union(*[set(m) for m in report["datasets"].values()]) if report["datasets"] else set()
+    return [c for c in dict.fromkeys(cols) if c in present]

@@ -1,0 +1,95 @@
+"""Sharded evaluation (2 gloo ranks) gives exactly what one process gives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
+    """A small synthetic BEIR folder: varied lengths, graded qrels, one query id shared with a document."""
+    import random
+
+    rng = random.Random(0)
+    words = ["gaussian", "embedding", "retrieval", "isotropy", "distance", "query", "document", "corpus", "vector", "rank", "score"]
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w") as fh:
+        for i in range(n_docs):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 60)))
+            fh.write(json.dumps({"_id": f"d{i}", "title": f"title {i}" if i % 3 else "", "text": text}) + "\n")
+    query_ids = ["d5"] + [f"q{i}" for i in range(1, n_queries)]
+    with (folder / "queries.jsonl").open("w") as fh:
+        for qid in query_ids:
+            fh.write(json.dumps({"_id": qid, "text": " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))}) + "\n")
+    with (folder / "qrels" / "test.tsv").open("w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for qid in query_ids:
+            for j in rng.sample(range(n_docs), 3):
+                fh.write(f"{qid}\td{j}\t{rng.randint(0, 2)}\n")
+    return folder
+
+
+def _evaluate(rank, world_size, checkpoint, data_dir):
+    from ragcun.evaluation.beir_eval import evaluate_beir
+    from ragcun.evaluation.encoding import encode
+    from ragcun.resolve import resolve_model
+
+    model = resolve_model(checkpoint)
+    texts = [f"text number {i} " + "word " * (i % 13) for i in range(23)]
+    emb = encode(model, texts, batch_size=4)
+    report = evaluate_beir(model, "tiny", data_dir, "test", batch_size=4, corpus_chunk_size=10, download=False,
+                           device="cpu", per_query=True, return_results=True, show_progress=False)
+    # numpy, not tensors: torch's queue shares tensor storage through the worker, which has exited by then
+    return {"report": report, "mean": emb.mean.numpy().copy(), "logvar": emb.logvar.numpy().copy()}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from ragcun.model import EmbeddingModel
+    from ragcun.testing.tiny import make_tiny_bert
+
+    root = tmp_path_factory.mktemp("dist-eval")
+    tiny = make_tiny_bert(root / "tiny")
+    torch.manual_seed(0)
+    model = EmbeddingModel.build(f"hf:{tiny}", "gaussian", "wasserstein",
+                                 {"head": {"gaussian": {"out_dim": 8, "logvar": True}}})
+    torch.nn.init.normal_(model.head.logvar.weight, std=0.3)  # make the variances depend on the text
+    model.save_pretrained(root / "ckpt")
+    data = root / "data"
+    write_beir(data / "tiny")
+    return str(root / "ckpt"), str(data)
+
+
+@pytest.mark.distributed
+def test_two_ranks_equal_one_process(checkpoint):
+    import numpy as np
+
+    from ragcun.testing.distributed import run_on_ranks
+
+    ckpt, data_dir = checkpoint
+    (single,) = run_on_ranks(_evaluate, 1, ckpt, data_dir)
+    pair = run_on_ranks(_evaluate, 2, ckpt, data_dir)
+    for out in pair:
+        assert np.array_equal(out["mean"], single["mean"])  # same batches on every layout: bitwise equal
+        assert np.array_equal(out["logvar"], single["logvar"])
+        assert out["report"]["datasets"] == single["report"]["datasets"]
+        assert out["report"]["runs"] == single["report"]["runs"]
+        assert out["report"]["per_query"] == single["report"]["per_query"]
+        assert out["report"]["settings"]["world_size"] == 2
+    assert single["report"]["settings"]["distance"] == "wasserstein"
+    # the shared query/document id "d5" never retrieves itself
+    assert "d5" not in single["report"]["runs"]["tiny"]["d5"]
+
+
+def test_one_process_without_torch_distributed(checkpoint):
+    """Outside torchrun the same function runs unsharded and agrees with the 1-rank group."""
+    ckpt, data_dir = checkpoint
+    import torch
+
+    torch.set_num_threads(1)
+    out = _evaluate(0, 1, ckpt, data_dir)
+    assert out["report"]["settings"]["world_size"] == 1
+    assert set(out["report"]["runs"]["tiny"]) == {"d5", *(f"q{i}" for i in range(1, 9))}
