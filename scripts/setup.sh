@@ -10,5 +10,5 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[test,plots,faiss]" -e plugins/ragcun-mlp
+python -m pip install --quiet -e ".[test,faiss]" -e plugins/ragcun-mlp
 python -c "import torch, ragcun; print(f'ragcun {ragcun.__version__} with torch {torch.__version__} in .venv')"
