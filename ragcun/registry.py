@@ -17,7 +17,7 @@ KINDS = ("encoder", "head", "loss", "distance", "evaluator")
 PLURALS = {"encoder": "encoders", "head": "heads", "loss": "losses", "distance": "distances",
            "evaluator": "evaluators"}
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9.\-]*$")
 
 
 class RegistryError(ValueError):
@@ -104,7 +104,7 @@ class Registry:
         canonical = normalize_name(name)
         if not _NAME_RE.match(canonical):
             raise RegistryError(
-                f"{provider} tried to register {kind} {name!r}: names are kebab-case letters, digits, '-' and '.'")
+                f"{provider} tried to register {kind} {name!r}: names are kebab-case: a letter, then letters, digits, '-' and '.'")
         if not (isinstance(target, str) and ":" in target) and not callable(target):
             raise RegistryError(
                 f"{provider} registered {kind} {name!r} with target {target!r}; "

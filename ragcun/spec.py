@@ -27,7 +27,8 @@ from typing import Any, Iterable, Mapping
 
 from ragcun.registry import KINDS, normalize_kind, normalize_name
 
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+_NAME = r"[A-Za-z][A-Za-z0-9_.\-]*"  # a leading letter keeps names apart from numbers (1e+3)
+_EXPONENT_PREFIX = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)[eE]\s*$")  # '1e' of a weight '1e+3'
 _TERM_RE = re.compile(rf"^\s*(?:(?P<weight>[^*:]+?)\s*\*\s*)?(?P<name>{_NAME})\s*(?::(?P<arg>.*))?$", re.S)
 
 
@@ -107,7 +108,7 @@ def parse_spec(text: str, *, composable: bool = True) -> Spec:
     # A '+' inside a number such as 1e+3 belongs to the weight, not the grammar.
     while i < len(parts):
         part = parts[i]
-        while re.search(r"\d[eE]$", part.strip()) and i + 1 < len(parts) and "*" not in part:
+        while _EXPONENT_PREFIX.match(part) and i + 1 < len(parts):
             i += 1
             part = f"{part}+{parts[i]}"
         terms.append(parse_term(part, text))

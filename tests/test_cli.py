@@ -23,7 +23,9 @@ def test_list_json_has_every_builtin_kind():
 
 def test_list_by_kind_and_pattern():
     rows = json.loads(invoke("list", "distances", "*euclid*", "--format", "json").output)
-    assert [r["name"] for r in rows] == ["euclidean", "sqeuclidean"]
+    assert [r["name"] for r in rows] == ["euclidean", "expected-sqeuclidean", "sqeuclidean"]
+    rows = json.loads(invoke("list", "distances", "sq*", "--format", "json").output)
+    assert [r["name"] for r in rows] == ["sqeuclidean"]
     rows = json.loads(invoke("list", "l2", "--format", "json").output)  # a bare pattern across kinds
     assert [r["name"] for r in rows] == ["euclidean"]
 

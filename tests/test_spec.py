@@ -41,6 +41,10 @@ def test_examples():
     assert spec.format() == "contrastive+0.05*isotropy+0.01*norm"
     assert parse_spec("Contrastive + 1e-3 * Iso_Tropy").format() == "contrastive+0.001*iso-tropy"
     assert parse_spec("2.5e+2*isotropy").terms[0].weight == 250.0
+    assert parse_spec("1e+3*isotropy+contrastive").format() == "1000*isotropy+contrastive"
+    # a name that ends in digit + 'e' is a name, not half of an exponent (found by hypothesis)
+    assert parse_spec("a0e+a").terms == (Term("a0e"), Term("a"))
+    assert parse_spec("a0e+0*a").terms == (Term("a0e"), Term("a", 0.0))
 
 
 def test_paths_in_single_term_specs_may_contain_anything():
@@ -58,6 +62,7 @@ def test_paths_in_single_term_specs_may_contain_anything():
     ("contrastive+isotropy+contrastive", "twice"),
     ("hf:", "empty argument"),
     ("#$%", "cannot parse"),
+    ("2x+contrastive", "cannot parse"),
 ])
 def test_invalid_specs_raise_value_error(bad, fragment):
     with pytest.raises(ValueError, match=fragment):
