@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# ragcun GPU check: under 5 minutes on any CUDA machine.
+#
+#   1. environment: GPU, CUDA, bf16, NCCL;
+#   2. ragcun preflight (NCCL process group + all-reduce, data, disk, 3 real steps, tiny eval);
+#   3. one short bf16 training run under torchrun (NCCL) on one GPU: throughput and peak memory;
+#   4. GradCache at batch 1024 (chunks of 128): peak memory against a plain batch of 128;
+#   5. the CUDA paths of the losses (every registered loss, fp32 and bf16 autocast, finite values and grads);
+#   6. the CUDA path of evaluation (ragcun eval beir on the trained model, bf16).
+#
+# Usage:  bash benchmarks/gpu_check.sh [OUT_DIR]     (RAGCUN_DATA=/path/to/beir for real BEIR data)
+# Without BEIR data it trains on a small MS MARCO-style JSONL and evaluates on a BEIR folder built from it.
+set -euo pipefail
+START=$(date +%s)
+OUT=${1:-${OUT:-$(mktemp -d /tmp/ragcun-gpu-check.XXXX)}}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+export TOKENIZERS_PARALLELISM=false
+step() { echo; echo "== $* ($(( $(date +%s) - START ))s)"; }
+
+step "environment"
+nvidia-smi -L || { echo "no NVIDIA GPU visible"; exit 1; }
+$PY - <<'EOF'
+import torch, torch.distributed as dist, transformers, ragcun
+assert torch.cuda.is_available(), "torch does not see CUDA"
+p = torch.cuda.get_device_properties(0)
+print(f"ragcun {ragcun.__version__}  torch {torch.__version__}  CUDA {torch.version.cuda}  transformers {transformers.__version__}")
+print(f"{torch.cuda.device_count()} x {p.name}, {p.total_memory / 2**30:.0f} GiB, bf16 {torch.cuda.is_bf16_supported()}, "
+      f"NCCL {dist.is_nccl_available()} {torch.cuda.nccl.version() if dist.is_nccl_available() else ''}")
+EOF
+
+step "data"
+DATA_DIR=${RAGCUN_DATA:-}
+if [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR/scifact" ]; then
+  TRAIN="beir:scifact:train"; EVAL_DS="scifact"; EVAL="beir:scifact:test"
+else
+  DATA_DIR="$OUT/data"
+  $PY - "$DATA_DIR" <<'EOF'
+# A small data set in both formats (MS MARCO-style JSONL for training, a BEIR folder for evaluation),
+# from the real MS MARCO sample when it is beside the repository, else from templated text.
+import json, pathlib, random, sys
+root = pathlib.Path(sys.argv[1]); (root / "gpucheck" / "qrels").mkdir(parents=True, exist_ok=True)
+sample = pathlib.Path("../shared/data/msmarco-train-sample/train.jsonl")
+rows = [json.loads(l) for l in sample.read_text().splitlines()] if sample.is_file() else []
+rng = random.Random(0)
+topics = ["protein folding", "river erosion", "solar wind", "tax policy", "bird migration", "vaccine trials",
+          "glacier melt", "neural networks", "coral reefs", "supply chains", "volcanic soil", "sleep cycles"]
+pairs, corpus, queries, qrels = [], [], [], []
+for i in range(2048):
+    t = topics[i % len(topics)]
+    if rows:
+        r = rows[i % len(rows)]; q = f"{r['query']} ({t} {i})"; d = f"{t} {i}: {r['pos'][0]}"
+    else:
+        q = f"what is known about {t} case {i}"; d = f"case {i} of {t}: " + " ".join(rng.sample(topics, 6)) * 4
+    pairs.append({"query": q, "pos": [d]})
+    if i < 500:
+        corpus.append({"_id": f"d{i}", "title": "", "text": d}); queries.append({"_id": f"q{i}", "text": q})
+        qrels.append(f"q{i}\td{i}\t1")
+(root / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+(root / "gpucheck" / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in corpus))
+(root / "gpucheck" / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+(root / "gpucheck" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+print(f"wrote {len(pairs)} training pairs and a 500-document BEIR folder to {root}")
+EOF
+  TRAIN="jsonl:$DATA_DIR/train.jsonl"; EVAL_DS="gpucheck"; EVAL="beir:gpucheck:test"
+fi
+echo "train: $TRAIN   eval: $EVAL   data dir: $DATA_DIR"
+
+step "preflight"
+$PY -m ragcun.cli.train_cmd preflight --train-data "$TRAIN" --eval-data "$EVAL" --data-dir "$DATA_DIR" \
+  --output-dir "$OUT" --batch-size 64 --steps 3 --dtype bfloat16
+
+step "bf16 training under torchrun (NCCL), 1 GPU"
+$PY -m torch.distributed.run --standalone --nproc-per-node 1 -m ragcun.cli.train_cmd train \
+  --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy --train-data "$TRAIN" \
+  --data-dir "$DATA_DIR" --output-dir "$OUT/run-bf16" --batch-size 128 --steps 40 --lr 5e-5 --dtype bfloat16 \
+  --save-every 40 --log-every 5 --no-progress
+$PY - "$OUT/run-bf16" <<'EOF'
+import json, sys
+recs = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
+steps = [r for r in recs if "step_s" in r]
+final = [r["final"] for r in recs if "final" in r][0]
+steady = [r["step_s"] for r in steps[1:]]
+print(f"bf16 training: losses {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}; "
+      f"{final['pairs_per_s']:.0f} pairs/s overall; peak CUDA memory {final['peak_memory_mb']:.0f} MiB")
+assert all(r["loss"] == r["loss"] for r in steps), "NaN loss"
+EOF
+
+step "GradCache: batch 1024 in chunks of 128 vs a plain batch of 128 (peak memory)"
+for spec in "128:" "1024:128"; do
+  bs=${spec%%:*}; chunk=${spec##*:}
+  extra=(); [ -n "$chunk" ] && extra=(--grad-cache-chunk "$chunk")
+  $PY -m ragcun.cli.train_cmd train --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy \
+    --train-data "$TRAIN" --data-dir "$DATA_DIR" --output-dir "$OUT/run-gc-$bs" --batch-size "$bs" --steps 2 \
+    --dtype bfloat16 --save-every 1000000 --log-every 1 --no-progress "${extra[@]}"
+  $PY -c "import json,sys; r=[json.loads(l) for l in open('$OUT/run-gc-$bs/metrics.jsonl') if 'final' in l][0]['final']; print(f'batch $bs ${chunk:+(chunk $chunk)}: peak CUDA memory {r[\"peak_memory_mb\"]:.0f} MiB, {r[\"pairs_per_s\"]:.0f} pairs/s')"
+done
+
+step "losses on CUDA (fp32 and bf16 autocast)"
+$PY - <<'EOF'
+import torch
+from ragcun.embedding import Embedding
+from ragcun.losses.base import LossInputs
+from ragcun.losses.composite import build_loss
+from ragcun.plugins import get_registry
+names = [e.name for e in get_registry().entries("loss")]
+dev = torch.device("cuda")
+for name in names:
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        q = torch.randn(64, 128, device=dev, requires_grad=True); p = torch.randn(64, 128, device=dev, requires_grad=True)
+        lq = torch.zeros(64, 128, device=dev, requires_grad=True); lp = torch.zeros(64, 128, device=dev, requires_grad=True)
+        loss = build_loss(name).to(dev)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is torch.bfloat16):
+            out = loss(LossInputs(Embedding(q, lq), Embedding(p, lp), step=1))
+        out.total.float().backward()
+        ok = torch.isfinite(out.total).item() and all(torch.isfinite(t.grad).all().item() for t in (q, p) if t.grad is not None)
+        print(f"{name:22s} {str(dtype).replace('torch.', ''):9s} loss {out.total.item():10.4f}  {'ok' if ok else 'NOT FINITE'}")
+        assert ok
+EOF
+
+step "evaluation on CUDA (bf16)"
+$PY -m ragcun.cli.train_cmd eval beir --model "$OUT/run-bf16" --datasets "$EVAL_DS" --data-dir "$DATA_DIR" \
+  --dtype bfloat16 --batch-size 256 --output "$OUT/eval.json"
+
+step "done: everything passed in $(( $(date +%s) - START ))s; outputs in $OUT"

@@ -1,0 +1,352 @@
+"""Training examples ``(query, positive, negatives, ids)`` from real data, in a deterministic, resumable order.
+
+Sources (``--train-data SPEC``)::
+
+    beir:NAME[:SPLIT]      (query, relevant document) pairs from qrels/SPLIT.tsv (default split: train);
+                           a pair counts when its graded score >= qrels_threshold; NAME is a folder or a name
+                           under --data-dir
+    jsonl:PATH | *.jsonl   MS MARCO-style lines {"query": str, "pos": [str, ...], "neg": [str, ...]}, streamed
+    triples:PATH | *.tsv   the official MS MARCO ``query<TAB>positive<TAB>negative`` triples, streamed
+                           (``.gz`` files are read compressed)
+
+Order: every epoch has one global order, fixed by ``(seed, epoch)``. In-memory sources (BEIR) permute
+their pairs; streamed sources pass the file through a seeded shuffle buffer, so a multi-GB file is never in
+memory. A *global batch* is ``world_size * batch_size`` consecutive examples of that order and rank ``r``
+takes the ``r``-th slice, so the concatenation of the ranks' batches is exactly the batch one process with
+``world_size * batch_size`` would see: 2 ranks x B and 1 process x 2B train on the same data. The position
+``(epoch, examples consumed)`` is all a checkpoint needs to continue the same order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainingExample:
+    query: str
+    positive: str
+    negatives: list[str] = field(default_factory=list)
+    query_id: str | None = None
+    positive_id: str | None = None
+    negative_ids: list[str] | None = None
+
+
+@dataclass
+class TrainingBatch:
+    """One rank's micro-batch; ``negatives`` are grouped by query (``K`` per query) as LossInputs expects."""
+
+    queries: list[str]
+    positives: list[str]
+    negatives: list[str]
+    positive_ids: list[str] | None
+    negative_ids: list[str] | None
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0
+    position: int = 0  # examples of this epoch's global order already consumed (by all ranks together)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+
+def _rng(*parts: int) -> random.Random:
+    # One independent, reproducible stream per (seed, epoch, ...): never the global RNG.
+    # (a str seed is hashed with SHA-512 by ``random``: stable across processes and PYTHONHASHSEED)
+    return random.Random("-".join(map(str, parts)))
+
+
+def choose_negatives(negatives: Sequence, k: int, rng: random.Random) -> list:
+    """``k`` of ``negatives`` (without replacement when there are enough, else cycling), order fixed by ``rng``."""
+    if k == 0:
+        return []
+    if not negatives:
+        return []
+    if len(negatives) >= k:
+        return rng.sample(list(negatives), k)
+    pool = list(negatives)
+    rng.shuffle(pool)
+    return [pool[i % len(pool)] for i in range(k)]
+
+
+# -- sources ----------------------------------------------------------------------------------------------
+class TrainingSource:
+    """A deterministic sequence of examples per epoch. Subclasses implement :meth:`examples`."""
+
+    description: str = ""
+    negatives_per_example: int = 0  # what every example carries (0 = none)
+
+    def __len__(self) -> int:  # number of examples per epoch
+        raise NotImplementedError
+
+    def examples(self, epoch: int, start: int = 0) -> Iterator[TrainingExample]:
+        raise NotImplementedError
+
+
+class BeirPairs(TrainingSource):
+    """(query, relevant document) pairs from a BEIR qrels split, with optional mined hard negatives."""
+
+    def __init__(self, folder: str | Path, split: str = "train", *, threshold: int = 1, seed: int = 0,
+                 negatives: int = 0, mined: dict[str, list[str]] | None = None, name: str | None = None) -> None:
+        from ragcun.data.beir import load_beir
+
+        self.dataset = load_beir(folder, split, name=name)
+        self.split, self.seed, self.threshold = split, int(seed), int(threshold)
+        self.negatives_per_example = int(negatives)
+        self.mined = mined or {}
+        corpus = self.dataset.corpus
+        self.pairs = [(qid, did) for qid in sorted(self.dataset.qrels)
+                      for did, score in sorted(self.dataset.qrels[qid].items())
+                      if score >= self.threshold and did in corpus]
+        if not self.pairs:
+            scores = sorted({s for docs in self.dataset.qrels.values() for s in docs.values()})
+            raise ValueError(f"{self.dataset.qrels_file}: no (query, document) pair has a score >= {threshold} "
+                             f"(scores present: {scores}); lower --qrels-threshold")
+        if self.negatives_per_example and not self.mined:
+            raise ValueError(f"--negatives {negatives} with beir:{self.dataset.name} needs mined hard negatives: "
+                             "add --mine-negatives bm25 (or model)")
+        self.description = (f"beir:{self.dataset.name}:{split} ({len(self.pairs)} pairs, "
+                            f"{len(self.dataset.qrels)} queries, score >= {threshold})")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def doc_text(self, did: str) -> str:
+        doc = self.dataset.corpus[did]
+        return ((doc.get("title") or "") + " " + (doc.get("text") or "")).strip()
+
+    def examples(self, epoch: int, start: int = 0) -> Iterator[TrainingExample]:
+        order = list(range(len(self.pairs)))
+        _rng(self.seed, epoch, 0).shuffle(order)
+        for index in range(start, len(order)):
+            qid, did = self.pairs[order[index]]
+            neg_ids = choose_negatives(self.mined.get(qid, []), self.negatives_per_example,
+                                       _rng(self.seed, epoch, 1, index))
+            if self.negatives_per_example and len(neg_ids) < self.negatives_per_example:
+                raise ValueError(f"query {qid!r} has no mined negatives; re-mine with more candidates")
+            yield TrainingExample(self.dataset.queries[qid], self.doc_text(did),
+                                  [self.doc_text(n) for n in neg_ids], qid, did, neg_ids)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+class _StreamedSource(TrainingSource):
+    """A line-per-example file read front to back through a seeded shuffle buffer (never held in memory)."""
+
+    kind = ""
+
+    def __init__(self, path: str | Path, *, seed: int = 0, negatives: int = 0, buffer: int = 10_000) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise ValueError(f"--train-data: {self.path} does not exist")
+        self.seed, self.buffer = int(seed), int(buffer)
+        self.negatives_per_example = int(negatives)
+        self._length: int | None = None
+        self.description = f"{self.kind}:{self.path}"
+
+    def __len__(self) -> int:
+        if self._length is None:  # one pass over the file, counting non-blank lines
+            with _open_text(self.path) as fh:
+                self._length = sum(1 for line in fh if line.strip())
+        return self._length
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        with _open_text(self.path) as fh:
+            for number, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield number, line
+
+    def _shuffled(self, epoch: int) -> Iterator[tuple[int, str]]:
+        rng = _rng(self.seed, epoch, 0)
+        pool: list[tuple[int, str]] = []
+        for item in self._lines():
+            if len(pool) < self.buffer:
+                pool.append(item)
+                continue
+            j = rng.randrange(len(pool))
+            yield pool[j]
+            pool[j] = item
+        rng.shuffle(pool)
+        yield from pool
+
+    def examples(self, epoch: int, start: int = 0) -> Iterator[TrainingExample]:
+        # Resuming re-reads (without parsing) the lines before ``start``: the buffer's state depends on them.
+        for index, (number, line) in enumerate(self._shuffled(epoch)):
+            if index < start:
+                continue
+            yield self.parse(line, number, _rng(self.seed, epoch, 1, index))
+
+    def parse(self, line: str, number: int, rng: random.Random) -> TrainingExample:  # pragma: no cover
+        raise NotImplementedError
+
+
+class JsonlExamples(_StreamedSource):
+    """MS MARCO-style JSONL: ``{"query": str, "pos": [str, ...], "neg": [str, ...]}`` per line."""
+
+    kind = "jsonl"
+
+    def parse(self, line: str, number: int, rng: random.Random) -> TrainingExample:
+        where = f"{self.path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object with 'query', 'pos' and 'neg'")
+        query, pos, neg = record.get("query"), record.get("pos"), record.get("neg", [])
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"{where}: 'query' must be a non-empty string")
+        if isinstance(pos, str):
+            pos = [pos]
+        if not isinstance(pos, list) or not pos or not all(isinstance(p, str) for p in pos):
+            raise ValueError(f"{where}: 'pos' must be a non-empty list of strings")
+        if not isinstance(neg, list) or not all(isinstance(n, str) for n in neg):
+            raise ValueError(f"{where}: 'neg' must be a list of strings")
+        k = self.negatives_per_example
+        if k and not neg:
+            raise ValueError(f"{where}: --negatives {k} but this line has no 'neg' passages")
+        positive = pos[0] if len(pos) == 1 else rng.choice(pos)
+        # Passages carry no ids in this format; the text itself identifies a passage for duplicate detection.
+        negatives = choose_negatives(neg, k, rng)
+        return TrainingExample(query, positive, negatives, None, positive, list(negatives))
+
+
+class TriplesExamples(_StreamedSource):
+    """The official MS MARCO ``triples.train.small.tsv``: ``query<TAB>positive<TAB>negative``."""
+
+    kind = "triples"
+
+    def __init__(self, path: str | Path, *, seed: int = 0, negatives: int = 0, buffer: int = 10_000) -> None:
+        if negatives > 1:
+            raise ValueError(f"--negatives {negatives}: MS MARCO triples carry one negative per line; use 0 or 1")
+        super().__init__(path, seed=seed, negatives=negatives, buffer=buffer)
+
+    def parse(self, line: str, number: int, rng: random.Random) -> TrainingExample:
+        parts = line.rstrip("\r\n").split("\t")
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise ValueError(f"{self.path}:{number}: expected query<TAB>positive<TAB>negative "
+                             f"(3 non-empty columns), got {len(parts)} columns")
+        query, positive, negative = parts
+        negs = [negative] if self.negatives_per_example else []
+        return TrainingExample(query, positive, negs, None, positive, list(negs))
+
+
+# -- the spec -----------------------------------------------------------------------------------------------
+@dataclass
+class DataSpec:
+    kind: str  # beir | jsonl | triples
+    target: str  # dataset name/folder, or file path
+    split: str = "train"
+
+    def format(self) -> str:
+        return f"beir:{self.target}:{self.split}" if self.kind == "beir" else f"{self.kind}:{self.target}"
+
+
+def parse_data_spec(spec: str, flag: str = "--train-data") -> DataSpec:
+    """``beir:NAME[:SPLIT]``, ``jsonl:PATH``, ``triples:PATH`` (alias ``tsv:``), or a path with a known suffix."""
+    if not spec or not spec.strip():
+        raise ValueError(f"{flag} is empty; e.g. beir:scifact:train, jsonl:train.jsonl or triples:triples.tsv")
+    spec = spec.strip()
+    kind, sep, rest = spec.partition(":")
+    if sep and kind == "beir":
+        name, _, split = rest.partition(":")
+        if not name:
+            raise ValueError(f"{flag} {spec!r}: expected beir:NAME[:SPLIT], e.g. beir:scifact:train")
+        return DataSpec("beir", name, split or "train")
+    if sep and kind in ("jsonl", "triples", "tsv"):
+        if not rest:
+            raise ValueError(f"{flag} {spec!r}: give a file after '{kind}:'")
+        return DataSpec("triples" if kind == "tsv" else kind, rest)
+    path = Path(spec).expanduser()
+    name = path.name.removesuffix(".gz")
+    if name.endswith((".jsonl", ".json")):
+        return DataSpec("jsonl", spec)
+    if name.endswith(".tsv"):
+        return DataSpec("triples", spec)
+    if path.is_dir():
+        return DataSpec("beir", spec, "train")
+    raise ValueError(f"{flag} {spec!r}: not a data spec; use beir:NAME[:SPLIT] (BEIR qrels pairs), "
+                     "jsonl:PATH (MS MARCO-style JSONL) or triples:PATH (MS MARCO triples TSV)")
+
+
+def open_source(spec: str, *, data_dir: str | None = None, seed: int = 0, negatives: int = 0,
+                qrels_threshold: int = 1, shuffle_buffer: int = 10_000,
+                mined: dict[str, list[str]] | None = None) -> TrainingSource:
+    parsed = parse_data_spec(spec)
+    if parsed.kind == "beir":
+        from ragcun.data.beir import find_dataset
+
+        folder = find_dataset(parsed.target, data_dir, download=False)
+        return BeirPairs(folder, parsed.split, threshold=qrels_threshold, seed=seed, negatives=negatives,
+                         mined=mined, name=Path(parsed.target).name)
+    if parsed.kind == "jsonl":
+        return JsonlExamples(parsed.target, seed=seed, negatives=negatives, buffer=shuffle_buffer)
+    return TriplesExamples(parsed.target, seed=seed, negatives=negatives, buffer=shuffle_buffer)
+
+
+# -- batching -----------------------------------------------------------------------------------------------
+class BatchStream:
+    """Per-rank micro-batches of a source, endless over epochs, with a position a checkpoint can restore.
+
+    Each call to :meth:`next_batch` consumes one global batch (``world_size * batch_size`` examples) and
+    returns this rank's slice. An epoch's incomplete last global batch is dropped so every step has the
+    same size on every rank.
+    """
+
+    def __init__(self, source: TrainingSource, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 position: DataPosition | None = None) -> None:
+        self.source, self.batch_size, self.rank, self.world_size = source, int(batch_size), rank, world_size
+        self.global_batch = self.batch_size * self.world_size
+        self.state = DataPosition(**(position.as_dict() if position else {}))
+        self._iter: Iterator[TrainingExample] | None = None
+
+    def steps_per_epoch(self) -> int:
+        return len(self.source) // self.global_batch
+
+    def _take(self) -> list[TrainingExample]:
+        if self._iter is None:
+            self._iter = self.source.examples(self.state.epoch, self.state.position)
+        out: list[TrainingExample] = []
+        for example in self._iter:
+            out.append(example)
+            if len(out) == self.global_batch:
+                return out
+        return out
+
+    def next_batch(self) -> TrainingBatch:
+        examples = self._take()
+        if len(examples) < self.global_batch:  # end of epoch: drop the remainder, start the next
+            if self.state.position == 0 and not examples and self.state.epoch > 0:
+                raise ValueError("the training data is empty")
+            self.state = DataPosition(self.state.epoch + 1, 0)
+            self._iter = None
+            examples = self._take()
+            if len(examples) < self.global_batch:
+                raise ValueError(f"the training data has {len(self.source)} examples, fewer than one global batch "
+                                 f"({self.world_size} rank(s) x --batch-size {self.batch_size}); lower --batch-size")
+        self.state.position += self.global_batch
+        mine = examples[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return collate(mine, self.source.negatives_per_example)
+
+
+def collate(examples: list[TrainingExample], k: int) -> TrainingBatch:
+    negatives = [n for e in examples for n in e.negatives[:k]] if k else []
+    has_ids = all(e.positive_id is not None for e in examples)
+    neg_ids = [n for e in examples for n in (e.negative_ids or [])[:k]] if k and has_ids else None
+    return TrainingBatch([e.query for e in examples], [e.positive for e in examples], negatives,
+                         [e.positive_id for e in examples] if has_ids else None, neg_ids)

@@ -1,0 +1,142 @@
+"""Every resolved training setting in one dataclass, saved with the run as ``train_config.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "train_config.json"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCHEDULES = ("linear", "cosine", "constant")
+# Settings a resumed run may change without changing what it computes.
+RESUMABLE_CHANGES = ("steps", "epochs", "save_every", "keep_checkpoints", "log_every", "eval_every", "eval_data",
+                     "diagnostics_every", "show_progress", "eval_batch_size", "max_eval_queries")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    output_dir: str = "runs/default"
+    train_data: str = ""
+    data_dir: str | None = None
+    encoder: str = "all-minilm-l6-v2"
+    head: str = "gaussian"
+    distance: str = "euclidean"
+    loss: str = "contrastive+isotropy"
+    settings: dict[str, Any] = field(default_factory=dict)  # kind -> name -> param -> value
+    freeze_encoder: bool = False
+    # data
+    negatives: int = 0  # hard negatives per query (0 = in-batch negatives only)
+    mine_negatives: str | None = None  # None, "bm25" or "model" (BEIR data only)
+    qrels_threshold: int = 1  # a (query, doc) pair is relevant when its qrels score >= this
+    shuffle_buffer: int = 10_000  # streamed sources: size of the deterministic shuffle buffer
+    # optimisation
+    batch_size: int = 32  # per process, per micro-step
+    steps: int | None = None  # optimizer steps; None -> from epochs
+    epochs: float | None = None
+    lr: float = 2e-5
+    head_lr: float | None = None  # None -> lr
+    warmup: float = 0.1  # < 1: fraction of the steps; >= 1: a number of steps
+    schedule: str = "linear"
+    weight_decay: float = 0.01
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    grad_cache_chunk: int | None = None
+    dtype: str = "auto"
+    seed: int = 42
+    device: str | None = None  # None -> cuda:LOCAL_RANK if available, else cpu
+    # bookkeeping
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int | None = None
+    eval_data: str | None = None  # beir:NAME:SPLIT evaluated every eval_every steps (rank 0)
+    eval_batch_size: int = 64
+    max_eval_queries: int | None = None
+    diagnostics_every: int | None = None
+    show_progress: bool = True
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the flag for any bad value."""
+        if not self.train_data:
+            raise ValueError("--train-data is required, e.g. beir:scifact:train or path/to/train.jsonl")
+        if not self.output_dir:
+            raise ValueError("--output-dir is required")
+        positive = {"batch_size": "--batch-size", "grad_accum": "--grad-accum", "save_every": "--save-every",
+                    "keep_checkpoints": "--keep-checkpoints", "log_every": "--log-every",
+                    "eval_batch_size": "--eval-batch-size", "shuffle_buffer": "--shuffle-buffer"}
+        for name, flag in positive.items():
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {getattr(self, name)}")
+        for name, flag in {"steps": "--steps", "eval_every": "--eval-every", "grad_cache_chunk": "--grad-cache-chunk",
+                           "diagnostics_every": "--diagnostics-every", "max_eval_queries": "--max-eval-queries"}.items():
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {value}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"--epochs must be positive, got {self.epochs}")
+        if self.steps is None and self.epochs is None:
+            raise ValueError("give --steps (optimizer steps) or --epochs")
+        if self.negatives < 0:
+            raise ValueError(f"--negatives must be 0 or more, got {self.negatives}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ValueError(f"--head-lr must be positive, got {self.head_lr}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be 0 or more (a fraction < 1 or a number of steps), got {self.warmup}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"--max-grad-norm must be positive (omit it to disable clipping), got {self.max_grad_norm}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.mine_negatives not in (None, "bm25", "model"):
+            raise ValueError(f"--mine-negatives must be bm25 or model, got {self.mine_negatives!r}")
+        if self.mine_negatives and self.negatives < 1:
+            raise ValueError("--mine-negatives needs --negatives K (how many hard negatives per query)")
+        if (self.eval_every is None) != (self.eval_data is None):
+            raise ValueError("--eval-every and --eval-data go together (e.g. --eval-data beir:nfcorpus:dev "
+                             "--eval-every 200)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            import difflib
+
+            hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, n=1)) else u
+                     for u in unknown]
+            raise ValueError(f"{source}: unknown training setting(s) {', '.join(hints)}")
+        return cls(**data)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TrainConfig:
+        path = Path(folder) / CONFIG_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{folder} has no {CONFIG_FILE}; it is not a ragcun training run") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, str(path))
+
+    def differences(self, other: TrainConfig, ignore=RESUMABLE_CHANGES) -> dict[str, tuple[Any, Any]]:
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}

@@ -1,0 +1,609 @@
+"""The training loop: one function, read top to bottom.
+
+    setup (process group, seeds, model, loss, data, optimizer, schedule, resume)
+    for each optimizer step:
+        for each micro-batch (gradient accumulation):
+            embed queries, positives, negatives -> loss -> backward      (or the same through GradCache)
+        agree across ranks on the loss (logging) and on faults (NaN, Ctrl-C)
+        clip, step, schedule; log; checkpoint every K steps; evaluate every E steps
+    save the final model
+
+Gradient bookkeeping under DDP: each rank computes its loss on its own slice of the global batch; the
+losses gather candidates / all-reduce statistics *with gradient* (ragcun.distributed), and DDP averages
+parameter gradients, so the step equals one process's step on the concatenated batch
+(tests/test_training_distributed.py). The logged loss is the mean of the ranks' losses, which is the
+single-process loss of the global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ragcun.training import checkpoint as ckpt
+from ragcun.training import distributed as D
+from ragcun.training.config import TrainConfig
+
+METRICS_FILE = "metrics.jsonl"
+DIAGNOSTIC_SAMPLE = 256  # texts embedded for the periodic isotropy diagnostics
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and the last good checkpoint was left intact."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int  # optimizer steps completed
+    total_steps: int
+    losses: list[float] = field(default_factory=list)  # per step of this invocation: the global mean loss
+    terms: list[dict[str, float]] = field(default_factory=list)
+    interrupted: bool = False
+    resumed_from: int | None = None
+    model_dir: Path | None = None  # the final model (None when interrupted)
+    pairs_per_s: float = 0.0
+    peak_memory_mb: float | None = None
+
+
+# -- small helpers ---------------------------------------------------------------------------------------
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError("--dtype float16 needs a CUDA device (loss scaling); on a CPU use bfloat16 or float32")
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("--dtype bfloat16: this GPU does not support bfloat16; use float16 or float32")
+    return dtype
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup = int(config.warmup) if config.warmup >= 1 else round(config.warmup * total_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        progress = min(max(progress, 0.0), 1.0)
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def make_optimizer(model, config: TrainConfig, device: torch.device, loss_module=None) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms; the head may have its own learning rate; a loss's own
+    parameters (e.g. a learnable temperature) train with the head's rate and no decay."""
+    groups: dict[tuple[bool, bool], list] = {}
+    loss_params = [p for p in (loss_module.parameters() if isinstance(loss_module, torch.nn.Module) else [])
+                   if p.requires_grad]
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = param.ndim >= 2
+        is_head = name.startswith("head.")
+        groups.setdefault((decay, is_head), []).append(param)
+    if not groups:
+        raise ValueError("nothing to train: every parameter is frozen")
+    param_groups = [{"params": params, "weight_decay": config.weight_decay if decay else 0.0,
+                     "lr": (config.head_lr or config.lr) if is_head else config.lr}
+                    for (decay, is_head), params in sorted(groups.items())]
+    if loss_params:
+        param_groups.append({"params": loss_params, "weight_decay": 0.0, "lr": config.head_lr or config.lr})
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(param_groups, lr=config.lr, **extra)
+
+
+class MetricsLog:
+    """JSON lines (always) and TensorBoard (when installed), written by rank 0 only."""
+
+    def __init__(self, folder: Path, enabled: bool, resume_step: int | None) -> None:
+        self.enabled = enabled
+        self.path = folder / METRICS_FILE
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():  # drop records the resumed run will redo
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(folder / "tensorboard"))
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.tb is not None:
+            step = record.get("step", 0)
+            for key, value in _flatten(record).items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "/"))
+        else:
+            out[name] = value
+    return out
+
+
+class LiveDisplay:
+    """A rich progress line on stderr (rank 0): step, loss terms, lr, samples/s, ETA. Plain lines when stderr
+    is not a terminal (CI logs)."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        self.enabled = enabled
+        self.progress = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from ragcun.console import stderr
+
+        self.console = stderr
+        if stderr.is_terminal:
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.description}"), console=stderr)
+            self.progress.start()
+            self.task = self.progress.add_task("", total=total, completed=start)
+
+    def update(self, step: int, text: str, log_line: bool) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, description=text)
+        elif log_line:
+            self.console.print(f"step {step}: {text}", highlight=False, soft_wrap=True)
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            (self.progress.console if self.progress is not None else self.console).print(text, highlight=False,
+                                                                                         soft_wrap=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _format_terms(loss: float, terms: dict[str, float], lr: float, rate: float, eta_s: float | None) -> str:
+    parts = [f"loss {loss:.4f}"] + [f"{k} {v:.4f}" for k, v in terms.items()]
+    parts += [f"lr {lr:.2e}", f"{rate:.1f} pairs/s"]
+    if eta_s is not None:
+        parts.append(f"ETA {int(eta_s // 60)}m{int(eta_s % 60):02d}s")
+    return "  ".join(parts)
+
+
+def build_training_model(config: TrainConfig):
+    from ragcun.model import EmbeddingModel
+
+    model = EmbeddingModel.build(config.encoder, config.head, config.distance, config.settings or None)
+    if config.freeze_encoder:
+        for param in model.encoder.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+def freeze_unused_parameters(model) -> list[str]:
+    """Stop training parameters the embedding never uses (e.g. a BERT pooler beside mean pooling).
+
+    They would never receive a gradient (so AdamW would skip them anyway), but DDP requires every trained
+    parameter to get one each step. One tiny forward/backward finds them.
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.embed(["a"])
+        total = out.mean.sum() + (out.logvar.sum() if out.logvar is not None else 0.0)
+        grads = torch.autograd.grad(total, [p for _, p in trainable], allow_unused=True)
+    finally:
+        model.train(was_training)
+    unused = [n for (n, p), g in zip(trainable, grads) if g is None]
+    for name, param in trainable:
+        if name in unused:
+            param.requires_grad_(False)
+    return unused
+
+
+def build_training_loss(config: TrainConfig, model):
+    from ragcun.components import check_compatible
+    from ragcun.losses.composite import build_loss
+
+    loss = build_loss(config.loss, config.settings or None, distance=model.distance)
+    check_compatible(model.head, loss, head_name=config.head, distance_name=f"loss {config.loss}")
+    return loss
+
+
+def _as_output(result):
+    from ragcun.losses.base import LossOutput
+
+    return result if isinstance(result, LossOutput) else LossOutput(result, {})
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, resume: bool = False, loss_fn: Callable | None = None,
+          stop_after: int | None = None) -> TrainResult:
+    """Train as ``config`` says; with ``resume`` continue the run in ``config.output_dir`` exactly.
+
+    ``loss_fn`` overrides the loss built from ``config.loss`` (tests). ``stop_after`` ends this invocation
+    after that many optimizer steps without finishing the run (tests of resumption).
+    """
+    config.validate()
+    ctx = D.setup(config.device)
+    try:
+        return _train(config, ctx, resume=resume, loss_fn=loss_fn, stop_after=stop_after)
+    finally:
+        D.teardown(ctx)
+
+
+def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss_fn, stop_after) -> TrainResult:
+    from ragcun.data.training import BatchStream, DataPosition, open_source
+    from ragcun.losses.base import LossInputs
+    from ragcun.training.grad_cache import GradCache, forward_texts, touch
+
+    device = ctx.device
+    out_dir = Path(config.output_dir)
+    # -- the run folder: a new run never overwrites an old one; a resumed run must be the same run ---------
+    latest = ckpt.latest_checkpoint(out_dir)
+    if resume:
+        if latest is None:
+            raise ValueError(f"--resume: {out_dir} has no checkpoint to resume from "
+                             f"(looked in {out_dir / ckpt.CHECKPOINTS})")
+        saved = TrainConfig.load(out_dir)
+        diff = saved.differences(config)
+        if diff:
+            listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ValueError(f"--resume: settings differ from the run in {out_dir} ({listed}); "
+                             "resume with the run's settings or start a new --output-dir")
+    elif latest is not None or (out_dir / "train_config.json").exists():
+        raise ValueError(f"--output-dir {out_dir} already holds a training run; pass --resume to continue it "
+                         "or choose another --output-dir")
+    D.barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
+
+    # -- model, loss, precision (same seed on every rank: identical initial weights) ---------------------
+    seed_everything(config.seed)
+    model = build_training_model(config)
+    if resume:
+        from safetensors.torch import load_file
+
+        from ragcun.model import WEIGHTS_FILE
+
+        state = load_file(str(latest.folder / ckpt.MODEL_FOLDER / WEIGHTS_FILE))
+        model.load_state_dict(state, strict=False)
+    model.to(device)
+    freeze_unused_parameters(model)
+    loss_module = loss_fn if loss_fn is not None else build_training_loss(config, model)
+    if isinstance(loss_module, torch.nn.Module):
+        loss_module.to(device)
+    dtype = resolve_dtype(config.dtype, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not torch.float32 else None
+    scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # -- data ------------------------------------------------------------------------------------------------
+    mined = None
+    if config.mine_negatives:
+        from ragcun.data.negatives import mined_negatives_for
+
+        mined = mined_negatives_for(config, model, ctx)
+    source = open_source(config.train_data, data_dir=config.data_dir, seed=config.seed, negatives=config.negatives,
+                         qrels_threshold=config.qrels_threshold, shuffle_buffer=config.shuffle_buffer, mined=mined)
+    stream = BatchStream(source, config.batch_size, rank=ctx.rank, world_size=ctx.world_size)
+    if config.steps is not None:
+        total_steps = int(config.steps)
+    else:
+        per_epoch = stream.steps_per_epoch()
+        if per_epoch == 0:
+            raise ValueError(f"{source.description}: fewer examples than one global batch "
+                             f"({ctx.world_size} x --batch-size {config.batch_size})")
+        total_steps = max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
+
+    # -- optimizer, schedule, resume state -------------------------------------------------------------------
+    optimizer = make_optimizer(model, config, device, loss_module)
+    loss_params = [p for p in (loss_module.parameters() if isinstance(loss_module, torch.nn.Module) else [])
+                   if p.requires_grad]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
+    step = 0
+    if resume:
+        state = ckpt.load_trainer_state(latest)
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("loss") and isinstance(loss_module, torch.nn.Module):
+            loss_module.load_state_dict(state["loss"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        stream.state = DataPosition(**state["data"])
+        rngs = state["rng"]
+        if len(rngs) == ctx.world_size:
+            ckpt.set_rng_state(rngs[ctx.rank], device)
+        else:  # another world size: the data order is the same, dropout masks cannot be
+            seed_everything(config.seed + 1_000_003 * step + ctx.rank)
+    else:
+        seed_everything(config.seed + ctx.rank)  # different dropout masks per rank
+    if ctx.is_main:  # only now: bad data or settings fail above without leaving an empty run folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save(out_dir)
+    D.barrier(ctx)
+
+    forward_module = D.wrap(model, ctx)
+    grad_cache = GradCache(model, forward_module, config.grad_cache_chunk, autocast) if config.grad_cache_chunk else None
+    trainable = [p for p in model.parameters() if p.requires_grad] + loss_params
+    log = MetricsLog(out_dir, ctx.is_main, step if resume else None)
+    display = LiveDisplay(ctx.is_main and config.show_progress, total_steps, step)
+    display.print(f"training {config.encoder} + {config.head} head, loss {config.loss}, on {source.description}; "
+                  f"{ctx.world_size} process(es) x batch {config.batch_size} x accumulation {config.grad_accum}, "
+                  f"{total_steps} steps, {device}, {str(dtype).replace('torch.', '')}"
+                  + (f", resuming at step {step}" if resume else ""))
+    diag_texts = _diagnostic_texts(source, config) if config.diagnostics_every else None
+    eval_set = _load_eval_set(config) if config.eval_every else None
+
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:  # a second Ctrl-C: stop now (the last checkpoint is intact)
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        display.print("interrupted: finishing this step, saving a checkpoint, then exiting "
+                      "(Ctrl-C again to stop at once)")
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+
+    def save(current_step: int, last_loss: float | None) -> Path | None:
+        rngs = _gather_rng_states(ctx)
+        path = None
+        if ctx.is_main:
+            path = ckpt.save_checkpoint(out_dir, current_step, model=model, optimizer=optimizer,
+                                        scheduler=scheduler, scaler=scaler, rng_states=rngs,
+                                        loss_state=(loss_module.state_dict()
+                                                    if isinstance(loss_module, torch.nn.Module) else None),
+                                        data_position=stream.state.as_dict(), keep=config.keep_checkpoints,
+                                        extra={"loss": last_loss, "total_steps": total_steps})
+        D.barrier(ctx)
+        return path
+
+    result = TrainResult(out_dir, step, total_steps, resumed_from=step if resume else None)
+    pairs_per_step = config.batch_size * ctx.world_size * config.grad_accum
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_start = time.perf_counter()
+    steps_this_run = 0
+    term_names: list[str] | None = None
+    try:
+        while step < total_steps and (stop_after is None or steps_this_run < stop_after):
+            t0 = time.perf_counter()
+            model.train()
+            if config.freeze_encoder:
+                model.encoder.eval()  # a frozen encoder gives deterministic features: no dropout
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            terms_sum: dict[str, torch.Tensor] = {}
+            nonfinite = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                batch = stream.next_batch()
+                sync = micro == config.grad_accum - 1
+                if grad_cache is not None:
+                    out = grad_cache.step(batch, lambda inputs: _as_output(loss_module(inputs)), step,
+                                          scale=1.0 / config.grad_accum, sync=sync, scaler=scaler)
+                else:
+                    no_sync = getattr(forward_module, "no_sync", None)
+                    with no_sync() if (no_sync is not None and not sync) else nullcontext():
+                        q = forward_texts(forward_module, model.tokenize, batch.queries, device, autocast)
+                        p = forward_texts(forward_module, model.tokenize, batch.positives, device, autocast)
+                        n = (forward_texts(forward_module, model.tokenize, batch.negatives, device, autocast)
+                             if batch.negatives else None)
+                        out = _as_output(loss_module(LossInputs(q, p, n, positive_ids=batch.positive_ids,
+                                                                negative_ids=batch.negative_ids, step=step)))
+                        total = out.total / config.grad_accum + touch(q) + touch(p) + (touch(n) if n is not None else 0.0)
+                        (scaler.scale(total) if scaler is not None else total).backward()
+                value = out.total.detach().float()
+                nonfinite = nonfinite + (~torch.isfinite(value)).float()
+                loss_sum = loss_sum + value / config.grad_accum
+                for key, term in out.terms.items():
+                    terms_sum[key] = terms_sum.get(key, 0.0) + term.detach().float() / config.grad_accum
+            # -- agree across ranks: mean loss and terms (for the log), any NaN, any Ctrl-C ---------------
+            if term_names is None:
+                term_names = list(terms_sum)
+            flags = torch.stack([loss_sum, *[terms_sum[k] for k in term_names], nonfinite,
+                                 torch.tensor(float(interrupted["flag"]), device=device)])
+            flags = torch.where(torch.isfinite(flags), flags, torch.full_like(flags, float("nan")))
+            agreed = D.all_reduce_mean(flags, ctx).tolist()
+            loss_value, term_values = agreed[0], dict(zip(term_names, agreed[1:1 + len(term_names)]))
+            if agreed[-2] > 0 or not math.isfinite(loss_value):
+                good = ckpt.latest_checkpoint(out_dir)
+                where = (f"the last good checkpoint is {good.folder} (step {good.step}); continue from it with "
+                         "--resume, e.g. with a lower --lr" if good else "no checkpoint had been written yet")
+                raise TrainingDiverged(f"the loss is {loss_value} at step {step + 1}: training stopped; {where}")
+            if loss_params and ctx.enabled:  # DDP averages the model's gradients; the loss's are ours to average
+                for param in loss_params:
+                    if param.grad is not None:
+                        param.grad = D.all_reduce_mean(param.grad, ctx)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = None
+            if config.max_grad_norm is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+                if not math.isfinite(grad_norm) and scaler is None:
+                    good = ckpt.latest_checkpoint(out_dir)
+                    raise TrainingDiverged(f"the gradient norm is {grad_norm} at step {step + 1}: training stopped; "
+                                           + (f"the last good checkpoint is {good.folder}" if good else
+                                              "no checkpoint had been written yet"))
+            lr = scheduler.get_last_lr()[0]
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            step += 1
+            steps_this_run += 1
+            dt = time.perf_counter() - t0
+            elapsed = time.perf_counter() - t_start
+            rate = pairs_per_step * steps_this_run / elapsed
+            result.losses.append(loss_value)
+            result.terms.append(term_values)
+            record = {"step": step, "loss": loss_value, "terms": term_values, "lr": lr, "step_s": dt,
+                      "pairs_per_s": rate, "epoch": stream.state.epoch}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
+            if step % config.log_every == 0 or step == total_steps:
+                log.write(record)
+            eta = elapsed / steps_this_run * (total_steps - step)
+            display.update(step, _format_terms(loss_value, term_values, lr, rate, eta),
+                           step % config.log_every == 0 or step == total_steps)
+            # -- periodic work --------------------------------------------------------------------------------
+            if step % config.save_every == 0 or step == total_steps or agreed[-1] > 0:
+                save(step, loss_value)
+            if eval_set is not None and step % config.eval_every == 0:
+                log.write({"step": step, "eval": _evaluate(model, eval_set, config, autocast)})
+            if diag_texts is not None and step % config.diagnostics_every == 0:
+                diagnostics = _diagnostics(model, diag_texts, config, ctx)
+                if diagnostics is not None:
+                    log.write({"step": step, "diagnostics": diagnostics})
+            if agreed[-1] > 0:  # some rank saw Ctrl-C; every rank saved above and stops here
+                result.interrupted = True
+                display.print(f"interrupted at step {step}; checkpoint saved in {out_dir / ckpt.CHECKPOINTS}; "
+                              "continue with --resume")
+                break
+    finally:
+        display.close()
+        log.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    result.step = step
+    elapsed = time.perf_counter() - t_start
+    result.pairs_per_s = pairs_per_step * steps_this_run / elapsed if elapsed > 0 else 0.0
+    if device.type == "cuda":
+        result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    if step >= total_steps and not result.interrupted:
+        if ctx.is_main:
+            model.save_pretrained(out_dir)  # `ragcun eval beir --model OUTPUT_DIR` works on a finished run
+            log.write({"step": step, "final": {"pairs_per_s": result.pairs_per_s, "elapsed_s": elapsed,
+                                               "peak_memory_mb": result.peak_memory_mb}})
+        D.barrier(ctx)
+        result.model_dir = out_dir
+    return result
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _gather_rng_states(ctx: D.DistributedContext) -> list:
+    state = ckpt.rng_state(ctx.device)
+    if not ctx.enabled:
+        return [state]
+    import torch.distributed as dist
+
+    states = [None] * ctx.world_size
+    dist.all_gather_object(states, {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()})
+    return states
+
+
+def _diagnostic_texts(source, config: TrainConfig) -> list[str]:
+    texts = []
+    for example in source.examples(0):
+        texts.append(example.positive)
+        if len(texts) >= DIAGNOSTIC_SAMPLE:
+            break
+    return texts
+
+
+def _diagnostics(model, texts: list[str], config: TrainConfig, ctx) -> dict | None:
+    """Isotropy diagnostics of the current document embeddings (encoding sharded over the ranks)."""
+    from ragcun.evaluation.encoding import encode
+
+    emb = encode(model, texts, config.eval_batch_size)
+    if not ctx.is_main:
+        return None
+    try:
+        from ragcun.diagnostics.report import embedding_diagnostics
+    except ImportError:
+        return None
+    return _jsonable(embedding_diagnostics(emb.mean))
+
+
+def _load_eval_set(config: TrainConfig):
+    from ragcun.data.beir import find_dataset, load_beir
+    from ragcun.data.training import parse_data_spec
+
+    spec = parse_data_spec(config.eval_data, flag="--eval-data")
+    if spec.kind != "beir":
+        raise ValueError(f"--eval-data {config.eval_data!r}: evaluation needs a BEIR split, e.g. beir:nfcorpus:dev")
+    split = spec.split if config.eval_data.count(":") >= 2 else "test"  # beir:NAME alone means its test split
+    dataset = load_beir(find_dataset(spec.target, config.data_dir, download=False), split,
+                        name=Path(spec.target).name)
+    if config.max_eval_queries and len(dataset.queries) > config.max_eval_queries:
+        keep = sorted(dataset.queries)[:config.max_eval_queries]
+        dataset.queries = {q: dataset.queries[q] for q in keep}
+        dataset.qrels = {q: dataset.qrels[q] for q in keep}
+    return dataset
+
+
+def _evaluate(model, dataset, config: TrainConfig, autocast) -> dict[str, float]:
+    """NDCG/Recall on the dev split (every rank encodes its share; rank 0 logs)."""
+    from ragcun.evaluation.beir_eval import evaluate_dataset
+
+    out = evaluate_dataset(model, dataset, k=100, k_values=[10, 100], batch_size=config.eval_batch_size,
+                           autocast_dtype=autocast.fast_dtype if autocast is not None else None,
+                           query_prefix=model.query_prefix, document_prefix=model.document_prefix)
+    keep = ("NDCG@10", "MRR@10", "Recall@10", "Recall@100")
+    return {"dataset": f"{dataset.name}:{dataset.split}",
+            **{k: float(v) for k, v in out["metrics"].items() if k in keep}}
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,158 @@
+"""``ragcun train`` / ``sweep`` / ``preflight`` / ``data`` through click: bad input gives a clear error, no traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _training_helpers import write_pairs
+from click.testing import CliRunner
+
+from ragcun.cli.root import build_cli
+
+
+@pytest.fixture()
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture()
+def pairs(tmp_path):
+    return write_pairs(tmp_path / "pairs.jsonl", 24)
+
+
+def invoke(runner, *args):
+    return runner.invoke(build_cli(), list(map(str, args)), catch_exceptions=False)
+
+
+def tiny_args(model_dir, pairs, out, *extra):
+    return ["train", "--encoder", f"hf:{model_dir}", "--set", "head.gaussian.out_dim=16",
+            "--set", "loss.isotropy.num_slices=16", "--train-data", pairs, "--output-dir", out,
+            "--batch-size", "4", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "2"], "--train-data is required"),
+    (["--train-data", "data.csv", "--steps", "2"], "--train-data 'data.csv': not a data spec"),
+    (["--train-data", "missing.jsonl", "--steps", "2"], "missing.jsonl does not exist"),
+    (["--train-data", "beir:scifact:train"], "give --steps"),
+    (["--train-data", "x.jsonl", "--steps", "2", "--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--train-data", "x.jsonl", "--steps", "2", "--dtype", "fp8"], "--dtype must be one of"),
+    (["--train-data", "x.jsonl", "--steps", "2", "--set", "loss.isotropy"], "KIND.NAME.PARAM=VALUE"),
+    (["--train-data", "x.jsonl", "--steps", "2", "--eval-every", "5"], "--eval-every and --eval-data go together"),
+    (["--train-data", "x.jsonl", "--steps", "2", "--mine-negatives", "bm25"], "--mine-negatives needs --negatives"),
+    (["--resume", "--output-dir", "nowhere"], "nowhere has no train_config.json"),
+    (["--train-data", "x.jsonl", "--steps", "2", "--nproc-per-node", "0"], "--nproc-per-node"),
+    (["--train-data", "x.jsonl", "--steps", "2", "--config", "nope.toml"], "config file nope.toml does not exist"),
+])
+def test_bad_input_is_a_clear_error(runner, args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths below land in the test's folder
+    result = invoke(runner, "train", "--output-dir", "out", *args) if "--output-dir" not in args else \
+        invoke(runner, "train", *args)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # a failed start leaves no half-made run folder
+
+
+def test_bad_component_names_fail_with_a_hint(runner, tiny_model_dir, pairs, tmp_path):
+    result = invoke(runner, *tiny_args(tiny_model_dir, pairs, tmp_path / "a", "--steps", "1", "--loss",
+                                       "contrastive+isotrpy"))
+    assert result.exit_code == 1 and "isotropy" in result.output and "Traceback" not in result.output
+    result = invoke(runner, *tiny_args(tiny_model_dir, pairs, tmp_path / "b", "--steps", "1", "--set",
+                                       "loss.isotropy.num_slicez=3"))
+    assert result.exit_code == 1 and "num_slices" in result.output
+
+
+def test_float16_needs_cuda(runner, tiny_model_dir, pairs, tmp_path):
+    result = invoke(runner, *tiny_args(tiny_model_dir, pairs, tmp_path / "a", "--steps", "1", "--dtype", "float16"))
+    assert result.exit_code == 1 and "float16 needs a CUDA device" in result.output
+
+
+def test_toml_config_then_resume_with_more_steps(runner, tiny_model_dir, pairs, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'[train]\ntrain-data = "{pairs}"\nbatch-size = 4\nsteps = 2\nlr = 1e-3\nsave-every = 1\nlog-every = 1\n'
+                      f'encoder = "hf:{tiny_model_dir}"\nshow-progress = false\n\n'
+                      '[head.gaussian]\nout_dim = 8\n\n[loss.isotropy]\nnum_slices = 16\n')
+    out = tmp_path / "run"
+    result = invoke(runner, "train", "--config", config, "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["settings"]["head"]["gaussian"]["out_dim"] == 8 and saved["lr"] == 1e-3 and saved["steps"] == 2
+    # continue the same run for two more steps: only --output-dir, --resume and the new --steps are needed
+    result = invoke(runner, "train", "--output-dir", out, "--resume", "--steps", "4")
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == [1, 2, 3, 4]
+    # but changing what the run computes is refused
+    result = invoke(runner, "train", "--output-dir", out, "--resume", "--steps", "5", "--lr", "0.1")
+    assert result.exit_code == 1 and "settings differ" in result.output and "lr" in result.output
+
+
+def test_unknown_toml_setting(runner, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('[train]\nbatch_sise = 4\n')
+    result = invoke(runner, "train", "--config", config, "--output-dir", tmp_path / "x")
+    assert result.exit_code == 1 and "batch_sise (did you mean batch_size?)" in result.output
+
+
+def test_sweep_and_preflight_validate_input(runner, tmp_path):
+    result = invoke(runner, "sweep", "--train-data", "x.jsonl", "--eval-data", "beir:scifact:test",
+                    "--output-dir", tmp_path, "--steps", "1", "--runs", "baseline,nope")
+    assert result.exit_code == 1 and "unknown run(s) nope" in result.output
+    result = invoke(runner, "sweep", "--train-data", "x.jsonl", "--eval-data", "beir:scifact:test",
+                    "--output-dir", tmp_path, "--steps", "1", "--isotropy-weight", "0")
+    assert result.exit_code == 1 and "--isotropy-weight must be positive" in result.output
+    result = invoke(runner, "preflight", "--train-data", "x.jsonl", "--steps", "0")
+    assert result.exit_code != 0 and "--steps" in result.output
+
+
+def test_sweep_configs_are_the_three_runs():
+    from ragcun.training.config import TrainConfig
+    from ragcun.training.sweep import sweep_configs
+
+    configs = sweep_configs(TrainConfig(output_dir="runs/s", train_data="x.jsonl", steps=1), 1.0)
+    assert {n: (c.loss, c.freeze_encoder) for n, c in configs.items()} == {
+        "baseline": ("contrastive+0*isotropy", False), "isotropy": ("contrastive+1*isotropy", False),
+        "frozen": ("contrastive+1*isotropy", True)}
+    assert configs["frozen"].head_lr == 1e-3 and configs["baseline"].output_dir.endswith("baseline")
+
+
+def test_data_download_offline_says_what_to_do(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGCUN_OFFLINE", "1")
+    result = invoke(runner, "data", "download", "msmarco", "--data-dir", tmp_path)
+    assert result.exit_code == 1
+    assert "curl -L -o" in result.output and "triples.train.small.tar.gz" in result.output
+    assert "--train-data triples:" in result.output
+
+
+def test_cli_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from ragcun.cli.root import build_cli; build_cli(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_on_a_tiny_model(runner, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "sweep"
+    result = invoke(runner, "sweep", "--train-data", "beir:scifact:train", "--eval-data", "beir:nq-utd:test",
+                    "--data-dir", data_dir, "--output-dir", out, "--encoder", f"hf:{tiny_model_dir}",
+                    "--steps", "2", "--batch-size", "4", "--set", "head.gaussian.out_dim=16",
+                    "--set", "loss.isotropy.num_slices=16", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    rows = {r["run"]: r for r in report["runs"]}
+    assert set(rows) == {"baseline", "isotropy", "frozen"}
+    assert all(0 <= r["NDCG@10"] <= 1 for r in rows.values())
+    assert rows["frozen"]["trainable_params"] < rows["isotropy"]["trainable_params"]
+    assert rows["baseline"]["final_train"]["isotropy"] == 0.0  # weight 0: the weighted term is 0
+    # re-running skips the finished runs and only re-evaluates
+    again = invoke(runner, "sweep", "--train-data", "beir:scifact:train", "--eval-data", "beir:nq-utd:test",
+                   "--data-dir", data_dir, "--output-dir", out, "--encoder", f"hf:{tiny_model_dir}",
+                   "--steps", "2", "--batch-size", "4", "--set", "head.gaussian.out_dim=16",
+                   "--set", "loss.isotropy.num_slices=16", "--format", "json")
+    assert again.exit_code == 0 and "already finished" in again.output
