@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The main job on the embedded defaults, end to end on a CPU in about ten minutes:
+#   1. fine-tune all-MiniLM-L6-v2 + a gaussian head with contrastive+isotropy on SciFact's train qrels;
+#   2. evaluate the result on SciFact's test split (BEIR metrics via pytrec_eval);
+#   3. compare the isotropy of the base model and the fine-tuned one.
+# Everything lands in runs/quickstart-DATE/. Set RAGCUN_DATA to your BEIR folder (default: ../shared/data/beir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export RAGCUN_DATA=${RAGCUN_DATA:-$(cd .. && pwd)/shared/data/beir}
+export HF_HUB_OFFLINE=1
+OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing is overwritten
+ragcun train --head gaussian --loss contrastive+isotropy --train-data beir:scifact:train \
+  --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15
+ragcun eval beir --model "$OUT/model" --datasets scifact --split test --dtype bfloat16 --output "$OUT/eval.json"
+ragcun isotropy report --model all-minilm-l6-v2 --model "$OUT/model" --dataset scifact --sample 1000 \
+  --output-dir "$OUT/isotropy"
+echo "done: $OUT/eval.json, $OUT/isotropy/report.html"
