@@ -56,3 +56,15 @@ def minilm_model():
     from ragcun.resolve import resolve_model
 
     return resolve_model("all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op torch thread for the module: on tiny tensors extra OpenMP threads only wait (and on a
+    busy machine they wait a lot). Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
