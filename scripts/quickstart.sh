@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults, end to end on a CPU in about ten minutes:
+# The main job on the embedded defaults, end to end on a CPU in about fifteen minutes (2 cores):
 #   1. fine-tune all-MiniLM-L6-v2 + a gaussian head with contrastive+isotropy on SciFact's train qrels;
 #   2. evaluate the result on SciFact's test split (BEIR metrics via pytrec_eval);
 #   3. compare the isotropy of the base model and the fine-tuned one.
