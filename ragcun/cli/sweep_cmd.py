@@ -67,9 +67,11 @@ def sweep_command(**params: Any) -> None:
     configs = sweep_configs(base, params["isotropy_weight"], runs)
     for config in configs.values():
         config.validate()
-    run_sweep(configs, resume=params["resume"], show=lambda text: stderr.print(text, highlight=False))
+    show = lambda text: stderr.print(text, highlight=False)  # noqa: E731
+    run_sweep(configs, resume=params["resume"], show=show)
     rows = evaluate_sweep(configs, params["eval_data"], data_dir=params["data_dir"],
-                          batch_size=params["eval_batch_size"])
+                          batch_size=params["eval_batch_size"], show=show,
+                          show_progress=params["output_format"] == "table")
     if params["output_format"] == "json":
         echo_json({"eval_data": params["eval_data"], "runs": rows})
         return

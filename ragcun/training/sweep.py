@@ -137,8 +137,12 @@ def _last_terms(run_dir: Path) -> dict[str, float]:
 
 
 def evaluate_sweep(configs: dict[str, TrainConfig], eval_data: str, *, data_dir: str | None = None,
-                   batch_size: int = 64, dtype: str = "float32", diagnostics_sample: int = 1000) -> list[dict[str, Any]]:
-    """Evaluate each finished run on the BEIR split ``eval_data``; one row per run."""
+                   batch_size: int = 64, dtype: str = "float32", diagnostics_sample: int = 1000,
+                   show=print, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluate each finished run on the BEIR split ``eval_data``; one row per run.
+
+    Each evaluation encodes the whole corpus (minutes on a CPU), so it says what it is doing and shows the
+    encoding progress bars unless ``show_progress=False``."""
     import torch
 
     from ragcun.data.beir import find_dataset
@@ -155,8 +159,9 @@ def evaluate_sweep(configs: dict[str, TrainConfig], eval_data: str, *, data_dir:
     for name, config in configs.items():
         run_dir = Path(config.output_dir)
         model = load(run_dir)
+        show(f"{name}: evaluating {run_dir} on {spec.target} {split}")
         report = evaluate_beir(model, [str(folder)], None, split, batch_size=batch_size, dtype=dtype,
-                               show_progress=False)
+                               show_progress=show_progress)
         metrics = next(iter(report["datasets"].values()))
         row = {"run": name, "loss": config.loss, "frozen_encoder": config.freeze_encoder,
                "trainable_params": sum(p.numel() for n, p in model.named_parameters()
