@@ -52,11 +52,11 @@ def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: st
       torchrun --nproc-per-node=2 $(which ragcun) eval beir --model runs/ckpt --datasets all
     """
     from ragcun.evaluation.beir_eval import evaluate_beir, init_distributed_from_env
-    from ragcun.evaluation.encoding import dist_info
+    from ragcun.distributed import world
     from ragcun.spec import settings_from_options
 
     started = init_distributed_from_env()
-    rank = dist_info()[0]
+    rank = world()[0]
     try:
         report = evaluate_beir(model_spec, datasets, data_dir, split, k=k, batch_size=batch_size, dtype=dtype,
                                distance=distance, query_prefix=query_prefix, document_prefix=document_prefix,

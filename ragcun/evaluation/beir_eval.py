@@ -279,7 +279,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     import torch
 
     from ragcun.data.beir import default_data_dir, load_beir
-    from ragcun.evaluation.encoding import dist_info
+    from ragcun.distributed import world
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
@@ -307,7 +307,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     q_prefix = model.query_prefix if query_prefix is None else query_prefix
     d_prefix = model.document_prefix if document_prefix is None else document_prefix
 
-    rank, world = dist_info()
+    rank, world_size = world()
     if show_progress is None:
         show_progress = rank == 0
     report: dict[str, Any] = {
@@ -320,7 +320,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
             "query_prefix": q_prefix, "document_prefix": d_prefix, "ignore_identical_ids": ignore_identical_ids,
             "search": search, "corpus_chunk_size": corpus_chunk_size, "data_dir": str(data_dir),
             "max_seq_length": getattr(model.encoder, "max_seq_length", None),
-            "device": str(target), "world_size": world, "torch_threads": torch.get_num_threads(),
+            "device": str(target), "world_size": world_size, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "platform": platform.platform(),
             "document_text": "title + ' ' + text, stripped (sentence-transformers / BEIR)",
         },

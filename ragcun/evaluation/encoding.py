@@ -14,16 +14,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from ragcun.distributed import world
 from ragcun.embedding import Embedding
-
-
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` when torch.distributed is not initialised."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def length_order(model, texts: Sequence[str]) -> np.ndarray:
@@ -59,14 +51,14 @@ def encode(model, texts: Sequence[str], batch_size: int = 128, *, autocast_dtype
     texts = list(texts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    rank, world = dist_info()
+    rank, world_size = world()
     has_logvar = "logvar" in getattr(model.head, "provides", ())
     if not texts:
         empty = torch.empty(0, model.dim)
         return Embedding(empty, empty.clone() if has_logvar else None)
     order = length_order(model, texts)
     batches = [order[s:s + batch_size] for s in range(0, len(texts), batch_size)]
-    mine = list(range(rank, len(batches), world))
+    mine = list(range(rank, len(batches), world_size))
     device = model.device
     was_training = model.training
     model.eval()
@@ -79,17 +71,17 @@ def encode(model, texts: Sequence[str], batch_size: int = 128, *, autocast_dtype
                 out = model(features)
                 packed = out.mean if out.logvar is None else torch.cat([out.mean, out.logvar], dim=1)
                 outputs.append(packed.float())
-                if progress is not None:  # this rank's batch stands for its round of ``world`` batches
-                    progress(sum(len(batches[j]) for j in range(b - rank, min(b - rank + world, len(batches)))))
+                if progress is not None:  # this rank's batch stands for its round of ``world_size`` batches
+                    progress(sum(len(batches[j]) for j in range(b - rank, min(b - rank + world_size, len(batches)))))
     finally:
         model.train(was_training)
     width = model.dim * (2 if has_logvar else 1)
     local = torch.cat(outputs) if outputs else torch.empty(0, width, device=device)
-    if world > 1:
-        gathered = _gather(local, [sum(len(batches[b]) for b in range(r, len(batches), world)) for r in range(world)])
-        pieces, cursors = [], [0] * world
+    if world_size > 1:
+        gathered = _gather(local, [sum(len(batches[b]) for b in range(r, len(batches), world_size)) for r in range(world_size)])
+        pieces, cursors = [], [0] * world_size
         for b, idx in enumerate(batches):
-            r = b % world
+            r = b % world_size
             pieces.append(gathered[r][cursors[r]:cursors[r] + len(idx)])
             cursors[r] += len(idx)
         ordered = torch.cat(pieces)
