@@ -118,8 +118,50 @@ def worker_st(args) -> dict:
     model.fit(train_objectives=[(loader, loss)], epochs=1, steps_per_epoch=args.steps, warmup_steps=1,
               optimizer_params={"lr": 2e-5}, weight_decay=0.01, max_grad_norm=1.0, show_progress_bar=False)
     total = time.perf_counter() - t0
-    return {"system": "sentence-transformers fit (MNRL)", "pairs_per_s": stamps.pairs_per_s(args.batch_size),
-            "steps": len(stamps.times), "wall_s": total, **peak_memory()}
+    return {"system": "sentence-transformers fit (MNRL)", "dtype": "float32",
+            "pairs_per_s": stamps.pairs_per_s(args.batch_size), "steps": len(stamps.times), "wall_s": total,
+            **peak_memory()}
+
+
+def worker_st_bf16(args) -> dict:
+    """bf16 the way a sentence-transformers user gets it: ``fit`` only offers fp16 AMP (CUDA), so this is
+    ``SentenceTransformerTrainer`` with ``bf16=True`` (torch.autocast through accelerate, on CPU too); same
+    pairs, no shuffling, same optimizer settings as the ``fit`` run."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments, losses)
+    from torch.utils.data import SequentialSampler
+
+    torch.manual_seed(0)
+    cuda = torch.cuda.is_available()
+    model = SentenceTransformer(model_path(args), device="cuda" if cuda else "cpu")
+    model.max_seq_length = args.max_seq_length
+    pairs = read_pairs(Path(args.pairs))
+    dataset = Dataset.from_dict({"anchor": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
+    stamps = Stamps()
+
+    class TimedMNRL(losses.MultipleNegativesRankingLoss):
+        def forward(self, *a, **k):
+            stamps.stamp()
+            return super().forward(*a, **k)
+
+    class InOrderTrainer(SentenceTransformerTrainer):  # the same order as the other runs
+        def _get_train_sampler(self, *a, **k):
+            return SequentialSampler(self.train_dataset)
+
+    training_args = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(args.work) / f"st-bf16-{os.getpid()}"), bf16=True, use_cpu=not cuda,
+        per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=2e-5, weight_decay=0.01,
+        warmup_steps=1, max_grad_norm=1.0, lr_scheduler_type="linear", save_strategy="no", report_to=[],
+        logging_strategy="no", disable_tqdm=True, dataloader_drop_last=True, seed=0)
+    trainer = InOrderTrainer(model=model, args=training_args, train_dataset=dataset, loss=TimedMNRL(model))
+    t0 = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - t0
+    return {"system": "sentence-transformers Trainer bf16 (MNRL)", "dtype": "bfloat16",
+            "pairs_per_s": stamps.pairs_per_s(args.batch_size), "steps": len(stamps.times), "wall_s": total,
+            **peak_memory()}
 
 
 def _ragcun_config(args, out: Path, **overrides):
@@ -136,7 +178,7 @@ def _ragcun_config(args, out: Path, **overrides):
     return TrainConfig(**base)
 
 
-def worker_ragcun(args, gaussian: bool = False) -> dict:
+def worker_ragcun(args, gaussian: bool = False, dtype: str = "float32") -> dict:
     import torch
 
     from ragcun.components import build
@@ -144,7 +186,7 @@ def worker_ragcun(args, gaussian: bool = False) -> dict:
     from ragcun.training.loop import train
 
     torch.manual_seed(0)
-    overrides = {}
+    overrides = {"dtype": dtype}
     if gaussian:
         settings = {"encoder": {"hf": {"max_seq_length": args.max_seq_length}},
                     "loss": {"isotropy": {"num_slices": 256}}}
@@ -165,9 +207,11 @@ def worker_ragcun(args, gaussian: bool = False) -> dict:
     result = train(config, loss_fn=timed)
     total = time.perf_counter() - t0
     label = "ragcun gaussian+isotropy" if gaussian else "ragcun train (= MNRL)"
+    if dtype != "float32":
+        label += f" {'bf16' if dtype == 'bfloat16' else dtype}"
     if args.grad_cache_chunk:
         label += f", GradCache chunk {args.grad_cache_chunk}"
-    return {"system": label, "pairs_per_s": stamps.pairs_per_s(args.batch_size), "steps": result.step,
+    return {"system": label, "dtype": dtype, "pairs_per_s": stamps.pairs_per_s(args.batch_size), "steps": result.step,
             "wall_s": total, "batch_size": args.batch_size, **peak_memory()}
 
 
@@ -223,6 +267,8 @@ def main() -> None:
                         help="torch threads per system (OMP_NUM_THREADS); 1 by default: on a busy machine more "
                              "threads than free cores make OpenMP spin, which slows every system by 10x or more")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each system (best is kept)")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="precisions to compare, each as a (ragcun, sentence-transformers) pair")
     parser.add_argument("--grad-cache-batch", type=int, default=1024)
     parser.add_argument("--grad-cache-chunk", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: st,gaussian,scaling,gradcache")
@@ -236,7 +282,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-        result = {"st": worker_st, "ragcun": worker_ragcun,
+        result = {"st": worker_st, "ragcun": worker_ragcun, "st-bf16": worker_st_bf16,
+                  "ragcun-bf16": lambda a: worker_ragcun(a, dtype="bfloat16"),
                   "gaussian": lambda a: worker_ragcun(a, gaussian=True)}[args.worker](args)
         print(json.dumps(result))
         return
@@ -257,22 +304,27 @@ def main() -> None:
         results: dict = {"setup": header, "throughput": []}
         # alternate the two systems, --repeats times each, and keep each one's best run: on a shared machine
         # the load changes minute to minute, and the best run is the one least disturbed by it
-        samples: dict[str, list[dict]] = {"ragcun": [], "st": []}
-        for _ in range(args.repeats):
-            for kind in ("ragcun", "st"):
-                if kind == "st" and "st" in skip:
-                    continue
-                samples[kind].append(run_worker(kind, args))
-                print(json.dumps(samples[kind][-1]), flush=True)
-        best = {k: max(v, key=lambda r: r["pairs_per_s"]) for k, v in samples.items() if v}
-        for kind, row in best.items():
-            row["samples_pairs_per_s"] = [r["pairs_per_s"] for r in samples[kind]]
-            results["throughput"].append(row)
-        ours = best["ragcun"]
-        if "st" in best:
-            theirs = best["st"]
-            results["ratio_ragcun_over_st"] = ours["pairs_per_s"] / theirs["pairs_per_s"]
-            results["rss_ratio_ragcun_over_st"] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
+        # pairs (ragcun, sentence-transformers) per precision: fp32 against ``fit`` (what the issue names),
+        # bf16 against ST's Trainer with bf16=True (``fit`` has no bf16)
+        pairs_to_run = [(dtype, ("ragcun", "st") if dtype == "float32" else ("ragcun-bf16", "st-bf16"))
+                        for dtype in args.dtypes.split(",")]
+        results["ratios"] = {}
+        for dtype, kinds in pairs_to_run:
+            samples: dict[str, list[dict]] = {k: [] for k in kinds}
+            for _ in range(args.repeats):
+                for kind in kinds:
+                    if kind.startswith("st") and "st" in skip:
+                        continue
+                    samples[kind].append(run_worker(kind, args))
+                    print(json.dumps(samples[kind][-1]), flush=True)
+            best = {k: max(v, key=lambda r: r["pairs_per_s"]) for k, v in samples.items() if v}
+            for kind, row in best.items():
+                row["samples_pairs_per_s"] = [r["pairs_per_s"] for r in samples[kind]]
+                results["throughput"].append(row)
+            ours, theirs = best.get(kinds[0]), best.get(kinds[1])
+            if ours and theirs:
+                results["ratios"][dtype] = {"throughput": ours["pairs_per_s"] / theirs["pairs_per_s"],
+                                            "peak_rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"]}
         if "gaussian" not in skip:
             g = run_worker("gaussian", args)
             results["throughput"].append(g)
@@ -305,9 +357,9 @@ def print_table(results: dict) -> None:
         table.add_row(row["system"], f"{row['pairs_per_s']:.2f}", runs, f"{row['peak_rss_mb']:.0f}",
                       f"{row['wall_s']:.1f}")
     console.print(table)
-    if "ratio_ragcun_over_st" in results:
-        console.print(f"ragcun / sentence-transformers throughput: {results['ratio_ragcun_over_st']:.2f}x; "
-                      f"peak RSS ratio {results['rss_ratio_ragcun_over_st']:.2f}")
+    for dtype, ratio in results.get("ratios", {}).items():
+        console.print(f"{dtype}: ragcun / sentence-transformers throughput {ratio['throughput']:.2f}x; "
+                      f"peak RSS ratio {ratio['peak_rss']:.2f}")
     if "scaling_gloo" in results:
         one, two = results["scaling_gloo"]
         console.print(f"2-rank gloo scaling (global batch {one['global_batch']}): 1 process {one['pairs_per_s']:.2f} "
