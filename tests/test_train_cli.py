@@ -118,6 +118,47 @@ def test_sweep_configs_are_the_three_runs():
     assert configs["frozen"].head_lr == 1e-3 and configs["baseline"].output_dir.endswith("baseline")
 
 
+@pytest.mark.parametrize("gpus, runs, parallel, expected", [
+    (8, 3, "auto", [[0, 1], [2, 3], [4, 5]]),  # equal shares: the three runs keep the same global batch
+    (3, 3, "auto", [[0], [1], [2]]),
+    (4, 2, "auto", [[0, 1], [2, 3]]),          # two runs left to do (one finished earlier)
+    (2, 3, "auto", None),                      # fewer GPUs than runs: one after another
+    (0, 3, "auto", None),
+    (8, 3, "no", None),
+    (0, 3, "yes", [[], [], []]),               # CPU processes side by side
+])
+def test_sweep_placement(gpus, runs, parallel, expected):
+    from ragcun.training.sweep import plan_placement
+
+    assert plan_placement(gpus, runs, parallel) == expected
+
+
+def test_sweep_placement_refuses_to_share_gpus():
+    from ragcun.training.sweep import plan_placement
+
+    with pytest.raises(ValueError, match="at least one GPU each and this node has 2"):
+        plan_placement(2, 3, "yes")
+
+
+def test_sweep_runs_in_parallel_processes(runner, tiny_model_dir, data_dir, tmp_path):
+    """The parallel launch (one torchrun per run, as on a GPU node) exercised with CPU processes."""
+    out = tmp_path / "sweep"
+    result = invoke(runner, "sweep", "--train-data", "beir:scifact:train", "--eval-data", "beir:nq-utd:test",
+                    "--data-dir", data_dir, "--output-dir", out, "--encoder", f"hf:{tiny_model_dir}",
+                    "--runs", "baseline,frozen", "--parallel", "yes", "--dtype", "float32",
+                    "--steps", "2", "--batch-size", "4", "--set", "head.gaussian.out_dim=16",
+                    "--set", "loss.isotropy.num_slices=16", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert "training on CPU" in result.output
+    rows = {r["run"]: r for r in json.loads(result.output[result.output.index("{"):])["runs"]}
+    assert set(rows) == {"baseline", "frozen"}
+    for name in rows:
+        records = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "loss" in r][-1] == 2
+        assert (out / f"{name}.log").is_file()
+    assert rows["frozen"]["trainable_params"] < rows["baseline"]["trainable_params"]
+
+
 def test_data_download_offline_says_what_to_do(runner, tmp_path, monkeypatch):
     monkeypatch.setenv("RAGCUN_OFFLINE", "1")
     result = invoke(runner, "data", "download", "msmarco", "--data-dir", tmp_path)

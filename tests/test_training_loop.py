@@ -153,3 +153,23 @@ def test_mined_negatives_grad_accum_and_grad_cache_together(tiny_model_dir, tmp_
     result = train(config)
     assert result.step == 2 and all(math.isfinite(x) for x in result.losses)
     assert list((tmp_path / "cache" / "negatives").glob("nq-utd-test-bm25-*.json"))
+
+
+def test_tensorboard_gets_the_same_scalars_as_the_jsonl(tiny_model_dir, tmp_path, pairs):
+    """TensorBoard is optional for users, installed by the test extra: when present the run writes every
+    logged number there too, equal to metrics.jsonl."""
+    pytest.importorskip("tensorboard", reason="the test extra installs tensorboard; pip install -e '.[test]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.set_num_threads(1)
+    run = tmp_path / "tb"
+    train(tiny_config(tiny_model_dir, run, pairs, steps=3, save_every=100))
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "terms/contrastive", "terms/isotropy", "grad_norm", "final/pairs_per_s"} <= tags
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in records if "loss" in r])
+    assert [e.value for e in events.Scalars("terms/isotropy")] == pytest.approx(
+        [r["terms"]["isotropy"] for r in records if "loss" in r])

@@ -33,6 +33,9 @@ from ragcun.cli.options import echo_json, format_option, set_option
 @click.option("--save-every", type=int, default=500, show_default=True)
 @click.option("--eval-batch-size", type=int, default=64, show_default=True)
 @click.option("--resume", is_flag=True, help="continue unfinished runs from their checkpoints")
+@click.option("--parallel", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="auto: in parallel when there is a GPU per run, else one after another; yes: always in "
+                   "parallel (on a CPU, one process per run sharing the cores); no: one after another")
 @set_option
 @format_option
 def sweep_command(**params: Any) -> None:
@@ -43,7 +46,8 @@ def sweep_command(**params: Any) -> None:
       isotropy   contrastive + W * isotropy            (W = --isotropy-weight, default 1.0)
       frozen     contrastive + W * isotropy, encoder frozen (only the head trains)
 
-    One after another on a CPU; on a node with 3+ GPUs each run gets its share of the GPUs, in parallel.
+    One after another on a CPU; on a node with a GPU per run each run gets an equal share of the GPUs, in
+    parallel (--parallel changes that).
     Finished runs are skipped, so re-running the command after a failure only does what is missing.
 
     \b
@@ -68,7 +72,7 @@ def sweep_command(**params: Any) -> None:
     for config in configs.values():
         config.validate()
     show = lambda text: stderr.print(text, highlight=False)  # noqa: E731
-    run_sweep(configs, resume=params["resume"], show=show)
+    run_sweep(configs, resume=params["resume"], parallel=params["parallel"], show=show)
     rows = evaluate_sweep(configs, params["eval_data"], data_dir=params["data_dir"],
                           batch_size=params["eval_batch_size"], show=show,
                           show_progress=params["output_format"] == "table")

@@ -20,8 +20,11 @@ gradient is about 10x smaller than with ``head.gaussian.init_scale≈sqrt(384)``
 In one epoch of SciFact at lr 5e-5 it does not move. Scaling the head up calls for a temperature scaled by
 the same factor (``loss.contrastive.temperature``), so the initial InfoNCE logits stay the same.
 
-On a CPU (or one or two GPUs) the runs go one after another in this process. On a node with three or more
-GPUs each run gets ``n // 3`` of them (``CUDA_VISIBLE_DEVICES``) and its own ``torchrun``, in parallel.
+Where the runs go (``parallel``): by default (``"auto"``) on a node with at least one GPU per run each run
+gets an equal share of the GPUs (``n // runs``, so the three runs keep the same global batch; a remainder stays
+idle and is reported) through ``CUDA_VISIBLE_DEVICES`` and its own ``torchrun``, in parallel; otherwise the runs
+go one after another in this process. ``"yes"`` forces the parallel launch (on a CPU each run is one process
+with its share of the cores), ``"no"`` forces one after another.
 """
 
 from __future__ import annotations
@@ -62,13 +65,33 @@ def sweep_configs(base: TrainConfig, isotropy_weight: float = 1.0, runs=RUNS) ->
 
 
 def _partition(n_gpus: int, n_runs: int) -> list[list[int]] | None:
-    if n_gpus < n_runs:
+    """Equal, disjoint GPU groups, one per run (``None`` when there are fewer GPUs than runs)."""
+    if n_runs < 1 or n_gpus < n_runs:
         return None
     per = n_gpus // n_runs
     return [list(range(i * per, (i + 1) * per)) for i in range(n_runs)]
 
 
-def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, show=print) -> dict[str, dict[str, Any]]:
+def plan_placement(n_gpus: int, n_runs: int, parallel: str = "auto") -> list[list[int]] | None:
+    """Which GPUs each run gets when the runs go in parallel (``[]`` per run: CPU processes), or ``None`` for
+    one after another in this process."""
+    if parallel not in ("auto", "yes", "no"):
+        raise ValueError(f"--parallel must be auto, yes or no, got {parallel!r}")
+    if parallel == "no" or n_runs == 0:
+        return None
+    groups = _partition(n_gpus, n_runs)
+    if groups is not None:
+        return groups
+    if parallel == "auto":
+        return None
+    if n_gpus:
+        raise ValueError(f"--parallel yes: {n_runs} runs need at least one GPU each and this node has {n_gpus}; "
+                         "use --parallel no to train them one after another")
+    return [[] for _ in range(n_runs)]
+
+
+def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, parallel: str = "auto",
+              show=print) -> dict[str, dict[str, Any]]:
     """Train every config (skipping runs already finished); returns per-run status."""
     import torch
 
@@ -86,7 +109,7 @@ def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, show=pri
             continue
         todo[name] = (config, resume and ckpt.latest_checkpoint(run_dir) is not None)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    groups = _partition(gpus, len(todo)) if gpus >= 3 and todo else None
+    groups = plan_placement(gpus, len(todo), parallel)
     if groups is None:
         for name, (config, again) in todo.items():
             show(f"{name}: training ({config.loss}{', frozen encoder' if config.freeze_encoder else ''}) "
@@ -97,19 +120,28 @@ def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, show=pri
             if result.interrupted:
                 raise KeyboardInterrupt
         return status
+    idle = gpus - sum(len(g) for g in groups)
+    if gpus and idle:
+        show(f"{idle} of {gpus} GPUs stay idle: every run gets the same number, so all keep the same global batch")
+    threads = max(1, (os.cpu_count() or 1) // len(groups))
     procs = {}
     for (name, (config, again)), devices, port in zip(todo.items(), groups, range(29511, 29600)):
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         spec = Path(config.output_dir).parent / f"{name}.json"
         spec.write_text(json.dumps(config.to_dict(), indent=2))
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={len(devices)}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(1, len(devices))}",
                f"--master-port={port}", "--master-addr=127.0.0.1", "--rdzv-backend=static", "--nnodes=1",
                "--node-rank=0", "-m", "ragcun.cli.train_cmd", "train", "--config", str(spec), "--no-progress"]
         if again:
             cmd += ["--resume", "--output-dir", config.output_dir]
         log = open(Path(config.output_dir).parent / f"{name}.log", "a")  # noqa: SIM115 (outlives this block)
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
-        show(f"{name}: training on GPUs {devices} ({config.loss}) -> {config.output_dir}; log {log.name}")
+        if devices:
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
+            where = f"GPUs {devices}"
+        else:  # CPU processes side by side: share the cores instead of each spinning on all of them
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+            where = f"CPU ({threads} thread(s))"
+        show(f"{name}: training on {where} ({config.loss}) -> {config.output_dir}; log {log.name}")
         procs[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     failed = []
     for name, (proc, log) in procs.items():
