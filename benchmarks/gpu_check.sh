@@ -10,6 +10,10 @@
 #
 # Usage:  bash benchmarks/gpu_check.sh [OUT_DIR]     (RAGCUN_DATA=/path/to/beir for real BEIR data)
 # Without BEIR data it trains on a small MS MARCO-style JSONL and evaluates on a BEIR folder built from it.
+#
+# GPU_CHECK_ON_CPU=1 runs the same steps on a CPU with small sizes (gloo instead of NCCL, the small data set):
+# it checks the script itself, so that the minutes a GPU is lent for are not spent on a typo
+# (tests/test_gpu_check_script.py runs it that way).
 set -euo pipefail
 START=$(date +%s)
 OUT=${1:-${OUT:-$(mktemp -d /tmp/ragcun-gpu-check.XXXX)}}
@@ -17,11 +21,22 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python}
 export TOKENIZERS_PARALLELISM=false
 step() { echo; echo "== $* ($(( $(date +%s) - START ))s)"; }
+ON_CPU=${GPU_CHECK_ON_CPU:-0}
+if [ "$ON_CPU" = 1 ]; then
+  BATCH=8; STEPS=3; GC_PLAIN=8; GC_BATCH=32; GC_CHUNK=8; EVAL_BATCH=64; PREFLIGHT_BATCH=8; export CUDA_VISIBLE_DEVICES=""
+  unset RAGCUN_DATA  # the small data set: a full BEIR corpus takes many minutes to encode on a CPU
+else
+  BATCH=128; STEPS=40; GC_PLAIN=128; GC_BATCH=1024; GC_CHUNK=128; EVAL_BATCH=256; PREFLIGHT_BATCH=64
+fi
+export GPU_CHECK_ON_CPU=$ON_CPU
 
 step "environment"
-nvidia-smi -L || { echo "no NVIDIA GPU visible"; exit 1; }
+[ "$ON_CPU" = 1 ] || nvidia-smi -L || { echo "no NVIDIA GPU visible"; exit 1; }
 $PY - <<'EOF'
-import torch, torch.distributed as dist, transformers, ragcun
+import os, torch, torch.distributed as dist, transformers, ragcun
+if os.environ["GPU_CHECK_ON_CPU"] == "1":
+    print(f"ragcun {ragcun.__version__}  torch {torch.__version__}  transformers {transformers.__version__}  (CPU dry run)")
+    raise SystemExit(0)
 assert torch.cuda.is_available(), "torch does not see CUDA"
 p = torch.cuda.get_device_properties(0)
 print(f"ragcun {ragcun.__version__}  torch {torch.__version__}  CUDA {torch.version.cuda}  transformers {transformers.__version__}")
@@ -68,13 +83,13 @@ echo "train: $TRAIN   eval: $EVAL   data dir: $DATA_DIR"
 
 step "preflight"
 $PY -m ragcun.cli.train_cmd preflight --train-data "$TRAIN" --eval-data "$EVAL" --data-dir "$DATA_DIR" \
-  --output-dir "$OUT" --batch-size 64 --steps 3 --dtype bfloat16
+  --output-dir "$OUT" --batch-size "$PREFLIGHT_BATCH" --steps 3 --dtype bfloat16
 
-step "bf16 training under torchrun (NCCL), 1 GPU"
+step "bf16 training under torchrun (NCCL; gloo in the CPU dry run), 1 process"
 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m ragcun.cli.train_cmd train \
   --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy --train-data "$TRAIN" \
-  --data-dir "$DATA_DIR" --output-dir "$OUT/run-bf16" --batch-size 128 --steps 40 --lr 5e-5 --dtype bfloat16 \
-  --save-every 40 --log-every 5 --no-progress
+  --data-dir "$DATA_DIR" --output-dir "$OUT/run-bf16" --batch-size "$BATCH" --steps "$STEPS" --lr 5e-5 --dtype bfloat16 \
+  --save-every "$STEPS" --log-every 1 --no-progress
 $PY - "$OUT/run-bf16" <<'EOF'
 import json, sys
 recs = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
@@ -82,36 +97,36 @@ steps = [r for r in recs if "step_s" in r]
 final = [r["final"] for r in recs if "final" in r][0]
 steady = [r["step_s"] for r in steps[1:]]
 print(f"bf16 training: losses {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}; "
-      f"{final['pairs_per_s']:.0f} pairs/s overall; peak CUDA memory {final['peak_memory_mb']:.0f} MiB")
+      f"{final['pairs_per_s']:.0f} pairs/s overall; peak CUDA memory {final['peak_memory_mb'] or 0:.0f} MiB")
 assert all(r["loss"] == r["loss"] for r in steps), "NaN loss"
 EOF
 
-step "GradCache: batch 1024 in chunks of 128 vs a plain batch of 128 (peak memory)"
-for spec in "128:" "1024:128"; do
+step "GradCache: batch $GC_BATCH in chunks of $GC_CHUNK vs a plain batch of $GC_PLAIN (peak memory)"
+for spec in "$GC_PLAIN:" "$GC_BATCH:$GC_CHUNK"; do
   bs=${spec%%:*}; chunk=${spec##*:}
   extra=(); [ -n "$chunk" ] && extra=(--grad-cache-chunk "$chunk")
   $PY -m ragcun.cli.train_cmd train --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy \
     --train-data "$TRAIN" --data-dir "$DATA_DIR" --output-dir "$OUT/run-gc-$bs" --batch-size "$bs" --steps 2 \
     --dtype bfloat16 --save-every 1000000 --log-every 1 --no-progress "${extra[@]}"
-  $PY -c "import json,sys; r=[json.loads(l) for l in open('$OUT/run-gc-$bs/metrics.jsonl') if 'final' in l][0]['final']; print(f'batch $bs ${chunk:+(chunk $chunk)}: peak CUDA memory {r[\"peak_memory_mb\"]:.0f} MiB, {r[\"pairs_per_s\"]:.0f} pairs/s')"
+  $PY -c "import json,sys; r=[json.loads(l) for l in open('$OUT/run-gc-$bs/metrics.jsonl') if 'final' in l][0]['final']; print(f'batch $bs ${chunk:+(chunk $chunk)}: peak CUDA memory {r[\"peak_memory_mb\"] or 0:.0f} MiB, {r[\"pairs_per_s\"]:.0f} pairs/s')"
 done
 
 step "losses on CUDA (fp32 and bf16 autocast)"
 $PY - <<'EOF'
-import torch
+import os, torch
 from ragcun.embedding import Embedding
 from ragcun.losses.base import LossInputs
 from ragcun.losses.composite import build_loss
 from ragcun.plugins import get_registry
 names = [e.name for e in get_registry().entries("loss")]
-dev = torch.device("cuda")
+dev = torch.device("cpu" if os.environ["GPU_CHECK_ON_CPU"] == "1" else "cuda")
 for name in names:
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)
         q = torch.randn(64, 128, device=dev, requires_grad=True); p = torch.randn(64, 128, device=dev, requires_grad=True)
         lq = torch.zeros(64, 128, device=dev, requires_grad=True); lp = torch.zeros(64, 128, device=dev, requires_grad=True)
         loss = build_loss(name).to(dev)
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype is torch.bfloat16):
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is torch.bfloat16):
             out = loss(LossInputs(Embedding(q, lq), Embedding(p, lp), step=1))
         out.total.float().backward()
         ok = torch.isfinite(out.total).item() and all(torch.isfinite(t.grad).all().item() for t in (q, p) if t.grad is not None)
@@ -121,6 +136,6 @@ EOF
 
 step "evaluation on CUDA (bf16)"
 $PY -m ragcun.cli.train_cmd eval beir --model "$OUT/run-bf16" --datasets "$EVAL_DS" --data-dir "$DATA_DIR" \
-  --dtype bfloat16 --batch-size 256 --output "$OUT/eval.json"
+  --dtype bfloat16 --batch-size "$EVAL_BATCH" --output "$OUT/eval.json"
 
 step "done: everything passed in $(( $(date +%s) - START ))s; outputs in $OUT"
