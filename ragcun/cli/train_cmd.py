@@ -47,7 +47,9 @@ def _train_options(fn):
         click.option("--shuffle-buffer", type=int, default=None, help="streamed data: shuffle buffer  [default: 10000]"),
         click.option("--grad-cache-chunk", type=int, default=None,
                      help="GradCache: embed in chunks of K texts (large batches in bounded memory)"),
-        click.option("--dtype", default=None, help="auto, float32, bfloat16 or float16  [default: auto: bf16 on GPUs]"),
+        click.option("--dtype", default=None, help="auto, float32, bfloat16 or float16 (autocast; weights stay float32)  [default: auto: bf16 on "
+                          "GPUs that support it, float32 on CPUs; bfloat16 also works on a CPU, 1.55x faster "
+                          "on one with AVX512-BF16, see benchmarks/RESULTS.md]"),
         click.option("--device", default=None, help="cpu, cuda, cuda:1  [default: cuda:LOCAL_RANK if available]"),
         click.option("--save-every", type=int, default=None, help="checkpoint every K steps  [default: 500]"),
         click.option("--keep-checkpoints", type=int, default=None, help="checkpoints kept  [default: 2]"),
