@@ -197,3 +197,24 @@ def test_sweep_end_to_end_on_a_tiny_model(runner, tiny_model_dir, data_dir, tmp_
                    "--steps", "2", "--batch-size", "4", "--set", "head.gaussian.out_dim=16",
                    "--set", "loss.isotropy.num_slices=16", "--format", "json")
     assert again.exit_code == 0 and "already finished" in again.output
+
+
+def test_train_then_evaluate_example_runs(tiny_model_dir, data_dir, tmp_path):
+    """examples/train_then_evaluate.py (the Python API end to end) on a tiny model and nq-utd."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_then_evaluate.py"
+    proc = subprocess.run([sys.executable, str(example), "--data-dir", str(data_dir), "--encoder",
+                           f"hf:{tiny_model_dir}", "--train-data", "beir:scifact:train", "--dataset", "nq-utd",
+                           "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4",
+                           "--sample", "50", "--set", "head.gaussian.out_dim=16",
+                           "--set", "loss.isotropy.num_slices=16"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert set(report) == {"base", "trained"}
+    for row in report.values():
+        assert 0 <= row["NDCG@10"] <= 1 and row["sigreg_raw"] > 0
