@@ -173,3 +173,35 @@ def test_tensorboard_gets_the_same_scalars_as_the_jsonl(tiny_model_dir, tmp_path
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in records if "loss" in r])
     assert [e.value for e in events.Scalars("terms/isotropy")] == pytest.approx(
         [r["terms"]["isotropy"] for r in records if "loss" in r])
+
+
+def test_isotropy_scale_warning():
+    from ragcun.distances.euclidean import EuclideanDistance
+    from ragcun.losses.composite import build_loss
+    from ragcun.training.loop import isotropy_scale_warning
+
+    torch.manual_seed(0)
+    unit_sphere = torch.nn.functional.normalize(torch.randn(64, 384), dim=1)  # spread ~1/sqrt(384)
+    with_isotropy = build_loss("contrastive+isotropy", distance=EuclideanDistance())
+    warning = isotropy_scale_warning(with_isotropy, unit_sphere)
+    assert warning and "spread 0.051" in warning and "by about 19.7" in warning
+    assert isotropy_scale_warning(with_isotropy, torch.randn(64, 384)) is None  # unit scale: SIGReg can act
+    assert isotropy_scale_warning(build_loss("contrastive+0*isotropy"), unit_sphere) is None  # weight 0
+    assert isotropy_scale_warning(build_loss("contrastive", distance=EuclideanDistance()), unit_sphere) is None
+
+
+def test_a_run_whose_embeddings_are_too_small_for_sigreg_says_so(tiny_model_dir, tmp_path, pairs):
+    from click.testing import CliRunner
+
+    from ragcun.cli.root import build_cli
+
+    args = ["train", "--encoder", f"hf:{tiny_model_dir}", "--set", "head.gaussian.out_dim=16",
+            "--set", "loss.isotropy.num_slices=16", "--train-data", str(pairs), "--batch-size", "4",
+            "--steps", "1", "--no-progress", "--loss", "contrastive+isotropy"]
+    small = CliRunner().invoke(build_cli(), [*args, "--output-dir", str(tmp_path / "a"),
+                                             "--set", "head.gaussian.init_scale=0.01"], catch_exceptions=False)
+    assert small.exit_code == 0, small.output
+    assert "the isotropy term will barely act" in small.output
+    fine = CliRunner().invoke(build_cli(), [*args, "--output-dir", str(tmp_path / "b"),
+                                            "--set", "head.gaussian.init_scale=3"], catch_exceptions=False)
+    assert fine.exit_code == 0 and "barely act" not in fine.output

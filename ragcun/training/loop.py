@@ -199,6 +199,13 @@ class LiveDisplay:
             (self.progress.console if self.progress is not None else self.console).print(text, highlight=False,
                                                                                          soft_wrap=True)
 
+    def warn(self, text: str) -> None:
+        """Shown even with --no-progress: a warning must not depend on the progress display."""
+        from ragcun.console import stderr
+
+        (self.progress.console if self.progress is not None else stderr).print(
+            f"[yellow]warning:[/yellow] {text}", highlight=False, soft_wrap=True)
+
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
@@ -253,6 +260,38 @@ def build_training_loss(config: TrainConfig, model):
     loss = build_loss(config.loss, config.settings or None, distance=model.distance)
     check_compatible(model.head, loss, head_name=config.head, distance_name=f"loss {config.loss}")
     return loss
+
+
+# SIGReg measures the distance of every 1-D projection from N(0, 1): embeddings whose coordinates spread far
+# less than 1 look nearly collapsed to it, and its gradient then barely moves them (measured: benchmarks/RESULTS.md)
+SMALL_SPREAD = 0.2
+SCALE_PROBE = 32  # documents embedded once before training to check that spread
+
+
+def isotropy_weight(loss_module) -> float:
+    """The total weight a (composite) loss gives SIGReg terms."""
+    from ragcun.losses.isotropy import IsotropyLoss
+
+    weights = getattr(loss_module, "weights", {})
+    modules = getattr(loss_module, "losses", {})
+    return sum(weight for name, weight in weights.items() if name in modules and isinstance(modules[name], IsotropyLoss))
+
+
+def isotropy_scale_warning(loss_module, embeddings: torch.Tensor) -> str | None:
+    """A warning when the loss gives the isotropy term a weight but the embeddings (N, D) are too small for it
+    to act (e.g. a gaussian head with ``init_scale=1`` on an encoder that outputs unit vectors); else ``None``."""
+    if isotropy_weight(loss_module) <= 0 or embeddings.shape[0] < 2:
+        return None
+    spread = float(embeddings.detach().float().std(dim=0).mean())  # mean per-coordinate std over the sample
+    if spread >= SMALL_SPREAD:
+        return None
+    factor = 1.0 / max(spread, 1e-6)
+    return (f"the isotropy term will barely act: the embeddings' coordinates spread {spread:.3f} on average, "
+            "while SIGReg measures the distance from N(0, I) (spread 1), so it sees a nearly collapsed batch. "
+            f"To let it act, multiply head.gaussian.init_scale and loss.contrastive.temperature by about "
+            f"{factor:.3g} together (from the defaults: --set head.gaussian.init_scale={factor:.3g} "
+            f"--set loss.contrastive.temperature={0.05 * factor:.3g}); benchmarks/RESULTS.md shows what that "
+            "did on SciFact")
 
 
 def _as_output(result):
@@ -378,6 +417,13 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
                   f"{ctx.world_size} process(es) x batch {config.batch_size} x accumulation {config.grad_accum}, "
                   f"{total_steps} steps, {device}, {str(dtype).replace('torch.', '')}"
                   + (f", resuming at step {step}" if resume else ""))
+    if ctx.is_main and isotropy_weight(loss_module) > 0:  # say so now if SIGReg cannot act on these embeddings
+        probe = _diagnostic_texts(source, config, limit=SCALE_PROBE)
+        model.eval()
+        with torch.no_grad():
+            warning = isotropy_scale_warning(loss_module, model.embed(probe).mean)
+        if warning:
+            display.warn(warning)
     diag_texts = _diagnostic_texts(source, config) if config.diagnostics_every else None
     eval_set = _load_eval_set(config) if config.eval_every else None
 
@@ -545,11 +591,11 @@ def _gather_rng_states(ctx: D.DistributedContext) -> list:
     return states
 
 
-def _diagnostic_texts(source, config: TrainConfig) -> list[str]:
+def _diagnostic_texts(source, config: TrainConfig, limit: int = DIAGNOSTIC_SAMPLE) -> list[str]:
     texts = []
     for example in source.examples(0):
         texts.append(example.positive)
-        if len(texts) >= DIAGNOSTIC_SAMPLE:
+        if len(texts) >= limit:
             break
     return texts
 
