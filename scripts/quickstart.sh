@@ -11,6 +11,8 @@ bash scripts/setup.sh
 export RAGCUN_DATA=${RAGCUN_DATA:-$(cd .. && pwd)/shared/data/beir}
 export HF_HUB_OFFLINE=1
 OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing is overwritten
+# On the defaults, train warns that SIGReg barely acts on MiniLM's unit vectors and prints the factor to scale
+# the head by; benchmarks/RESULTS.md compares both recipes (neither improved NDCG@10 on SciFact).
 ragcun train --head gaussian --loss contrastive+isotropy --train-data beir:scifact:train \
   --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15
 ragcun eval beir --model "$OUT/model" --datasets scifact --split test --dtype bfloat16 --output "$OUT/eval.json"
