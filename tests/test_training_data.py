@@ -45,6 +45,15 @@ def test_parse_data_spec():
         parse_data_spec("beir:")
 
 
+def test_resolve_eval_split(data_dir):
+    from ragcun.data.training import resolve_eval_split
+
+    assert resolve_eval_split("beir:scifact", data_dir) == (Path(data_dir) / "scifact", "test")  # not train
+    assert resolve_eval_split("beir:scifact:train", data_dir) == (Path(data_dir) / "scifact", "train")
+    with pytest.raises(ValueError, match="--eval-data 'x.jsonl': evaluation needs a BEIR split"):
+        resolve_eval_split("x.jsonl", data_dir)
+
+
 def test_jsonl_stream_is_deterministic_and_covers_each_example_once_per_epoch(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", 23)
     source = JsonlExamples(path, seed=3, negatives=2, buffer=5)

@@ -284,6 +284,18 @@ def parse_data_spec(spec: str, flag: str = "--train-data") -> DataSpec:
                      "jsonl:PATH (MS MARCO-style JSONL) or triples:PATH (MS MARCO triples TSV)")
 
 
+def resolve_eval_split(spec: str, data_dir: str | None = None, flag: str = "--eval-data") -> tuple[Path, str]:
+    """The BEIR split an evaluation spec names: ``beir:NAME[:SPLIT]`` -> (dataset folder, split); ``beir:NAME``
+    alone means its test split (for training data the default is train)."""
+    from ragcun.data.beir import find_dataset
+
+    parsed = parse_data_spec(spec, flag=flag)
+    if parsed.kind != "beir":
+        raise ValueError(f"{flag} {spec!r}: evaluation needs a BEIR split, e.g. beir:scifact:test")
+    split = parsed.split if spec.count(":") >= 2 else "test"
+    return find_dataset(parsed.target, data_dir, download=False), split
+
+
 def open_source(spec: str, *, data_dir: str | None = None, seed: int = 0, negatives: int = 0,
                 qrels_threshold: int = 1, shuffle_buffer: int = 10_000,
                 mined: dict[str, list[str]] | None = None) -> TrainingSource:

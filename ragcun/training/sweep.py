@@ -179,21 +179,16 @@ def evaluate_sweep(configs: dict[str, TrainConfig], eval_data: str, *, data_dir:
     encoding progress bars unless ``show_progress=False``."""
     import torch
 
-    from ragcun.data.beir import find_dataset
-    from ragcun.data.training import parse_data_spec
+    from ragcun.data.training import resolve_eval_split
     from ragcun.evaluation.beir_eval import evaluate_beir
     from ragcun.model import load
 
-    spec = parse_data_spec(eval_data, flag="--eval-data")
-    if spec.kind != "beir":
-        raise ValueError(f"--eval-data {eval_data!r}: give a BEIR split, e.g. beir:scifact:test")
-    split = spec.split if eval_data.count(":") >= 2 else "test"
-    folder = find_dataset(spec.target, data_dir, download=False)
+    folder, split = resolve_eval_split(eval_data, data_dir)
     rows = []
     for name, config in configs.items():
         run_dir = Path(config.output_dir)
         model = load(run_dir)
-        show(f"{name}: evaluating {run_dir} on {spec.target} {split}")
+        show(f"{name}: evaluating {run_dir} on {folder.name} {split}")
         report = evaluate_beir(model, [str(folder)], None, split, batch_size=batch_size, dtype=dtype,
                                show_progress=show_progress)
         metrics = next(iter(report["datasets"].values()))
