@@ -417,14 +417,14 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
                   f"{ctx.world_size} process(es) x batch {config.batch_size} x accumulation {config.grad_accum}, "
                   f"{total_steps} steps, {device}, {str(dtype).replace('torch.', '')}"
                   + (f", resuming at step {step}" if resume else ""))
+    diag_texts = _diagnostic_texts(source) if config.diagnostics_every else None
     if ctx.is_main and isotropy_weight(loss_module) > 0:  # say so now if SIGReg cannot act on these embeddings
-        probe = _diagnostic_texts(source, config, limit=SCALE_PROBE)
+        probe = (diag_texts or _diagnostic_texts(source, limit=SCALE_PROBE))[:SCALE_PROBE]
         model.eval()
         with torch.no_grad():
             warning = isotropy_scale_warning(loss_module, model.embed(probe).mean)
         if warning:
             display.warn(warning)
-    diag_texts = _diagnostic_texts(source, config) if config.diagnostics_every else None
     eval_set = _load_eval_set(config) if config.eval_every else None
 
     interrupted = {"flag": False}
@@ -591,7 +591,7 @@ def _gather_rng_states(ctx: D.DistributedContext) -> list:
     return states
 
 
-def _diagnostic_texts(source, config: TrainConfig, limit: int = DIAGNOSTIC_SAMPLE) -> list[str]:
+def _diagnostic_texts(source, limit: int = DIAGNOSTIC_SAMPLE) -> list[str]:
     texts = []
     for example in source.examples(0):
         texts.append(example.positive)
@@ -615,15 +615,11 @@ def _diagnostics(model, texts: list[str], config: TrainConfig, ctx) -> dict | No
 
 
 def _load_eval_set(config: TrainConfig):
-    from ragcun.data.beir import find_dataset, load_beir
-    from ragcun.data.training import parse_data_spec
+    from ragcun.data.beir import load_beir
+    from ragcun.data.training import resolve_eval_split
 
-    spec = parse_data_spec(config.eval_data, flag="--eval-data")
-    if spec.kind != "beir":
-        raise ValueError(f"--eval-data {config.eval_data!r}: evaluation needs a BEIR split, e.g. beir:nfcorpus:dev")
-    split = spec.split if config.eval_data.count(":") >= 2 else "test"  # beir:NAME alone means its test split
-    dataset = load_beir(find_dataset(spec.target, config.data_dir, download=False), split,
-                        name=Path(spec.target).name)
+    folder, split = resolve_eval_split(config.eval_data, config.data_dir)
+    dataset = load_beir(folder, split, name=folder.name)
     if config.max_eval_queries and len(dataset.queries) > config.max_eval_queries:
         keep = sorted(dataset.queries)[:config.max_eval_queries]
         dataset.queries = {q: dataset.queries[q] for q in keep}
