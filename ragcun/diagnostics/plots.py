@@ -24,16 +24,26 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _finish(fig, path: Path, title: str | None = None) -> str:
+    """Title (multi-panel figures), write, close; returns the file name."""
+    if title is not None:
+        fig.suptitle(title)
+        fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    return path.name
 
 
-def _grid(count: int, max_cols: int = 3) -> tuple[int, int]:
+def _panels(plt, count: int, width: float, height: float, max_cols: int = 3):
+    """One panel per model on a grid of at most ``max_cols`` columns; the grid's unused panels are blanked."""
     cols = min(count, max_cols)
-    return math.ceil(count / cols), cols
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in list(axes.flat)[count:]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:count]
 
 
 def write_plots(clouds: Sequence[dict[str, Any]], out_dir: Path, *, seed: int = 0, num_slices: int = 1024,
@@ -78,14 +88,12 @@ def _spectrum(plt, clouds, path: Path, seed: int, dataset: str) -> str:
     ax.set_title(f"Covariance spectrum of {n} {dataset} documents (raw vectors)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
-    return path.name
+    return _finish(fig, path)
 
 
 def _norms(plt, clouds, path: Path, dataset: str) -> str:
-    rows, cols = _grid(len(clouds))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.3 * rows), squeeze=False)
-    for ax, cloud in zip(axes.flat, clouds):
+    fig, axes = _panels(plt, len(clouds), 4.5, 3.3)
+    for ax, cloud in zip(axes, clouds):
         norms = cloud["documents"].norm(dim=1).numpy()
         root_d = math.sqrt(cloud["documents"].shape[1])
         # the range always shows where N(0, I) would put the norms (about sqrt(D)), so unit vectors show as a spike
@@ -96,12 +104,7 @@ def _norms(plt, clouds, path: Path, dataset: str) -> str:
         ax.set_title(f"{cloud['label']}\nmean {norms.mean():.4g}, std {norms.std():.3g}", fontsize=9)
         ax.set_xlabel("||x||")
         ax.set_ylabel("documents")
-    for ax in list(axes.flat)[len(clouds):]:
-        ax.axis("off")
-    fig.suptitle(f"Norms of {clouds[0]['documents'].shape[0]} {dataset} documents (raw vectors)")
-    fig.tight_layout()
-    _save(fig, path)
-    return path.name
+    return _finish(fig, path, f"Norms of {clouds[0]['documents'].shape[0]} {dataset} documents (raw vectors)")
 
 
 def _projections(plt, clouds, path: Path, seed: int, num_slices: int, dataset: str) -> str:
@@ -132,18 +135,15 @@ def _projections(plt, clouds, path: Path, seed: int, num_slices: int, dataset: s
                 ax.set_xlim(lo, hi)
                 ax.set_title(f"{cloud['label']}, {name}\ndirection {col}: std {std:.3g}", fontsize=8)
                 ax.tick_params(labelsize=7)
-    fig.suptitle(f"Random 1-D projections of {clouds[0]['documents'].shape[0]} {dataset} documents vs N(0, 1)")
-    fig.tight_layout()
-    _save(fig, path)
-    return path.name
+    return _finish(fig, path,
+                   f"Random 1-D projections of {clouds[0]['documents'].shape[0]} {dataset} documents vs N(0, 1)")
 
 
 def _pca(plt, clouds, path: Path, dataset: str) -> str:
     import torch
 
-    rows, cols = _grid(len(clouds))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.3 * rows), squeeze=False)
-    for ax, cloud in zip(axes.flat, clouds):
+    fig, axes = _panels(plt, len(clouds), 4.8, 4.3)
+    for ax, cloud in zip(axes, clouds):
         docs, queries = cloud["documents"], cloud["queries"]
         both = torch.cat([docs, queries]) if queries.shape[0] else docs
         mean = both.mean(dim=0, keepdim=True)
@@ -161,9 +161,4 @@ def _pca(plt, clouds, path: Path, dataset: str) -> str:
         ax.set_ylabel(f"PC2 ({100 * explained[1]:.1f}%)" if len(explained) > 1 else "PC2")
         ax.set_title(cloud["label"], fontsize=9)
         ax.legend(fontsize=7, markerscale=2)
-    for ax in list(axes.flat)[len(clouds):]:
-        ax.axis("off")
-    fig.suptitle(f"PCA of {dataset} documents and queries (raw vectors)")
-    fig.tight_layout()
-    _save(fig, path)
-    return path.name
+    return _finish(fig, path, f"PCA of {dataset} documents and queries (raw vectors)")
