@@ -95,17 +95,15 @@ def model_path(args) -> str:
 
 
 # -- workers (each in its own process) ------------------------------------------------------------------------
-def worker_st(args) -> dict:
+def _st_setup(args):
+    """What both sentence-transformers workers share: the model, the pairs, and MNRL (scale 20 = 1 / 0.05,
+    cosine similarity) with its forward time-stamped."""
     import torch
-    from sentence_transformers import InputExample, SentenceTransformer, losses
-    from torch.utils.data import DataLoader
+    from sentence_transformers import SentenceTransformer, losses
 
     torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = SentenceTransformer(model_path(args), device=device)
+    model = SentenceTransformer(model_path(args), device="cuda" if torch.cuda.is_available() else "cpu")
     model.max_seq_length = args.max_seq_length
-    pairs = read_pairs(Path(args.pairs))
-    loader = DataLoader([InputExample(texts=[q, p]) for q, p in pairs], batch_size=args.batch_size, shuffle=False)
     stamps = Stamps()
 
     class TimedMNRL(losses.MultipleNegativesRankingLoss):
@@ -113,14 +111,24 @@ def worker_st(args) -> dict:
             stamps.stamp()
             return super().forward(*a, **k)
 
-    loss = TimedMNRL(model)  # scale 20 = 1 / 0.05, cosine similarity
+    return model, read_pairs(Path(args.pairs)), TimedMNRL(model), stamps
+
+
+def _st_result(system: str, dtype: str, args, stamps: Stamps, wall_s: float) -> dict:
+    return {"system": system, "dtype": dtype, "pairs_per_s": stamps.pairs_per_s(args.batch_size),
+            "steps": len(stamps.times), "wall_s": wall_s, **peak_memory()}
+
+
+def worker_st(args) -> dict:
+    from sentence_transformers import InputExample
+    from torch.utils.data import DataLoader
+
+    model, pairs, loss, stamps = _st_setup(args)
+    loader = DataLoader([InputExample(texts=[q, p]) for q, p in pairs], batch_size=args.batch_size, shuffle=False)
     t0 = time.perf_counter()
     model.fit(train_objectives=[(loader, loss)], epochs=1, steps_per_epoch=args.steps, warmup_steps=1,
               optimizer_params={"lr": 2e-5}, weight_decay=0.01, max_grad_norm=1.0, show_progress_bar=False)
-    total = time.perf_counter() - t0
-    return {"system": "sentence-transformers fit (MNRL)", "dtype": "float32",
-            "pairs_per_s": stamps.pairs_per_s(args.batch_size), "steps": len(stamps.times), "wall_s": total,
-            **peak_memory()}
+    return _st_result("sentence-transformers fit (MNRL)", "float32", args, stamps, time.perf_counter() - t0)
 
 
 def worker_st_bf16(args) -> dict:
@@ -129,39 +137,25 @@ def worker_st_bf16(args) -> dict:
     pairs, no shuffling, same optimizer settings as the ``fit`` run."""
     import torch
     from datasets import Dataset
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments, losses)
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from torch.utils.data import SequentialSampler
 
-    torch.manual_seed(0)
-    cuda = torch.cuda.is_available()
-    model = SentenceTransformer(model_path(args), device="cuda" if cuda else "cpu")
-    model.max_seq_length = args.max_seq_length
-    pairs = read_pairs(Path(args.pairs))
+    model, pairs, loss, stamps = _st_setup(args)
     dataset = Dataset.from_dict({"anchor": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
-    stamps = Stamps()
-
-    class TimedMNRL(losses.MultipleNegativesRankingLoss):
-        def forward(self, *a, **k):
-            stamps.stamp()
-            return super().forward(*a, **k)
 
     class InOrderTrainer(SentenceTransformerTrainer):  # the same order as the other runs
         def _get_train_sampler(self, *a, **k):
             return SequentialSampler(self.train_dataset)
 
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(Path(args.work) / f"st-bf16-{os.getpid()}"), bf16=True, use_cpu=not cuda,
+        output_dir=str(Path(args.work) / f"st-bf16-{os.getpid()}"), bf16=True, use_cpu=not torch.cuda.is_available(),
         per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=2e-5, weight_decay=0.01,
         warmup_steps=1, max_grad_norm=1.0, lr_scheduler_type="linear", save_strategy="no", report_to=[],
         logging_strategy="no", disable_tqdm=True, dataloader_drop_last=True, seed=0)
-    trainer = InOrderTrainer(model=model, args=training_args, train_dataset=dataset, loss=TimedMNRL(model))
+    trainer = InOrderTrainer(model=model, args=training_args, train_dataset=dataset, loss=loss)
     t0 = time.perf_counter()
     trainer.train()
-    total = time.perf_counter() - t0
-    return {"system": "sentence-transformers Trainer bf16 (MNRL)", "dtype": "bfloat16",
-            "pairs_per_s": stamps.pairs_per_s(args.batch_size), "steps": len(stamps.times), "wall_s": total,
-            **peak_memory()}
+    return _st_result("sentence-transformers Trainer bf16 (MNRL)", "bfloat16", args, stamps, time.perf_counter() - t0)
 
 
 def _ragcun_config(args, out: Path, **overrides):
