@@ -16,7 +16,7 @@ import tempfile
 from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch

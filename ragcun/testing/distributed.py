@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import socket
-import tempfile
 import traceback
 from typing import Any, Callable
 
