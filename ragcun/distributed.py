@@ -1,4 +1,4 @@
-"""Small ``torch.distributed`` helpers shared by the losses, the statistics and the training loop.
+"""Small ``torch.distributed`` helpers shared by the losses, the statistics, training and evaluation.
 
 Every helper is a no-op on one process (no process group, or a group of size 1), so callers never branch.
 
@@ -29,6 +29,21 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
+    """The device this process runs on: ``requested`` (``cuda`` alone means ``cuda:LOCAL_RANK``), else one GPU
+    per local rank when CUDA is there, else the CPU. Used by training and evaluation alike."""
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: CUDA is not available on this machine")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return torch.device("cpu")
 
 
 def _quiet(fn, *args, **kwargs):

@@ -104,14 +104,6 @@ def _inference_copy(model, dtype: str):
     return fast
 
 
-def _default_device():
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def init_distributed_from_env() -> bool:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1) start the process group if nobody has: NCCL with one GPU per
     rank when CUDA is there, else gloo. Returns True when this call started it (the caller ends it)."""
@@ -279,7 +271,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     import torch
 
     from ragcun.data.beir import default_data_dir, load_beir
-    from ragcun.distributed import world
+    from ragcun.distributed import pick_device, world
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
@@ -296,7 +288,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
 
     t_load = time.perf_counter()
     model, model_name = _resolve(model, distance, settings)
-    target = torch.device(device) if device is not None else _default_device()
+    target = torch.device(device) if device is not None else pick_device(None, int(os.environ.get("LOCAL_RANK", "0")))
     model.to(target)
     if autocast_dtype is torch.bfloat16 and target.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("--dtype bfloat16: this GPU does not support bfloat16; use float32 or float16")
