@@ -10,7 +10,7 @@ from ragcun.registry import Entry, Registry
 from ragcun.spec import Settings, Term, check_params, parse_spec
 
 # Arguments ragcun itself passes to constructors; users may not set them.
-RESERVED = {"encoder": ("init_weights",), "head": ("in_dim",), "loss": ("distance",), "distance": (),
+RESERVED = {"encoder": ("init_weights",), "head": ("in_dim",), "loss": ("distance", "dim"), "distance": (),
             "evaluator": ()}
 # The constructor parameter that receives a term's ':ARG' (hf:PATH).
 ARG_PARAM = {"encoder": "path"}
@@ -85,18 +85,32 @@ def check_compatible(head: Any, distance: Any, *, head_name: str, distance_name:
 
 
 def check_settings(settings: Settings | None, in_use: dict[str, list[str]] | None = None, *,
-                   registry: Registry | None = None) -> None:
+                   registry: Registry | None = None, origins: dict | None = None) -> None:
     """Check every ``kind.name.param`` setting names a registered component and a constructor argument,
     and, given ``in_use`` (kind -> canonical names this run builds), that it addresses a component in use:
-    a setting that would be silently ignored is an error."""
+    a setting that would be silently ignored is an error. ``origins`` maps ``(kind, name, param)`` to where the
+    setting came from (``--set ...``, ``FILE [kind.name]``); errors start with it."""
     registry = _registry(registry)
     for kind, by_name in (settings or {}).items():
         for name, params in by_name.items():
-            if not params:
-                continue
-            entry = registry.get(kind, name)
-            check_params(entry.load(), params, f"{kind}.{entry.name}", reserved=RESERVED.get(kind, ()))
-            if in_use is not None and entry.name not in in_use.get(kind, []):
-                used = ", ".join(repr(n) for n in in_use.get(kind, [])) or "none"
-                raise ValueError(f"--set {kind}.{name}.{next(iter(params))}: this run does not use {kind} "
-                                 f"{entry.name!r} (it uses {used})")
+            for param, value in params.items():
+                where = (origins or {}).get((kind, name, param)) or f"setting {kind}.{name}.{param}={value!r}"
+                try:
+                    entry = registry.get(kind, name)
+                    check_params(entry.load(), {param: value}, f"{kind}.{entry.name}",
+                                 reserved=RESERVED.get(kind, ()))
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                if in_use is not None and entry.name not in in_use.get(kind, []):
+                    used = ", ".join(repr(n) for n in in_use.get(kind, [])) or "none"
+                    raise ValueError(f"{where}: this run does not use {kind} {entry.name!r} (it uses {used}), "
+                                     "so the setting would be ignored; remove it or change the run's "
+                                     f"--{kind}")
+
+
+def components_in_use(specs: dict[str, str], *, registry: Registry | None = None) -> dict[str, list[str]]:
+    """kind -> the canonical names a run builds, from its specs (``{"loss": "contrastive+isotropy", ...}``);
+    an unknown name fails here with a did-you-mean."""
+    registry = _registry(registry)
+    return {kind: [registry.get(kind, term.name).name for term in parse_spec(spec, composable=kind == "loss").terms]
+            for kind, spec in specs.items() if spec}

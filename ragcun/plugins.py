@@ -104,7 +104,9 @@ class PluginHost:
             record = PluginRecord(ep.name, dist, version, ep.value)
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
                 record.error = f"import failed: {type(exc).__name__}: {exc}"
                 record.traceback = traceback.format_exc()
                 self.records[record.name] = record
@@ -148,7 +150,9 @@ class PluginHost:
 
                 try:
                     impl.function(register=register)
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
                     self._fail(impl.plugin_name, f"register_{PLURALS[kind]} raised {type(exc).__name__}: {exc}")
 
     def _fail(self, plugin_name: str, message: str) -> None:
@@ -166,9 +170,20 @@ class PluginHost:
     def add_commands(self, cli: Any) -> None:
         """Let every plugin add its click commands; a plugin that raises here is reported, not fatal."""
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            record = self.records.get(impl.plugin_name)
+            if record is not None and record.error:  # a failed plugin contributes nothing, commands included
+                continue
+            before = dict(getattr(cli, "commands", {}))
             try:
                 impl.function(cli=cli)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                commands = getattr(cli, "commands", None)
+                if isinstance(commands, dict):  # withdraw what it added before failing
+                    for name in set(commands) - set(before):
+                        del commands[name]
+                    commands.update(before)
                 self._fail(impl.plugin_name, f"register_commands raised {type(exc).__name__}: {exc}")
 
     def plugin_records(self) -> list[PluginRecord]:
@@ -184,6 +199,33 @@ def get_host() -> PluginHost:
     if _HOST is None:
         _HOST = PluginHost()
     return _HOST
+
+
+def explain_missing(kind: str, name: str, provider: str) -> str:
+    """Why a saved model's ``kind`` ``name`` (supplied by the distribution ``provider``) is not registered now,
+    and what to do: the truth about the package (not installed, installed but disabled, failed to load,
+    installed without that component) rather than always "pip install"."""
+    from ragcun import __version__
+
+    if provider == BUILTIN_PROVIDER:
+        return (f"ragcun {__version__} has no built-in {kind} {name!r} (was the model saved by another version "
+                f"of ragcun?); see `ragcun list {PLURALS[kind]}`")
+    if not provider or provider == "unknown":
+        return f"no installed plugin provides it (see `ragcun list {PLURALS[kind]}` and `ragcun plugins`)"
+    host = get_host()
+    for record in host.records.values():
+        if record.distribution.lower() == provider.lower():
+            if record.error:
+                return (f"the package {provider!r} is installed but failed to load ({record.error}); "
+                        "see `ragcun plugins`")
+            return (f"the package {provider!r} ({record.version}) is installed but registers no {kind} {name!r} "
+                    "(was the model saved with another version of it?)")
+    try:
+        version = metadata.version(provider)
+    except metadata.PackageNotFoundError:
+        return f"the package {provider!r} is not installed: pip install {provider}"
+    return (f"the package {provider!r} ({version}) is installed but its plugin is not loaded (disabled by "
+            "RAGCUN_LOAD_PLUGINS or RAGCUN_DISABLE_PLUGINS?); see `ragcun plugins`")
 
 
 def get_registry() -> Registry:

@@ -168,14 +168,35 @@ def settings_from_options(options: Iterable[str], base: Settings | None = None) 
     return settings
 
 
-def settings_from_mapping(data: Mapping[str, Any], source: str = "config") -> Settings:
-    """Component settings from a parsed TOML table ``{kind: {name: {param: value}}}``; other tables ignored."""
+def settings_from_mapping(data: Mapping[str, Any], source: str = "config", *, other_tables: Iterable[str] | None = None,
+                          origins: dict | None = None) -> Settings:
+    """Component settings from a parsed TOML table ``{kind: {name: {param: value}}}``.
+
+    Without ``other_tables`` tables that are not component kinds are ignored. With it (e.g. ``("train",)``),
+    those tables are the caller's and any other table that is not a component kind is an error with a
+    did-you-mean (a misspelt ``[los.isotropy]`` must not be silently ignored).
+    ``origins``, when given, receives ``(kind, name, param) -> "FILE [kind.name]"`` for error messages.
+    """
     settings = empty_settings()
+    strict = other_tables is not None
+    other_tables = tuple(other_tables or ())
     for raw_kind, names in data.items():
+        if raw_kind in other_tables:
+            continue
         try:
             kind = normalize_kind(raw_kind)
         except ValueError:
-            continue  # not a component table (e.g. [train]); the caller reads those
+            if not strict:
+                continue  # not a component table (e.g. [train]); the caller reads those
+            choices = [*other_tables, *KINDS]
+            if not isinstance(names, Mapping):
+                raise ValueError(f"{source}: {raw_kind} = ... is outside any table; settings go in "
+                                 + (f"[{other_tables[0]}] or " if other_tables else "") + "[KIND.NAME] tables") from None
+            close = difflib.get_close_matches(raw_kind, choices, n=1)
+            shown = f"{raw_kind}." + next(iter(names)) if names and all(isinstance(v, Mapping) for v in names.values()) else raw_kind
+            hint = f"; did you mean [{close[0]}{shown[len(raw_kind):]}]?" if close else ""
+            raise ValueError(f"{source}: unknown table [{shown}]{hint} (tables: "
+                             + ", ".join([f"[{t}]" for t in other_tables] + [f"[{k}.NAME]" for k in KINDS]) + ")") from None
         if not isinstance(names, Mapping):
             raise ValueError(f"{source}: [{raw_kind}] must hold tables like [{raw_kind}.NAME]")
         for name, params in names.items():
@@ -183,6 +204,8 @@ def settings_from_mapping(data: Mapping[str, Any], source: str = "config") -> Se
                 raise ValueError(f"{source}: [{raw_kind}.{name}] must be a table of PARAM = VALUE")
             for param, value in params.items():
                 merge_settings(settings, kind, normalize_name(name), param, value)
+                if origins is not None:
+                    origins[(kind, normalize_name(name), param)] = f"{source} [{raw_kind}.{name}]"
     return settings
 
 
@@ -213,3 +236,51 @@ def check_params(target: Any, params: Mapping[str, Any], label: str,
             hint = f"; did you mean {label}.{close[0]}?" if close else ""
             raise ValueError(f"unknown setting {label}.{param}{hint} "
                              f"(settable: {', '.join(settable) or 'none'})")
+    for param, value in params.items():
+        check_value_type(sig.parameters[param], value, f"{label}.{param}")
+
+
+_SIMPLE_TYPES = {"bool", "int", "float", "str", "None"}
+
+
+def _annotation_types(parameter: inspect.Parameter) -> set[str] | None:
+    """The simple types a parameter is annotated with (``int | None`` -> {int, None}); ``None`` when the
+    annotation is missing or anything else (a plugin's own types are not second-guessed)."""
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        return {"bool"} if isinstance(parameter.default, bool) else None
+    if not isinstance(annotation, str):
+        annotation = getattr(annotation, "__name__", None) if isinstance(annotation, type) else str(annotation)
+        if annotation is None:
+            return None
+    names = {part.strip().removeprefix("typing.") for part in annotation.replace("Optional[", "").rstrip("]").split("|")}
+    names = {"None" if n in ("NoneType", "none") else n for n in names}
+    return names if names <= _SIMPLE_TYPES else None
+
+
+def check_value_type(parameter: inspect.Parameter, value: Any, label: str) -> None:
+    """A setting's value must be of the parameter's annotated type: booleans are ``true``/``false`` only (a
+    bare ``no`` or a typo such as ``flase`` is not truthy), integers take no fractions."""
+    types = _annotation_types(parameter)
+    if types is None:
+        return
+    if value is None and ("None" in types or parameter.default is None):
+        return
+    if isinstance(value, bool):
+        ok = "bool" in types
+    elif isinstance(value, int):
+        ok = bool(types & {"int", "float"})
+    elif isinstance(value, float):
+        ok = "float" in types
+    elif isinstance(value, str):
+        ok = "str" in types
+    else:
+        ok = False
+    if ok:
+        return
+    wanted = ("true or false" if types - {"None"} == {"bool"} else
+              "an integer (no fraction)" if types - {"None"} == {"int"} else
+              "a number" if types - {"None"} <= {"int", "float"} else
+              " or ".join(sorted({"bool": "true/false", "int": "an integer", "float": "a number", "str": "a string",
+                                  "None": "unset"}[t] for t in types)))
+    raise ValueError(f"{label} must be {wanted}, got {value!r}")

@@ -30,6 +30,8 @@ CASES = {
     "contrastive-cosine-noneg": ("contrastive", {"temperature": 0.05}, "cosine", False, False),
     "contrastive-wasserstein": ("contrastive", {"temperature": 0.5}, "wasserstein", True, True),
     "isotropy": ("isotropy", {"num_slices": 32}, None, True, False),
+    "isotropy-projector": ("isotropy", {"num_slices": 16, "projector_dim": 4, "projector_hidden": 8}, None, True,
+                           False),
     "isotropy-queries": ("isotropy", {"num_slices": 16, "apply_to": "queries", "num_points": 9}, None, False, False),
     "variance-covariance": ("variance-covariance", {}, None, True, False),
     "uniformity": ("uniformity", {}, None, True, False),
@@ -72,7 +74,8 @@ def _compute(case: str, split: list[int] | None, rank: int):
         positive_ids=POSITIVE_IDS[rows] if with_ids else None,
         negative_ids=NEGATIVE_IDS[neg_rows] if with_ids and with_negatives else None, step=7)
     dist_obj = build("distance", distance) if distance else None
-    loss = build("loss", name, {"loss": {name: settings}}, distance=dist_obj)
+    torch.manual_seed(0)  # loss parameters (a projector) start equal on every rank, as seeded training does
+    loss = build("loss", name, {"loss": {name: settings}}, distance=dist_obj, dim=D)
     value = loss(inputs)
     value.backward()
     grads = {k: v.grad.clone() if v.grad is not None else torch.zeros_like(v)

@@ -121,3 +121,78 @@ def test_every_hookspec_is_documented():
     for f in specs:
         doc = inspect.getdoc(f) or ""
         assert len(doc) > 40, f"{f.__name__} needs a docstring saying what plugins register"
+
+
+EXITS = "import sys\nsys.exit('no GPU here')\n"
+BASE_RAISES = """
+    import ragcun
+
+    @ragcun.hookimpl
+    def register_heads(register):
+        register("exit-head", "m:C")
+        raise SystemExit(3)
+"""
+HALF_COMMANDS = """
+    import click
+    import ragcun
+
+    @ragcun.hookimpl
+    def register_commands(cli):
+        @cli.command("half-command")
+        def half():
+            pass
+        raise RuntimeError("second command broke")
+"""
+FAILS_THEN_COMMANDS = """
+    import click
+    import ragcun
+
+    @ragcun.hookimpl
+    def register_distances(register):
+        raise RuntimeError("bad registration")
+
+    @ragcun.hookimpl
+    def register_commands(cli):
+        @cli.command("from-a-failed-plugin")
+        def cmd():
+            pass
+"""
+
+
+def test_a_plugin_calling_sys_exit_or_raising_baseexception_is_isolated(tmp_path, monkeypatch):
+    """Issue 14 point 8: sys.exit on import, SystemExit while registering: reported, everything else works."""
+    import click
+
+    write_distribution(tmp_path, "ragcun-fake-exits", "ragcun_fake_exits", EXITS, entry_name="exits")
+    write_distribution(tmp_path, "ragcun-fake-base", "ragcun_fake_base", BASE_RAISES, entry_name="base")
+    write_distribution(tmp_path, "ragcun-fake-half", "ragcun_fake_half", HALF_COMMANDS, entry_name="half")
+    write_distribution(tmp_path, "ragcun-fake-failcmd", "ragcun_fake_failcmd", FAILS_THEN_COMMANDS,
+                       entry_name="failcmd")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("RAGCUN_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("RAGCUN_DISABLE_PLUGINS", raising=False)
+    host = PluginHost()
+    cli = click.Group("ragcun")
+    host.add_commands(cli)
+    records = {r.name: r for r in host.plugin_records()}
+    assert "import failed: SystemExit: no GPU here" in records["exits"].error
+    assert "SystemExit" in records["base"].error and ("head", "exit-head") not in host.registry
+    assert "second command broke" in records["half"].error and "half-command" not in cli.commands
+    assert "bad registration" in records["failcmd"].error and "from-a-failed-plugin" not in cli.commands
+    assert host.registry.get("head", "gaussian").provider == "ragcun"
+
+
+def test_help_survives_a_plugin_that_exits(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    write_distribution(tmp_path, "ragcun-fake-exits", "ragcun_fake_exits", EXITS, entry_name="exits")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RAGCUN_LOAD_PLUGINS", None)
+    out = subprocess.run([sys.executable, "-m", "ragcun.cli.train_cmd", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and "train" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "ragcun.cli.train_cmd", "plugins", "--format", "json"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "SystemExit: no GPU here" in out.stdout, out.stdout + out.stderr

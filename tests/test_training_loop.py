@@ -39,7 +39,8 @@ def test_short_run_losses_fall_and_files_are_written(tiny_model_dir, tmp_path, p
     assert TrainConfig.load(run) == config
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
-    assert {"lr", "pairs_per_s", "terms", "grad_norm"} <= set(records[0])
+    assert records[0]["step"] == 0 and records[0]["calibration"]["factor"] > 0  # the gaussian head calibrated
+    assert {"lr", "pairs_per_s", "terms", "grad_norm"} <= set(records[1])
     from ragcun.model import load
 
     model = load(run)  # the finished run is itself a checkpoint
@@ -98,8 +99,8 @@ def test_existing_run_is_never_overwritten(tiny_model_dir, tmp_path, pairs):
     train(config)
     with pytest.raises(ValueError, match="already holds a training run; pass --resume"):
         train(config)
-    changed = tiny_config(tiny_model_dir, tmp_path / "run", pairs, steps=2, lr=5e-4)
-    with pytest.raises(ValueError, match="settings differ.*lr"):
+    changed = tiny_config(tiny_model_dir, tmp_path / "run", pairs, steps=2, negatives=1)
+    with pytest.raises(ValueError, match="settings differ.*negatives"):
         train(changed, resume=True)
 
 

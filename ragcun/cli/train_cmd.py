@@ -74,10 +74,11 @@ def _train_options(fn):
 
 def resolve_config(params: dict[str, Any], explicit: set[str]):
     """TrainConfig from defaults < a saved run (with --resume) < --config < explicit flags < --set."""
-    from ragcun.spec import load_toml, settings_from_mapping, settings_from_options
+    from ragcun.spec import load_toml, merge_settings, parse_set_option, settings_from_mapping
     from ragcun.training.config import CONFIG_FILE, TrainConfig
 
     base: dict[str, Any] = TrainConfig().to_dict()
+    origins: dict[tuple[str, str, str], str] = {}  # (kind, name, param) -> where the setting came from
     output_dir = params.get("output_dir")
     if params.get("resume"):
         if not output_dir:
@@ -85,6 +86,10 @@ def resolve_config(params: dict[str, Any], explicit: set[str]):
         if not (Path(output_dir) / CONFIG_FILE).is_file():
             raise ValueError(f"--resume: {output_dir} has no {CONFIG_FILE}; it is not a ragcun training run")
         base = TrainConfig.load(output_dir).to_dict()
+        for kind, names in (base.get("settings") or {}).items():
+            for name, values in names.items():
+                for param in values:
+                    origins[(kind, name, param)] = f"{Path(output_dir) / CONFIG_FILE} (settings.{kind}.{name})"
     config_file = params.get("config_file")
     if config_file:
         if str(config_file).endswith(".json"):
@@ -101,8 +106,9 @@ def resolve_config(params: dict[str, Any], explicit: set[str]):
             unknown = set(table) - set(base) - {"settings"}
             if unknown:
                 TrainConfig.from_dict(table, f"{config_file} [train]")  # raises with a did-you-mean
+            _check_train_types(table, f"{config_file} [train]")
             base.update(table)
-            components = settings_from_mapping(data, str(config_file))
+            components = settings_from_mapping(data, str(config_file), other_tables=("train",), origins=origins)
             merged = base.get("settings") or {}
             for kind, names in components.items():
                 for name, values in names.items():
@@ -117,10 +123,38 @@ def resolve_config(params: dict[str, Any], explicit: set[str]):
     if base.get("max_grad_norm") == 0:
         base["max_grad_norm"] = None
     settings = base.get("settings") or {}
-    settings = settings_from_options(params.get("set_options") or (), {k: dict(v) for k, v in settings.items()})
+    settings = {k: {n: dict(v) for n, v in names.items()} for k, names in settings.items()}
+    for option in params.get("set_options") or ():
+        kind, name, param, value = parse_set_option(option)
+        merge_settings(settings, kind, name, param, value)
+        origins[(kind, name, param)] = f"--set {option}"
     base["settings"] = {k: v for k, v in settings.items() if v}
     config = TrainConfig.from_dict(base)
-    return config.validate()
+    config.validate()
+    # every setting names a registered component, a constructor argument of the right type, and a component
+    # this run builds; checked here so a typo fails before anything runs (and once, not on every rank)
+    from ragcun.components import check_settings, components_in_use
+
+    in_use = components_in_use({"encoder": config.encoder, "head": config.head, "distance": config.distance,
+                                "loss": config.loss})
+    check_settings(config.settings, in_use, origins=origins)
+    return config
+
+
+def _check_train_types(table: dict[str, Any], source: str) -> None:
+    """A [train] table's values have the types of TrainConfig's fields (``lr = "fast"`` fails here, named)."""
+    import inspect
+
+    from ragcun.spec import check_value_type
+    from ragcun.training.config import TrainConfig
+
+    parameters = inspect.signature(TrainConfig).parameters
+    for key, value in table.items():
+        if key in parameters and key != "settings":
+            try:
+                check_value_type(parameters[key], value, key)
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
 
 
 def _explicit(ctx: click.Context) -> set[str]:
@@ -201,7 +235,13 @@ def run_training(config, *, resume: bool = False):
     except TrainingDiverged as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        click.echo("stopped; the last checkpoint is intact (continue with --resume)", err=True)
+        from ragcun.training.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(config.output_dir)
+        click.echo(f"stopped; the last checkpoint, {last.folder} (step {last.step}), is intact (continue with "
+                   "--resume)" if last is not None else
+                   "stopped before any checkpoint was written: there is nothing to resume; run the same command "
+                   "again to start over (the --output-dir is reused)", err=True)
         raise click.exceptions.Exit(130) from None
     if result.interrupted:
         raise click.exceptions.Exit(130)
@@ -209,6 +249,12 @@ def run_training(config, *, resume: bool = False):
 
     from ragcun.console import stderr
 
+    if result.already_finished:
+        if int(os.environ.get("RANK", "0")) == 0:
+            stderr.print(f"{result.output_dir} is already finished ({result.step} of {result.total_steps} steps; "
+                         f"model in {result.model_dir}); nothing was changed. To train longer, --resume with a "
+                         "larger --steps or --epochs", highlight=False)
+        return result
     if result.model_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         stderr.print(f"done: {result.step} steps, {result.pairs_per_s:.1f} pairs/s; model in {result.model_dir} "
                      f"(ragcun eval beir --model {result.model_dir})", highlight=False)

@@ -73,13 +73,19 @@ class BeirDataset:
     queries: dict[str, str]  # query id -> text, only the queries that have judgments in this split
     qrels: dict[str, dict[str, int]]  # query id -> {doc id: graded relevance}
     qrels_report: QrelsReport = field(default_factory=QrelsReport)
+    empty_query_ids: list[str] = field(default_factory=list)  # judged queries whose text is empty
 
     @property
     def qrels_file(self) -> Path:
         return self.folder / QRELS_FOLDER / f"{self.split}.tsv"
 
     def warnings(self) -> list[str]:
-        return self.qrels_report.messages(self.qrels_file)
+        out = self.qrels_report.messages(self.qrels_file)
+        if self.empty_query_ids:
+            out.append(f"{self.folder / QUERIES_FILE}: {len(self.empty_query_ids)} of {len(self.queries)} judged "
+                       f"queries have empty text (e.g. {', '.join(map(repr, self.empty_query_ids[:5]))}); they "
+                       "are scored as empty strings")
+        return out
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -88,19 +94,29 @@ def _read_jsonl(path: Path, what: str):
     if not path.is_file():
         raise ValueError(f"{path}: {what} file is missing (a BEIR folder holds {CORPUS_FILE}, {QUERIES_FILE} "
                          f"and {QRELS_FOLDER}/<split>.tsv)")
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = decode_line(raw, path, number)
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                raise ValueError(f"{path}:{number}: malformed JSON ({exc.msg}; column {exc.colno})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")  # noqa: TRY004 (user data)
             if not isinstance(record.get("_id"), (str, int)) or isinstance(record.get("_id"), bool):
                 raise ValueError(f"{path}:{number}: the record has no string '_id'")  # noqa: TRY004
             yield number, record
+
+
+def decode_line(raw: bytes, path: Path, number: int) -> str:
+    """One line of a UTF-8 file; anything else is an error naming the file, line and column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                         "convert the file to UTF-8") from None
 
 
 def _text_field(record: dict, key: str, path: Path, number: int) -> str:
@@ -115,9 +131,15 @@ def _text_field(record: dict, key: str, path: Path, number: int) -> str:
 def load_corpus(folder: str | os.PathLike) -> dict[str, dict[str, str]]:
     path = Path(folder) / CORPUS_FILE
     corpus: dict[str, dict[str, str]] = {}
+    lines: dict[str, int] = {}
     for number, record in _read_jsonl(path, "corpus"):
-        corpus[str(record["_id"])] = {"text": _text_field(record, "text", path, number),
-                                      "title": _text_field(record, "title", path, number)}
+        doc_id = str(record["_id"])
+        if doc_id in lines:  # a later document would silently replace the earlier one
+            raise ValueError(f"{path}:{number}: duplicate document id {doc_id!r} (first on line {lines[doc_id]}); "
+                             "document ids must be unique")
+        lines[doc_id] = number
+        corpus[doc_id] = {"text": _text_field(record, "text", path, number),
+                          "title": _text_field(record, "title", path, number)}
     if not corpus:
         raise ValueError(f"{path}: the corpus is empty (no documents); there is nothing to retrieve")
     return corpus
@@ -125,8 +147,16 @@ def load_corpus(folder: str | os.PathLike) -> dict[str, dict[str, str]]:
 
 def load_queries(folder: str | os.PathLike) -> dict[str, str]:
     path = Path(folder) / QUERIES_FILE
-    return {str(record["_id"]): _text_field(record, "text", path, number)
-            for number, record in _read_jsonl(path, "queries")}
+    queries: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, record in _read_jsonl(path, "queries"):
+        query_id = str(record["_id"])
+        if query_id in lines:
+            raise ValueError(f"{path}:{number}: duplicate query id {query_id!r} (first on line {lines[query_id]}); "
+                             "query ids must be unique")
+        lines[query_id] = number
+        queries[query_id] = _text_field(record, "text", path, number)
+    return queries
 
 
 def available_splits(folder: str | os.PathLike) -> list[str]:
@@ -143,8 +173,9 @@ def load_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
         hint = f"available splits: {', '.join(splits)}" if splits else f"{folder} has no {QRELS_FOLDER}/*.tsv"
         raise ValueError(f"{path}: split file is missing ({hint})")
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        for number, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_MINIMAL), start=1):
+    with path.open("rb") as fh:
+        text_lines = (decode_line(raw, path, n) for n, raw in enumerate(fh, start=1))
+        for number, row in enumerate(csv.reader(text_lines, delimiter="\t", quoting=csv.QUOTE_MINIMAL), start=1):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) < 3:
@@ -187,7 +218,8 @@ def load_beir(folder: str | os.PathLike, split: str = "test", *, name: str | Non
     if not qrels:
         raise ValueError(f"{qrels_path}: no judgments for any query in {folder / QUERIES_FILE}")
     queries = {qid: all_queries[qid] for qid in qrels}
-    return BeirDataset(name or folder.name, folder, split, corpus, queries, qrels, report)
+    empty = [qid for qid, text in queries.items() if not text.strip()]
+    return BeirDataset(name or folder.name, folder, split, corpus, queries, qrels, report, empty)
 
 
 # -- finding -------------------------------------------------------------------------------------------

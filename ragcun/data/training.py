@@ -20,7 +20,6 @@ takes the ``r``-th slice, so the concatenation of the ranks' batches is exactly 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import random
 from collections.abc import Iterator, Sequence
@@ -139,10 +138,8 @@ class BeirPairs(TrainingSource):
                                   [self.doc_text(n) for n in neg_ids], qid, did, neg_ids)
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return path.open(encoding="utf-8")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
 class _StreamedSource(TrainingSource):
@@ -161,15 +158,17 @@ class _StreamedSource(TrainingSource):
 
     def __len__(self) -> int:
         if self._length is None:  # one pass over the file, counting non-blank lines
-            with _open_text(self.path) as fh:
+            with _open_binary(self.path) as fh:
                 self._length = sum(1 for line in fh if line.strip())
         return self._length
 
     def _lines(self) -> Iterator[tuple[int, str]]:
-        with _open_text(self.path) as fh:
-            for number, line in enumerate(fh, start=1):
-                if line.strip():
-                    yield number, line
+        from ragcun.data.beir import decode_line
+
+        with _open_binary(self.path) as fh:
+            for number, raw in enumerate(fh, start=1):
+                if raw.strip():
+                    yield number, decode_line(raw, self.path, number)
 
     def _shuffled(self, epoch: int) -> Iterator[tuple[int, str]]:
         rng = _rng(self.seed, epoch, 0)
@@ -205,7 +204,7 @@ class JsonlExamples(_StreamedSource):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            raise ValueError(f"{where}: malformed JSON ({exc.msg}; column {exc.colno})") from None
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object with 'query', 'pos' and 'neg'")
         query, pos, neg = record.get("query"), record.get("pos"), record.get("neg", [])

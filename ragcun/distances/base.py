@@ -22,6 +22,13 @@ class Distance:
     needs: frozenset[str] = frozenset({"mean"})
     #: True for distances (similarity = -distance), False for similarities (cosine, dot)
     is_metric: bool = True
+    #: ``k`` such that ``similarity(c q, c d) == c**k * similarity(q, d)`` for every ``c > 0`` (None: not
+    #: homogeneous). Training start-up uses it to rescale the contrastive temperature when it rescales the head,
+    #: so the initial logits do not change (ragcun.training.calibration).
+    homogeneity: float | None = None
+    #: True when ``similarity(q + v, d + v) == similarity(q, d)`` for every shift ``v``: then centering the
+    #: embeddings changes no ranking.
+    translation_invariant: bool = False
 
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N)
         raise NotImplementedError

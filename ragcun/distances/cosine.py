@@ -10,6 +10,9 @@ from ragcun.embedding import Embedding
 class CosineSimilarity(Distance):
     """Cosine similarity of the mean vectors (sentence-transformers' default); ``distance = 1 - cos``."""
 
+    homogeneity = 0
+    translation_invariant = False
+
     is_metric = False
 
     def __init__(self, eps: float = 1e-12) -> None:

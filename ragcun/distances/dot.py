@@ -9,6 +9,9 @@ from ragcun.embedding import Embedding
 class DotProduct(Distance):
     """Inner product of the mean vectors; ``distance = -dot`` (not a metric)."""
 
+    homogeneity = 2
+    translation_invariant = False
+
     is_metric = False
 
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:

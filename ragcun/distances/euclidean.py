@@ -14,6 +14,9 @@ class EuclideanDistance(Distance):
     gradient finite when a query and document coincide.
     """
 
+    homogeneity = 1
+    translation_invariant = True
+
     def __init__(self, eps: float = 1e-12) -> None:
         self.eps = float(eps)
 

@@ -10,6 +10,9 @@ from ragcun.embedding import Embedding
 class SquaredEuclideanDistance(Distance):
     """``||q - d||_2^2`` on the mean vectors; ranks like ``euclidean`` but has smooth gradients everywhere."""
 
+    homogeneity = 2
+    translation_invariant = True
+
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:
         return -pairwise_sqeuclidean(q.mean, d.mean)
 

@@ -57,11 +57,13 @@ class CompositeLoss(nn.Module):
                           else {} for name in self.names}}
 
 
-def build_loss(spec: str, settings: Settings | None = None, distance=None, registry=None) -> CompositeLoss:
+def build_loss(spec: str, settings: Settings | None = None, distance=None, registry=None,
+               dim: int | None = None) -> CompositeLoss:
     """Build ``contrastive+0.05*isotropy`` (or any spec) into a :class:`CompositeLoss`.
 
     Each term is built through the registry with its settings (``settings["loss"][name]``, checked against
-    its constructor) and, when its constructor takes one, the model's ``distance`` injected. Term names in
+    its constructor) and, when its constructor takes them, the model's ``distance`` and embedding width
+    ``dim`` injected. Term names in
     the result are the canonical registry names (``infonce`` becomes ``contrastive``).
     """
     from ragcun.components import _registry, build
@@ -71,7 +73,7 @@ def build_loss(spec: str, settings: Settings | None = None, distance=None, regis
     terms = []
     for term in parsed.terms:
         entry = registry.get("loss", term.name)
-        module = build("loss", term, settings, registry=registry, distance=distance)
+        module = build("loss", term, settings, registry=registry, distance=distance, dim=dim)
         if not isinstance(module, nn.Module):
             raise ValueError(f"loss {entry.name!r} (from {entry.provider}) built a {type(module).__name__}, "
                              "not a torch.nn.Module")

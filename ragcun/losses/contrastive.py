@@ -96,12 +96,21 @@ class ContrastiveLoss(Loss):
         self.learnable_temperature = bool(learnable_temperature)
         self.symmetric = bool(symmetric)
         self.mask_duplicates = bool(mask_duplicates)
-        # log(1/tau): learning the log keeps tau positive; a buffer when fixed so it follows .to(device)
+        # log(1/tau): learning the log keeps tau positive; a buffer when fixed so it follows .to(device), and
+        # persistent, so a checkpoint keeps a temperature that training start-up rescaled (rescale_temperature)
         log_scale = torch.tensor(math.log(1.0 / self.temperature))
         if self.learnable_temperature:
             self.log_scale = nn.Parameter(log_scale)
         else:
-            self.register_buffer("log_scale", log_scale, persistent=False)
+            self.register_buffer("log_scale", log_scale)
+
+    @torch.no_grad()
+    def rescale_temperature(self, factor: float) -> None:
+        """Multiply the temperature by ``factor`` (> 0): what keeps the logits unchanged when the embeddings
+        are scaled by ``c`` and the distance is homogeneous of degree ``k`` (``factor = c**k``)."""
+        factor = check_positive("temperature factor", factor, "contrastive")
+        self.temperature *= factor
+        self.log_scale.sub_(math.log(factor))
 
     @property
     def scale(self) -> torch.Tensor:  # 1 / tau

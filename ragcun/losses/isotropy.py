@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from torch import nn
+
 from ragcun.losses._common import check_apply_to, selected
 from ragcun.losses.base import Loss, LossInputs
 from ragcun.stats.sigreg import _check_grid, _check_positive_int, epps_pulley, random_directions
@@ -28,6 +30,12 @@ class IsotropyLoss(Loss):
     rank returns the statistic of the concatenated batch and its gradient (times ``world_size``, which
     DDP's average removes; see :mod:`ragcun.distributed`).
 
+    Projector (``projector_dim > 0``): LeJEPA regularizes a small projector's output rather than the
+    representation itself. Then SIGReg is computed on ``MLP(x)`` (``Linear(D, projector_hidden)``, GELU,
+    ``Linear(projector_hidden, projector_dim)``), whose weights are parameters of this loss (trained with the
+    head's learning rate, saved in checkpoints, not part of the model), and retrieval keeps using ``x``.
+    The training loop injects ``dim`` (the embedding width D).
+
     Example::
 
         >>> from ragcun.embedding import Embedding
@@ -37,7 +45,8 @@ class IsotropyLoss(Loss):
     """
 
     def __init__(self, num_slices: int = 1024, t_max: float = 3.0, num_points: int = 17,
-                 apply_to: str = "both", seed: int = 0) -> None:
+                 apply_to: str = "both", seed: int = 0, projector_dim: int = 0, projector_hidden: int = 512,
+                 dim: int | None = None) -> None:
         super().__init__()
         try:
             _check_positive_int("num_slices", num_slices)
@@ -48,9 +57,23 @@ class IsotropyLoss(Loss):
             raise ValueError(f"loss.isotropy.seed must be an integer, got {seed!r}")
         self.num_slices, self.t_max, self.num_points, self.seed = num_slices, float(t_max), num_points, seed
         self.apply_to = check_apply_to(apply_to, "isotropy")
+        for name, value in (("projector_dim", projector_dim), ("projector_hidden", projector_hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"loss.isotropy.{name} must be a non-negative integer, got {value!r}")
+        self.projector_dim, self.projector_hidden = projector_dim, projector_hidden
+        self.projector = None
+        if projector_dim:
+            if dim is None:
+                raise ValueError("loss.isotropy.projector_dim needs the embedding width (built by ragcun train)")
+            if projector_hidden < 1:
+                raise ValueError("loss.isotropy.projector_hidden must be positive when projector_dim is set")
+            self.projector = nn.Sequential(nn.Linear(int(dim), projector_hidden), nn.GELU(),
+                                           nn.Linear(projector_hidden, projector_dim))
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         groups = selected(inputs, self.apply_to)  # [(N, D), ...]
+        if self.projector is not None:
+            groups = [self.projector(x.to(self.projector[0].weight.dtype)) for x in groups]  # [(N, P), ...]
         x0 = groups[0]
         directions = random_directions(x0.shape[1], self.num_slices, int(inputs.step), self.seed,
                                        device=x0.device, dtype=x0.dtype)  # (D, M)
@@ -59,4 +82,5 @@ class IsotropyLoss(Loss):
 
     def get_config(self) -> dict:
         return {"num_slices": self.num_slices, "t_max": self.t_max, "num_points": self.num_points,
-                "apply_to": self.apply_to, "seed": self.seed}
+                "apply_to": self.apply_to, "seed": self.seed, "projector_dim": self.projector_dim,
+                "projector_hidden": self.projector_hidden}

@@ -6,7 +6,7 @@ Layout::
         model/          EmbeddingModel.save_pretrained (safetensors + ragcun.json); loadable by `ragcun eval`
         trainer.pt      optimizer, scheduler, grad scaler, the loss's own state (e.g. a learnable
                         temperature), every rank's RNG states (tensors and ints only:
-                        loaded with ``weights_only=True``, so nothing is unpickled)
+                        a torch file read with ``torch.load(weights_only=True)``: only tensors and plain containers are rebuilt)
         state.json      step, data position (epoch, examples consumed), last loss; for people and tools
 
 A checkpoint is first written to ``checkpoints/.tmp-step-…`` and renamed into place, so a folder named
@@ -88,6 +88,67 @@ def latest_checkpoint(output_dir: str | Path) -> Checkpoint | None:
     return found[-1] if found else None
 
 
+def verify_checkpoint(checkpoint: Checkpoint, *, check_trainer: bool = True) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (its model fails the checksum ``ragcun.load`` checks, cannot
+    be read, holds a non-finite weight, or its training state cannot be read), or ``None`` when it is good."""
+    reason = verify_model_folder(checkpoint.folder / MODEL_FOLDER)
+    if reason is None and check_trainer:
+        try:
+            load_trainer_state(checkpoint)
+        except ValueError as exc:
+            return str(exc)
+    return reason
+
+
+def verify_model_folder(model_dir: Path) -> str | None:
+    """Why the model saved in ``model_dir`` is not good (missing, checksum, unreadable, non-finite), or ``None``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ragcun.model import CONFIG_FILE, WEIGHTS_FILE, _sha256
+
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"{model_dir / CONFIG_FILE} cannot be read ({exc})"
+    weights = model_dir / (config.get("weights") or {}).get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        return f"{weights} is missing"
+    expected = (config.get("weights") or {}).get("sha256")
+    if expected and _sha256(weights) != expected:
+        return f"{weights}: checksum does not match {CONFIG_FILE}; the file is corrupt or truncated"
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        return f"{weights} cannot be read ({exc})"
+    bad = nonfinite_tensors(state.items())
+    if bad:
+        return f"{weights} holds non-finite values in {len(bad)} of {len(state)} tensors ({', '.join(bad[:3])}...)"
+    return None
+
+
+def latest_good_checkpoint(output_dir: str | Path, on_bad=None) -> Checkpoint | None:
+    """The newest checkpoint that :func:`verify_checkpoint` accepts; ``on_bad(checkpoint, reason)`` is called
+    for each newer one that it refuses."""
+    for checkpoint in reversed(list_checkpoints(output_dir)):
+        reason = verify_checkpoint(checkpoint)
+        if reason is None:
+            return checkpoint
+        if on_bad is not None:
+            on_bad(checkpoint, reason)
+    return None
+
+
+def nonfinite_tensors(named_tensors) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity (one device sync in all)."""
+    named = [(n, t) for n, t in named_tensors if torch.is_floating_point(t)]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [n for (n, _), ok in zip(named, finite) if not ok]
+
+
 def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, scheduler, scaler, rng_states: list,
                     data_position: dict[str, int], loss_state: dict | None = None,
                     extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
@@ -106,6 +167,7 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, sche
         torch.save(trainer, tmp / TRAINER_FILE)
         state = {"step": int(step), "data": dict(data_position), **(extra or {})}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        apply_umask(tmp)  # mkdtemp/mkstemp make 0700/0600: give the files the user's usual permissions
         _fsync_tree(tmp)
         if final.exists():  # the same step saved again (e.g. interrupted right after a periodic save)
             old = root / f".tmp-old-{final.name}"
@@ -128,6 +190,26 @@ def load_trainer_state(checkpoint: Checkpoint, map_location: str | torch.device 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one
         raise ValueError(f"{path}: cannot read the training state ({type(exc).__name__}: {exc})") from None
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: Path, names: tuple[str, ...] | None = None) -> None:
+    """Folders 0777 and files 0666 less the umask, as any tool's output: ``root`` itself and everything under
+    it, or only ``names`` inside it (and everything under those)."""
+    mask = current_umask()
+    paths = [root / n for n in names] if names is not None else [root]
+    for top in paths:
+        if not top.exists():
+            continue
+        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            if path.is_symlink():
+                continue
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,14 @@ CONFIG_FILE = "train_config.json"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("linear", "cosine", "constant")
 # Settings a resumed run may change without changing what it computes.
-RESUMABLE_CHANGES = ("steps", "epochs", "save_every", "keep_checkpoints", "log_every", "eval_every", "eval_data",
-                     "diagnostics_every", "show_progress", "eval_batch_size", "max_eval_queries")
+# Optimizer-side settings a resumed run may change (the model's shape stays): they are applied to the restored
+# optimizer's parameter groups and the scheduler's base rates, and recorded in config_history.json.
+OPTIMIZER_CHANGES = ("lr", "head_lr", "weight_decay", "max_grad_norm", "warmup", "schedule")
+# output_dir too: the run is the folder being resumed, wherever it now is (run folders are relocatable)
+RESUMABLE_CHANGES = ("output_dir", "steps", "epochs", "save_every", "keep_checkpoints", "log_every", "eval_every", "eval_data",
+                     "diagnostics_every", "show_progress", "eval_batch_size", "max_eval_queries",
+                     *OPTIMIZER_CHANGES)
+HISTORY_FILE = "config_history.json"
 
 
 @dataclass
@@ -99,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"--mine-negatives must be bm25 or model, got {self.mine_negatives!r}")
         if self.mine_negatives and self.negatives < 1:
             raise ValueError("--mine-negatives needs --negatives K (how many hard negatives per query)")
+        if self.device is not None and not re.fullmatch(r"(cpu|cuda|mps|xpu)(:\d+)?", str(self.device)):
+            raise ValueError(f"--device must be cpu, cuda, cuda:N (or mps, xpu), got {self.device!r}")
         if (self.eval_every is None) != (self.eval_data is None):
             raise ValueError("--eval-every and --eval-data go together (e.g. --eval-data beir:nfcorpus:dev "
                              "--eval-every 200)")
@@ -138,5 +148,67 @@ class TrainConfig:
         return cls.from_dict(data, str(path))
 
     def differences(self, other: TrainConfig, ignore=RESUMABLE_CHANGES) -> dict[str, tuple[Any, Any]]:
+        """Settings that differ, paths compared resolved (``./runs/x`` is ``runs/x``; a data folder given
+        relative is the absolute one the run stored)."""
         a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+        return {k: (a[k], b[k]) for k in a
+                if k not in ignore and a[k] != b[k] and _comparable(k, a[k]) != _comparable(k, b[k])}
+
+
+def record_history(folder: str | Path, config: TrainConfig, *, previous: TrainConfig | None, step: int,
+                   checkpoint: str | None = None) -> Path:
+    """Append this invocation to ``config_history.json``: a fresh start (which begins a new history) or a resume
+    with every setting that changed since the run's previous ``train_config.json`` (``{"from", "to"}``)."""
+    import datetime
+
+    path = Path(folder) / HISTORY_FILE
+    history: list = []
+    if previous is not None and path.is_file():
+        try:
+            history = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            history = []  # a damaged history must not stop a run; it restarts from here
+        if not isinstance(history, list):
+            history = []
+    entry: dict[str, Any] = {"event": "start" if previous is None else "resume", "step": int(step),
+                             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    # which torchrun job wrote this entry: a worker that torchrun restarts (--max-restarts) resumes by itself only
+    # a run its own job started (ragcun.training.loop._elastic_resume)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        entry["torchelastic_run_id"] = os.environ["TORCHELASTIC_RUN_ID"]
+        entry["torchelastic_restart"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if previous is not None:
+        entry["checkpoint"] = checkpoint
+        entry["changes"] = {k: {"from": a, "to": b}
+                            for k, (a, b) in sorted(previous.differences(config, ignore=()).items())}
+    history.append(entry)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(history, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+_PATH_PREFIXES = ("jsonl:", "triples:", "hf:")
+
+
+def _resolved(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A setting as resume compares it: path-valued settings resolved against the working directory."""
+    if key == "data_dir" and value is None:  # unset means the default folder ($RAGCUN_DATA, else the cache)
+        from ragcun.data.beir import default_data_dir
+
+        value = str(default_data_dir())
+    if not isinstance(value, str) or not value:
+        return value
+    if key in ("output_dir", "data_dir"):
+        return _resolved(value)
+    if key in ("train_data", "eval_data", "encoder"):
+        for prefix in _PATH_PREFIXES:
+            if value.startswith(prefix):
+                return prefix + _resolved(value[len(prefix):])
+        if key != "encoder" and not value.startswith("beir:"):
+            return _resolved(value)  # a bare path: jsonl or triples by its suffix
+    return value

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -33,7 +34,7 @@ import torch
 
 from ragcun.training import checkpoint as ckpt
 from ragcun.training import distributed as D
-from ragcun.training.config import TrainConfig
+from ragcun.training.config import OPTIMIZER_CHANGES, TrainConfig, record_history
 
 METRICS_FILE = "metrics.jsonl"
 DIAGNOSTIC_SAMPLE = 256  # texts embedded for the periodic isotropy diagnostics
@@ -51,6 +52,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # per step of this invocation: the global mean loss
     terms: list[dict[str, float]] = field(default_factory=list)
     interrupted: bool = False
+    already_finished: bool = False  # --resume on a run that had finished: nothing was done or changed
     resumed_from: int | None = None
     model_dir: Path | None = None  # the final model (None when interrupted)
     pairs_per_s: float = 0.0
@@ -129,15 +131,43 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():  # drop records the resumed run will redo
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line, record in self._records() if record.get("step", 0) <= resume_step]
+            # written aside and renamed: a kill at any moment leaves the old file or the new one, never less
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            try:
+                with tmp.open("w") as fh:
+                    fh.write("".join(line + "\n" for line in kept))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(folder / "tensorboard"))
         except Exception:  # tensorboard is optional
             self.tb = None
+
+    def _records(self) -> list[tuple[str, dict]]:
+        """The file's (line, record) pairs. A torn last line (a kill mid-write) is dropped; any other line
+        that is not a JSON object is an error naming the file and line."""
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        out = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                if number == len(lines):  # the record being written when the run was killed
+                    continue
+                raise ValueError(f"{self.path} line {number}: not a metrics record ({exc}); fix or remove "
+                                 "that line, then --resume again") from None
+            out.append((line, record))
+        return out
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -257,7 +287,7 @@ def build_training_loss(config: TrainConfig, model):
     from ragcun.components import check_compatible
     from ragcun.losses.composite import build_loss
 
-    loss = build_loss(config.loss, config.settings or None, distance=model.distance)
+    loss = build_loss(config.loss, config.settings or None, distance=model.distance, dim=model.dim)
     check_compatible(model.head, loss, head_name=config.head, distance_name=f"loss {config.loss}")
     return loss
 
@@ -279,7 +309,8 @@ def isotropy_weight(loss_module) -> float:
 
 def isotropy_scale_warning(loss_module, embeddings: torch.Tensor) -> str | None:
     """A warning when the loss gives the isotropy term a weight but the embeddings (N, D) are too small for it
-    to act (e.g. a gaussian head with ``init_scale=1`` on an encoder that outputs unit vectors); else ``None``."""
+    to act (e.g. an identity head, or a gaussian head with ``init_scale=1``, on an encoder that outputs unit
+    vectors; the default ``init_scale="auto"`` calibrates them to spread 1); else ``None``."""
     if isotropy_weight(loss_module) <= 0 or embeddings.shape[0] < 2:
         return None
     spread = float(embeddings.detach().float().std(dim=0).mean())  # mean per-coordinate std over the sample
@@ -288,10 +319,10 @@ def isotropy_scale_warning(loss_module, embeddings: torch.Tensor) -> str | None:
     factor = 1.0 / max(spread, 1e-6)
     return (f"the isotropy term will barely act: the embeddings' coordinates spread {spread:.3f} on average, "
             "while SIGReg measures the distance from N(0, I) (spread 1), so it sees a nearly collapsed batch. "
-            f"To let it act, multiply head.gaussian.init_scale and loss.contrastive.temperature by about "
-            f"{factor:.3g} together (from the defaults: --set head.gaussian.init_scale={factor:.3g} "
-            f"--set loss.contrastive.temperature={0.05 * factor:.3g}); benchmarks/RESULTS.md shows what that "
-            "did on SciFact")
+            "To let it act, use --head gaussian with its default --set head.gaussian.init_scale=auto (calibrated "
+            f"from the training data before the first step), or scale the embeddings by about {factor:.3g} "
+            "yourself (a head whose outputs are that much larger, with the contrastive temperature multiplied "
+            "by the same factor for euclidean distance)")
 
 
 def _as_output(result):
@@ -324,20 +355,51 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     device = ctx.device
     out_dir = Path(config.output_dir)
     # -- the run folder: a new run never overwrites an old one; a resumed run must be the same run ---------
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output-dir {out_dir} is a file, not a folder; give a folder for the run")
     latest = ckpt.latest_checkpoint(out_dir)
+    saved = None
+    skipped: list[str] = []  # damaged checkpoints passed over on resume, said once the display is up
+    has_final_model = (out_dir / "ragcun.json").exists() or (out_dir / "model.safetensors").exists()
+    started_over = False
+    if not resume and D.elastic_restart_count() > 0:
+        # torchrun restarted the workers after one failed (--max-restarts): the same command line comes back,
+        # without --resume, so continue this run from its last checkpoint as --resume would. Rank 0 decides and
+        # tells the others, so that every rank takes the same branch.
+        why = _elastic_resume(out_dir, config, latest) if ctx.is_main else None
+        why = D.broadcast_object(why, ctx)
+        if why is not None:
+            resume = True
+            if ctx.is_main:
+                from ragcun.console import stderr
+
+                stderr.print(why, highlight=False, soft_wrap=True)
     if resume:
         if latest is None:
+            started = (out_dir / "train_config.json").is_file()
             raise ValueError(f"--resume: {out_dir} has no checkpoint to resume from "
-                             f"(looked in {out_dir / ckpt.CHECKPOINTS})")
+                             f"(looked in {out_dir / ckpt.CHECKPOINTS})"
+                             + ("; the run stopped before its first checkpoint: start it again without --resume "
+                                "(the same --output-dir is reused)" if started and not has_final_model else ""))
+        bad: list[tuple[ckpt.Checkpoint, str]] = []
+        latest = ckpt.latest_good_checkpoint(out_dir, on_bad=lambda c, why: bad.append((c, why)))
+        if latest is None:
+            listed = "; ".join(f"{c.folder}: {why}" for c, why in bad)
+            raise ValueError(f"--resume: no good checkpoint in {out_dir / ckpt.CHECKPOINTS} ({listed}); "
+                             "start a new --output-dir")
+        skipped = [f"--resume: skipping the damaged checkpoint {c.folder} ({why}); resuming from "
+                   f"{latest.folder} (step {latest.step})" for c, why in bad]
         saved = TrainConfig.load(out_dir)
         diff = saved.differences(config)
         if diff:
             listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"--resume: settings differ from the run in {out_dir} ({listed}); "
                              "resume with the run's settings or start a new --output-dir")
-    elif latest is not None or (out_dir / "train_config.json").exists():
+    elif latest is not None or has_final_model:
         raise ValueError(f"--output-dir {out_dir} already holds a training run; pass --resume to continue it "
                          "or choose another --output-dir")
+    else:  # a run that failed before its first checkpoint left nothing to continue: start it over
+        started_over = (out_dir / "train_config.json").exists()
     D.barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
 
     # -- model, loss, precision (same seed on every rank: identical initial weights) ---------------------
@@ -370,6 +432,8 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
         mined = mined_negatives_for(config, model, ctx)
     source = open_source(config.train_data, data_dir=config.data_dir, seed=config.seed, negatives=config.negatives,
                          qrels_threshold=config.qrels_threshold, shuffle_buffer=config.shuffle_buffer, mined=mined)
+    if next(iter(source.examples(0)), None) is None:  # an empty file: say so, not an IndexError downstream
+        raise ValueError(f"--train-data {config.train_data}: {source.description} holds no training examples")
     stream = BatchStream(source, config.batch_size, rank=ctx.rank, world_size=ctx.world_size)
     if config.steps is not None:
         total_steps = int(config.steps)
@@ -380,6 +444,13 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
                              f"({ctx.world_size} x --batch-size {config.batch_size})")
         total_steps = max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
 
+    # -- calibration (new runs only): a head with init_scale="auto" gets unit-scale outputs -----------------
+    from ragcun.training.calibration import calibrate, probe_texts
+
+    calibration = None if resume else calibrate(model, loss_module, probe_texts(source), ctx)
+
+    _name_loss_failures(loss_module)
+
     # -- optimizer, schedule, resume state -------------------------------------------------------------------
     optimizer = make_optimizer(model, config, device, loss_module)
     loss_params = [p for p in (loss_module.parameters() if isinstance(loss_module, torch.nn.Module) else [])
@@ -387,11 +458,14 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
     step = 0
     if resume:
+        fresh_groups = [(group["initial_lr"], group["weight_decay"]) for group in optimizer.param_groups]
         state = ckpt.load_trainer_state(latest)
         optimizer.load_state_dict(state["optimizer"])
         if state.get("loss") and isinstance(loss_module, torch.nn.Module):
             loss_module.load_state_dict(state["loss"])
         scheduler.load_state_dict(state["scheduler"])
+        if any(getattr(saved, k) != getattr(config, k) for k in OPTIMIZER_CHANGES):
+            _apply_optimizer_settings(optimizer, scheduler, fresh_groups, lr_lambda(config, total_steps))
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
@@ -403,20 +477,38 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
             seed_everything(config.seed + 1_000_003 * step + ctx.rank)
     else:
         seed_everything(config.seed + ctx.rank)  # different dropout masks per rank
+    if resume and step >= total_steps and ckpt.verify_model_folder(out_dir) is None:
+        # a finished run (its final model verifies): nothing to do, and nothing in the folder changes
+        D.barrier(ctx)
+        return TrainResult(out_dir, step, total_steps, resumed_from=step, model_dir=out_dir, already_finished=True)
     if ctx.is_main:  # only now: bad data or settings fail above without leaving an empty run folder
         out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out_dir)
+        if started_over:  # the records of a run that never reached a checkpoint
+            (out_dir / METRICS_FILE).unlink(missing_ok=True)
         config.save(out_dir)
+        record_history(out_dir, config, previous=saved, step=step,
+                       checkpoint=latest.folder.name if resume else None)
     D.barrier(ctx)
 
     forward_module = D.wrap(model, ctx)
     grad_cache = GradCache(model, forward_module, config.grad_cache_chunk, autocast) if config.grad_cache_chunk else None
     trainable = [p for p in model.parameters() if p.requires_grad] + loss_params
+    named_trainable = ([(n, p) for n, p in model.named_parameters() if p.requires_grad]
+                       + [(f"loss.{i}", p) for i, p in enumerate(loss_params)])
     log = MetricsLog(out_dir, ctx.is_main, step if resume else None)
     display = LiveDisplay(ctx.is_main and config.show_progress, total_steps, step)
+    for message in skipped if ctx.is_main else ():
+        display.warn(message)
     display.print(f"training {config.encoder} + {config.head} head, loss {config.loss}, on {source.description}; "
                   f"{ctx.world_size} process(es) x batch {config.batch_size} x accumulation {config.grad_accum}, "
                   f"{total_steps} steps, {device}, {str(dtype).replace('torch.', '')}"
                   + (f", resuming at step {step}" if resume else ""))
+    if calibration is not None:
+        log.write({"step": 0, "calibration": calibration.as_dict()})
+        display.print(f"calibrated the {config.head} head from {calibration.probe_texts} training texts: outputs x "
+                      f"{calibration.factor:.4g}{', centred' if calibration.centered else ''}; contrastive "
+                      f"temperature x {calibration.temperature_factor:.4g} (the same initial logits)")
     diag_texts = _diagnostic_texts(source) if config.diagnostics_every else None
     if ctx.is_main and isotropy_weight(loss_module) > 0:  # say so now if SIGReg cannot act on these embeddings
         probe = (diag_texts or _diagnostic_texts(source, limit=SCALE_PROBE))[:SCALE_PROBE]
@@ -499,10 +591,8 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
             agreed = D.all_reduce_mean(flags, ctx).tolist()
             loss_value, term_values = agreed[0], dict(zip(term_names, agreed[1:1 + len(term_names)]))
             if agreed[-2] > 0 or not math.isfinite(loss_value):
-                good = ckpt.latest_checkpoint(out_dir)
-                where = (f"the last good checkpoint is {good.folder} (step {good.step}); continue from it with "
-                         "--resume, e.g. with a lower --lr" if good else "no checkpoint had been written yet")
-                raise TrainingDiverged(f"the loss is {loss_value} at step {step + 1}: training stopped; {where}")
+                raise TrainingDiverged(f"the loss is {loss_value} at step {step + 1}: training stopped; "
+                                       + _last_good(out_dir))
             if loss_params and ctx.enabled:  # DDP averages the model's gradients; the loss's are ours to average
                 for param in loss_params:
                     if param.grad is not None:
@@ -513,16 +603,23 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
             if config.max_grad_norm is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
                 if not math.isfinite(grad_norm) and scaler is None:
-                    good = ckpt.latest_checkpoint(out_dir)
                     raise TrainingDiverged(f"the gradient norm is {grad_norm} at step {step + 1}: training stopped; "
-                                           + (f"the last good checkpoint is {good.folder}" if good else
-                                              "no checkpoint had been written yet"))
+                                           + _last_good(out_dir))
             lr = scheduler.get_last_lr()[0]
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
+            # a checkpoint or final model is only ever written from finite weights: check every step
+            # (one device sync), so the run stops at the step that broke them
+            broken = ckpt.nonfinite_tensors(named_trainable)
+            if broken:
+                raise TrainingDiverged(
+                    f"the weights became non-finite at step {step + 1} ({len(broken)} of {len(named_trainable)} "
+                    f"trained tensors, e.g. {', '.join(broken[:3])}): the optimizer step overflowed (is --lr "
+                    f"{config.lr:g} too high?); training stopped and nothing was saved from this step; "
+                    + _last_good(out_dir))
             scheduler.step()
             step += 1
             steps_this_run += 1
@@ -567,11 +664,101 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     if step >= total_steps and not result.interrupted:
         if ctx.is_main:
             model.save_pretrained(out_dir)  # `ragcun eval beir --model OUTPUT_DIR` works on a finished run
+            ckpt.apply_umask(out_dir, ("model.safetensors", "ragcun.json", "encoder"))
             log.write({"step": step, "final": {"pairs_per_s": result.pairs_per_s, "elapsed_s": elapsed,
                                                "peak_memory_mb": result.peak_memory_mb}})
         D.barrier(ctx)
         result.model_dir = out_dir
     return result
+
+
+class LossFailed(ValueError):
+    """A loss term raised while computing; the message names the term and the package that supplies it."""
+
+
+def _name_loss_failures(loss_module) -> None:
+    """Make an exception inside a loss term's forward name that term and its provider (a plugin's bug then
+    reads as such, not as a traceback from deep inside ragcun's loop). ValueErrors pass unchanged."""
+    from ragcun.components import provenance
+
+    terms = getattr(loss_module, "losses", None)
+    modules = dict(terms.items()) if isinstance(terms, (dict, torch.nn.ModuleDict)) else {"": loss_module}
+    for name, module in modules.items():
+        if not isinstance(module, torch.nn.Module) or getattr(module, "_ragcun_named_failures", False):
+            continue
+        info = provenance(module)
+        label = info["name"] or name or type(module).__name__
+        forward = module.forward
+
+        def named(*args, _forward=forward, _label=label, _provider=info["provider"], **kwargs):
+            try:
+                return _forward(*args, **kwargs)
+            except (ValueError, KeyboardInterrupt, TrainingDiverged):
+                raise
+            except Exception as exc:
+                raise LossFailed(f"loss {_label!r} (from the package {_provider!r}) raised "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+        module.forward = named
+        module._ragcun_named_failures = True
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temporary files of a write that a kill interrupted (the final model's, the config's, a checkpoint's)."""
+    import shutil
+
+    for folder in (out_dir, out_dir / "encoder"):
+        for stale in folder.glob(".*.tmp"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+    (out_dir / "train_config.json.tmp").unlink(missing_ok=True)
+    for stale in (out_dir / ckpt.CHECKPOINTS).glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _elastic_resume(out_dir: Path, config: TrainConfig, latest: ckpt.Checkpoint | None) -> str | None:
+    """On a torchrun restart: a message saying this run resumes by itself, when ``out_dir`` holds a checkpoint
+    of this same run (the same settings, begun or last resumed by this torchrun job: the run id recorded in
+    config_history.json is this job's); ``None`` otherwise (then the usual checks say what is wrong)."""
+    from ragcun.training.config import HISTORY_FILE
+
+    if latest is None:  # died before its first checkpoint: the restart starts over, which is the same run
+        return None
+    try:
+        saved = TrainConfig.load(out_dir)
+        history = json.loads((out_dir / HISTORY_FILE).read_text())
+        last_entry = history[-1] if isinstance(history, list) and history else {}
+    except (OSError, ValueError):
+        return None
+    if saved.differences(config) or not isinstance(last_entry, dict):
+        return None
+    if last_entry.get("torchelastic_run_id") != D.elastic_run_id():
+        return None  # a run some other launch left in this folder: not ours to continue
+    return (f"torchrun restarted the workers (restart {D.elastic_restart_count()}, run id {D.elastic_run_id()}): "
+            f"resuming {out_dir} from its last checkpoint, as --resume would")
+
+
+def _last_good(out_dir: Path) -> str:
+    """Where a stopped run can continue from: the newest checkpoint that verifies (checksum, finite weights)."""
+    good = ckpt.latest_good_checkpoint(out_dir)
+    if good is None:
+        return "no checkpoint had been written yet" + (" (none of the existing ones verifies)"
+                                                       if ckpt.list_checkpoints(out_dir) else "")
+    return (f"the last good checkpoint is {good.folder} (step {good.step}, verified); continue from it with "
+            "--resume, e.g. with a lower --lr")
+
+
+def _apply_optimizer_settings(optimizer, scheduler, fresh_groups, factor) -> None:
+    """A resumed run with a new --lr / --head-lr / --weight-decay / schedule: the restored optimizer and scheduler
+    take the new base rates and decay, and the current rate is the new schedule's at this step."""
+    if len(fresh_groups) != len(optimizer.param_groups):
+        raise ValueError("--resume: the checkpoint's optimizer has other parameter groups than this run builds")
+    for group, (base, decay) in zip(optimizer.param_groups, fresh_groups):
+        group["initial_lr"] = base
+        group["weight_decay"] = decay
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler.base_lrs = [base for base, _ in fresh_groups]
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _main_thread() -> bool:

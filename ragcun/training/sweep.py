@@ -13,14 +13,10 @@ frozen         ``contrastive+W*isotropy``, encoder frozen    how far does traini
                                                              pretrained encoder)
 =============  ============================================  ================================================
 
-W defaults to 1.0, the issue's default, and ``--isotropy-weight`` changes it. A measured caveat: with the
-gaussian head's default ``init_scale=1`` on MiniLM (unit-norm 384-d output), each embedding coordinate has a
-spread of about 0.04, so SIGReg sees a nearly collapsed batch: it starts near 12.8 (InfoNCE: ~0.3) and its
-gradient is about 10x smaller than with ``head.gaussian.init_scale≈sqrt(384)`` (per-coordinate spread ~0.8).
-In one epoch of SciFact at lr 5e-5 it does not move. Scaling the head up calls for a temperature scaled by
-the same factor (``loss.contrastive.temperature``), so the initial InfoNCE logits stay the same; ``ragcun train``
-warns and prints that factor when the embeddings are too small for SIGReg. Both sweeps, default and scaled,
-are in benchmarks/RESULTS.md (in neither did the isotropy term improve NDCG@10 on SciFact).
+W defaults to 1.0 and ``--isotropy-weight`` changes it. The gaussian head calibrates itself before the first
+step (``head.gaussian.init_scale="auto"``, ragcun.training.calibration): MiniLM's unit vectors would otherwise
+give each coordinate a spread of about 0.04, which SIGReg sees as a nearly collapsed batch. For a credible
+answer (seeds, a dev-chosen weight, paired significance) use ``ragcun ablation run PLAN`` instead.
 
 Where the runs go (``parallel``): by default (``"auto"``) on a node with at least one GPU per run each run
 gets an equal share of the GPUs (``n // runs``, so the three runs keep the same global batch; a remainder stays

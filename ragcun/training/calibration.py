@@ -1,0 +1,93 @@
+"""Training start-up: calibrate a head that asks for it, so SIGReg has unit-scale coordinates to act on.
+
+Why: the embedded encoder outputs unit vectors, so an orthogonal head keeps each coordinate's spread at
+about ``1/sqrt(H)`` (0.04 for MiniLM). SIGReg compares every 1-D projection with N(0, 1); on such a batch it
+sits near its collapsed value (~12.8 at batch 32) and its gradient barely moves the embeddings
+(benchmarks/RESULTS.md). A head with ``init_scale="auto"`` (the gaussian head's default) is therefore scaled
+and, for translation-invariant distances, centred from a probe batch of training texts before the first
+step, so that its outputs have zero mean and unit RMS spread per coordinate.
+
+Training must still start from the encoder's own ranking and from the same InfoNCE logits: a uniform scale
+``c`` and a shift change no Euclidean ranking, and the contrastive temperature is multiplied by ``c**k``,
+``k`` being the distance's degree of homogeneity (1 for euclidean, 2 for sqeuclidean and dot, 0 for cosine),
+so ``similarity / temperature`` is unchanged at step 0. The rescaled temperature is a persistent buffer of
+the loss, saved in every checkpoint, so a resumed run keeps it (and does not calibrate again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+PROBE_TEXTS = 256  # half queries, half documents: enough for a per-coordinate variance to 2-3%
+
+
+@dataclass
+class Calibration:
+    factor: float  # the head's outputs were multiplied by this
+    centered: bool
+    temperature_factor: float  # every contrastive term's temperature was multiplied by this
+    probe_texts: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe_texts(source, limit: int = PROBE_TEXTS) -> list[str]:
+    """The first ``limit`` texts of epoch 0 of a training source, queries and positives alternating (the same
+    on every rank: sources are deterministic)."""
+    texts: list[str] = []
+    for example in source.examples(0):
+        texts += [example.query, example.positive]
+        if len(texts) >= limit:
+            break
+    return texts[:limit]
+
+
+def _contrastive_terms(loss_module) -> list:
+    modules = getattr(loss_module, "losses", None)
+    candidates = list(modules.values()) if modules is not None else [loss_module]
+    return [m for m in candidates if hasattr(m, "rescale_temperature")]
+
+
+def calibrate(model, loss_module, texts: list[str], ctx) -> Calibration | None:
+    """Calibrate ``model.head`` if it asks for it (``head.calibrates``) and keep the initial logits of every
+    contrastive term of ``loss_module`` unchanged; ``None`` when the head does not calibrate.
+
+    Every rank computes the same probe; the result is averaged over ranks so that all hold identical weights
+    and temperatures even where floating-point reductions differ between devices.
+    """
+    from ragcun.training import distributed as D
+
+    head = model.head
+    if not getattr(head, "calibrates", False):
+        return None
+    degree = getattr(model.distance, "homogeneity", None)
+    if degree is None:
+        raise ValueError(f"head.gaussian.init_scale=auto cannot keep the initial logits of distance "
+                         f"{type(model.distance).__name__} (its similarity is not homogeneous in the embedding "
+                         "scale); set a number, e.g. --set head.gaussian.init_scale=1")
+    if len(texts) < 2:
+        raise ValueError("head.gaussian.init_scale=auto needs at least 2 training texts to calibrate from")
+    # a shift changes cosine and dot rankings: centre only for translation-invariant distances
+    centered = bool(getattr(head, "center", True)) and bool(getattr(model.distance, "translation_invariant", False))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.encoder({k: v.to(model.device) for k, v in model.tokenize(texts).items()})  # (N, H)
+            factor = head.calibrate(features.float(), center=centered)
+    finally:
+        model.train(was_training)
+    if ctx.enabled:  # identical weights and factor on every rank
+        with torch.no_grad():
+            for param in (head.mean.weight, head.mean.bias):
+                param.copy_(D.all_reduce_mean(param.detach(), ctx))
+        factor = float(D.all_reduce_mean(torch.tensor([factor], device=ctx.device), ctx)[0])
+        head.init_scale = factor
+    temperature_factor = factor ** degree
+    for term in _contrastive_terms(loss_module):
+        term.rescale_temperature(temperature_factor)
+    return Calibration(factor=factor, centered=centered,
+                       temperature_factor=temperature_factor, probe_texts=len(texts))
