@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ragcun.model import EmbeddingModel
     from ragcun.registry import Registry
 
-__all__ = ["__version__", "hookimpl", "load", "build_model", "get_registry", "list_components"]
+__all__ = ["__version__", "hookimpl", "load", "build_model", "export", "get_registry", "list_components"]
 
 
 def load(path: str, **kwargs: Any) -> "EmbeddingModel":
@@ -32,6 +32,14 @@ def build_model(encoder: str = "all-minilm-l6-v2", head: str = "gaussian", dista
     from ragcun.model import EmbeddingModel
 
     return EmbeddingModel.build(encoder, head, distance, **kwargs)
+
+
+def export(model_or_path: Any, out: str, to: str = "sentence-transformers", *, mean_only: bool = False,
+           overwrite: bool = False) -> Any:
+    """Export a model or checkpoint to another library's folder format (see :mod:`ragcun.exporters`)."""
+    from ragcun.exporters import export as _export
+
+    return _export(model_or_path, out, to, mean_only=mean_only, overwrite=overwrite)
 
 
 def get_registry() -> "Registry":

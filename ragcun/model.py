@@ -162,6 +162,14 @@ class EmbeddingModel(nn.Module):
             tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return folder
 
+    def export(self, out: str | os.PathLike, to: str = "sentence-transformers", *, mean_only: bool = False,
+               overwrite: bool = False):
+        """Write this model in another library's format, e.g. a sentence-transformers folder
+        (see :func:`ragcun.exporters.export`)."""
+        from ragcun.exporters import export
+
+        return export(self, out, to, mean_only=mean_only, overwrite=overwrite)
+
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, registry=None, map_location: str = "cpu") -> "EmbeddingModel":
         return load(folder, registry=registry, map_location=map_location)
@@ -209,9 +217,11 @@ def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu")
         try:
             parts[kind] = build(kind, section["name"], settings, registry=registry, **injected)
         except UnknownComponentError:
+            from ragcun.plugins import explain_missing
+
             provider = section.get("provider", "unknown")
-            raise ValueError(f"{folder} needs {kind} {section['name']!r} from the package {provider!r}, which is "
-                             f"not installed: pip install {provider}") from None
+            raise ValueError(f"{folder} needs {kind} {section['name']!r} from the package {provider!r}: "
+                             + explain_missing(kind, section["name"], provider)) from None
     model = EmbeddingModel(parts["encoder"], parts["head"], parts["distance"],
                            query_prefix=config.get("query_prefix", ""),
                            document_prefix=config.get("document_prefix", ""))

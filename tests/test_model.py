@@ -157,3 +157,25 @@ def test_hf_encoder_rejects_non_model_folders(tmp_path):
         EmbeddingModel.build(f"hf:{tmp_path}", "identity", "cosine")
     with pytest.raises(ValueError, match="not a folder"):
         EmbeddingModel.build(f"hf:{tmp_path / 'missing'}", "identity", "cosine")
+
+
+def test_missing_component_messages_say_what_is_true(tiny_model, tmp_path, monkeypatch):
+    """Issue 14 point 10: no `pip install ragcun` for a head ragcun lacks; installed-but-disabled plugins are
+    not called "not installed"."""
+    from ragcun.plugins import reset_host
+
+    folder = _saved(tiny_model, tmp_path)
+    _edit_config(folder, lambda c: c["head"].update(name="no-such-head", provider="ragcun"))
+    with pytest.raises(ValueError, match="has no built-in head 'no-such-head'") as info:
+        ragcun.load(folder)
+    assert "pip install" not in str(info.value)
+    _edit_config(folder, lambda c: c["head"].update(name="mlp", provider="ragcun-mlp"))
+    monkeypatch.setenv("RAGCUN_DISABLE_PLUGINS", "ragcun-mlp")  # the example plugin, installed by setup.sh
+    reset_host()
+    try:
+        with pytest.raises(ValueError, match="installed but its plugin is not loaded") as info:
+            ragcun.load(folder)
+        assert "pip install" not in str(info.value)
+    finally:
+        monkeypatch.delenv("RAGCUN_DISABLE_PLUGINS")
+        reset_host()

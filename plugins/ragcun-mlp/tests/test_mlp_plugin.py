@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -42,3 +43,25 @@ def test_params_command(tiny_model_dir):
     lines = dict(line.split(None, 1) for line in result.output.strip().splitlines())
     head = int(lines["head"].replace(",", ""))
     assert head == 32 * 16 + 16 + 16 * 8 + 8 + 32 * 8
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_head_exports_to_sentence_transformers(tiny_model_dir, tmp_path, residual):
+    """The head's ``sentence_transformers_modules()`` (the export protocol): two Dense modules, GELU then
+    identity, that SentenceTransformer loads and that reproduce the head, residual included."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    import ragcun
+
+    model = EmbeddingModel.build(f"hf:{tiny_model_dir}", "mlp", "euclidean",
+                                 {"head": {"mlp": {"out_dim": 8, "hidden_dim": 16, "residual": residual}}})
+    run = model.save_pretrained(tmp_path / "run")
+    result = ragcun.export(run, tmp_path / "out")
+    dense = [json.loads((tmp_path / "out" / e["path"] / "config.json").read_text())
+             for e in result.modules if e["type"].endswith("Dense")]
+    assert [d["activation_function"].rsplit(".", 1)[-1] for d in dense] == ["GELU", "Identity"]
+    assert dense[0]["out_features"] == 16 + (2 * 32 if residual else 0) and dense[1]["out_features"] == 8
+    texts = ["plugins extend ragcun", "without forking it", "", "a longer sentence " * 30]
+    st = SentenceTransformer(str(result.path), device="cpu", local_files_only=True)
+    np.testing.assert_allclose(st.encode(texts, convert_to_numpy=True), model.encode(texts), atol=1e-5)

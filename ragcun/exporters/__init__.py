@@ -1,0 +1,46 @@
+"""Export a ragcun model to another library's format: ``ragcun.export(model_or_path, out)``.
+
+Today one format, ``sentence-transformers``: a folder that ``SentenceTransformer(OUT)`` (and MTEB, vector
+databases and RAG frameworks that read that format) loads offline, with a model card. The pieces:
+
+* :mod:`~ragcun.exporters.st_modules`: the modules (Transformer, Pooling, Dense, Normalize) and their files;
+* :mod:`~ragcun.exporters.st_components`: how an encoder and a head become modules, and the protocol a plugin
+  component implements to export (``sentence_transformers_modules()`` or ``affine()``);
+* :mod:`~ragcun.exporters.st_similarity`: the model's distance -> ``similarity_fn_name`` (or a refusal);
+* :mod:`~ragcun.exporters.st_export`: the folder (written atomically) and its config files;
+* :mod:`~ragcun.exporters.model_card`, :mod:`~ragcun.exporters.run_folder`,
+  :mod:`~ragcun.exporters.train_command`: the README.md and what it reports from the run folder.
+
+Light to import: torch loads when :func:`export` runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ragcun.exporters.st_export import ExportResult
+
+FORMATS = ("sentence-transformers",)
+
+
+def export(model_or_path: Any, out: str | os.PathLike, to: str = "sentence-transformers", *, mean_only: bool = False,
+           overwrite: bool = False) -> "ExportResult":
+    """Export a model (an ``EmbeddingModel``, a checkpoint or run folder, ``hf:PATH`` or an encoder name) to ``out``.
+
+    ``mean_only``: export a log-variance model's mean vectors (its distance cannot be represented otherwise;
+    the result says what is lost). ``overwrite``: replace a non-empty ``out``. Returns an ``ExportResult``
+    (``.path``, ``.similarity``, ``.pipeline``, ``.lost``, ``.notes``). Raises ``ValueError`` with the reason
+    when the model cannot be exported; nothing is written then.
+    """
+    if to not in FORMATS:
+        raise ValueError(f"--to {to!r}: ragcun exports to {', '.join(FORMATS)}")
+    from ragcun.exporters.source import resolve_source
+    from ragcun.exporters.st_export import export_sentence_transformers
+
+    model, source = resolve_source(model_or_path)
+    spec = None if source is None and not isinstance(model_or_path, (str, os.PathLike)) else os.fspath(model_or_path)
+    return export_sentence_transformers(model, Path(out), mean_only=mean_only, overwrite=overwrite, source=source,
+                                        source_spec=spec)
