@@ -163,3 +163,39 @@ def test_embedding_diagnostics_on_existing_embeddings():
     assert out["iso/sigreg_raw"] == pytest.approx(out["iso/sigreg_gaussian_floor"], rel=0.6)
     with pytest.raises(ValueError):
         embedding_diagnostics(torch.zeros(1, 4))
+
+
+def test_the_verdict_reads_sigreg_against_its_floor_and_names_unit_vectors():
+    from ragcun.diagnostics.verdict import isotropy_verdict
+
+    line = isotropy_verdict({"sigreg_raw": 800.0, "sigreg_gaussian_floor": 1.05, "effective_rank_ratio": 0.5,
+                             "norm_mean": 1.0, "isoscore": 0.2}, 384)
+    assert "762x its Gaussian floor" in line and "very far from N(0, I)" in line and "unit vectors" in line
+    close = isotropy_verdict({"sigreg_raw": 1.1, "sigreg_gaussian_floor": 1.05, "norm_mean": 22.0}, 512)
+    assert "as close to N(0, I) as an exact Gaussian sample" in close and "mean norm 22" in close
+
+
+def test_isotropy_curves_plot_one_or_several_runs(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from _training_helpers import tiny_config, write_pairs
+    from ragcun.cli.root import build_cli
+    from ragcun.diagnostics.curves import read_curves
+    from ragcun.training.loop import train
+
+    data = write_pairs(tmp_path / "train.jsonl", n=24)
+    runs = []
+    for loss in ("contrastive", "contrastive+isotropy"):
+        run = tmp_path / loss.replace("+", "-")
+        train(tiny_config(tiny_model_dir, run, data, loss=loss, steps=4, diagnostics_every=2, save_every=4))
+        runs.append(str(run))
+    curves = read_curves(runs[1])
+    assert curves["diagnostics"]["step"] == [2, 4] and len(curves["diagnostics"]["sigreg_raw"]) == 2
+    assert curves["steps"] == [1, 2, 3, 4] and "isotropy" in curves["terms"]
+    result = CliRunner().invoke(build_cli(), ["isotropy", "curves", *runs, "-o", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    no_diag = tmp_path / "plain"
+    train(tiny_config(tiny_model_dir, no_diag, data, steps=2, save_every=2))
+    result = CliRunner().invoke(build_cli(), ["isotropy", "curves", str(no_diag)])
+    assert result.exit_code == 1 and "--diagnostics-every" in result.output

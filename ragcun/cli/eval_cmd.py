@@ -36,6 +36,9 @@ def eval_group() -> None:
 @click.option("--ignore-identical-ids/--keep-identical-ids", default=True, show_default=True,
               help="skip documents whose id equals the query's id, as BEIR does")
 @click.option("--per-query", is_flag=True, help="add per-query scores to the JSON (for significance tests)")
+@click.option("--save-run", type=click.Path(file_okay=False), default=None,
+              help="write DATASET.trec (TREC run: top-k per query) and DATASET.per_query.json (pytrec_eval's "
+                   "per-query metrics) into this folder, for ranx, trec_eval or `ragcun ablation compare`")
 @click.option("--download/--no-download", default=True, show_default=True,
               help="download a missing BEIR dataset from the official BEIR location")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available]")
@@ -44,7 +47,7 @@ def eval_group() -> None:
 def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: str, output: str | None, k: int,
                  batch_size: int, dtype: str, distance: str | None, query_prefix: str | None,
                  document_prefix: str | None, search: str, ignore_identical_ids: bool, per_query: bool,
-                 download: bool, device: str | None, set_options: tuple[str, ...], output_format: str) -> None:
+                 save_run: str | None, download: bool, device: str | None, set_options: tuple[str, ...], output_format: str) -> None:
     """Retrieve with MODEL on BEIR datasets and score with beir's metrics (pytrec_eval).
 
     \b
@@ -60,7 +63,8 @@ def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: st
     try:
         report = evaluate_beir(model_spec, datasets, data_dir, split, k=k, batch_size=batch_size, dtype=dtype,
                                distance=distance, query_prefix=query_prefix, document_prefix=document_prefix,
-                               ignore_identical_ids=ignore_identical_ids, search=search, per_query=per_query,
+                               ignore_identical_ids=ignore_identical_ids, search=search,
+                               per_query=per_query or save_run is not None, return_results=save_run is not None,
                                download=download, device=device, settings=settings_from_options(set_options))
     finally:
         if started:
@@ -69,6 +73,13 @@ def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: st
             dist.destroy_process_group()
     if rank != 0:
         return  # every rank computed the same report; rank 0 speaks
+    if save_run:
+        from ragcun.evaluation.run_files import save_run as write_run_files
+
+        write_run_files(report, save_run)
+        report.pop("runs", None)
+        if not per_query:
+            report.pop("per_query", None)
     if output:
         write_report(report, output)
     if output_format == "json":

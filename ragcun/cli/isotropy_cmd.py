@@ -63,6 +63,19 @@ def report_command(models: tuple[str, ...], dataset: str, data_dir: str | None, 
     print_report_table(report)
 
 
+@isotropy_group.command("curves")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--output", "-o", default="isotropy-curves.png", show_default=True, type=click.Path(dir_okay=False),
+              help="the PNG to write")
+@click.option("--label", "labels", multiple=True, help="one per run, in order [default: the folder names]")
+def curves_command(runs: tuple[str, ...], output: str, labels: tuple[str, ...]) -> None:
+    """Plot isotropy over training for one or several RUNS (folders of `ragcun train --diagnostics-every K`):
+    the loss, SIGReg against its N(0, I) floor, effective rank / D and IsoScore against the step."""
+    from ragcun.diagnostics.curves import plot_curves
+
+    click.echo(f"wrote {plot_curves(runs, output, labels or None)}")
+
+
 def print_report_table(report: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -84,6 +97,9 @@ def print_report_table(report: dict) -> None:
             table.add_row(f"[bold]{GROUP_TITLES[group]}[/]", *([""] * len(cells)))
         table.add_row(escape(label), *cells)
     stdout.print(table)
+    for m in report["models"]:
+        if m.get("verdict"):
+            stdout.print(f"[bold]{escape(m['label'])}[/]: {escape(m['verdict'])}", soft_wrap=True)
     files = report["files"]
     written = ["report.json"] + ([files["html"]] if "html" in files else []) + list(files.get("plots", {}).values())
     stdout.print(f"wrote {', '.join(written)} to [bold]{escape(report['output_dir'])}[/]")

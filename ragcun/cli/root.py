@@ -33,11 +33,11 @@ def cli() -> None:
 
 
 def _add_builtin_commands(group: click.Group) -> None:
-    from ragcun.cli import (data_cmd, encode_cmd, eval_cmd, isotropy_cmd, list_cmd, plugins_cmd, preflight_cmd,
-                            sweep_cmd, train_cmd)
+    from ragcun.cli import (ablation_cmd, data_cmd, encode_cmd, eval_cmd, export_cmd, isotropy_cmd, list_cmd,
+                            plugins_cmd, preflight_cmd, sweep_cmd, train_cmd)
 
-    for module in (list_cmd, plugins_cmd, encode_cmd, train_cmd, sweep_cmd, preflight_cmd, data_cmd, eval_cmd,
-                   isotropy_cmd):
+    for module in (list_cmd, plugins_cmd, encode_cmd, train_cmd, sweep_cmd, ablation_cmd, preflight_cmd, data_cmd,
+                   eval_cmd, isotropy_cmd, export_cmd):
         module.add_to(group)
 
 

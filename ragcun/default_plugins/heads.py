@@ -9,3 +9,7 @@ def register_heads(register):
              summary="affine projection, optionally L2-normalized")
     register("gaussian", "ragcun.heads.gaussian:GaussianHead", provides=("mean", "logvar"),
              summary="unnormalized linear map to out_dim=512, optional per-dimension log-variance")
+    register("center", "ragcun.heads.fitted:CenterHead", provides=("mean",),
+             summary="subtract the mean of a fitted sample (training-free; fit it on the corpus)")
+    register("whiten", "ragcun.heads.fitted:WhitenHead", provides=("mean",),
+             summary="ZCA whitening, or PCA whitening to dim=k, fitted on a sample (training-free)")

@@ -96,11 +96,18 @@ def _norms(plt, clouds, path: Path, dataset: str) -> str:
     for ax, cloud in zip(axes, clouds):
         norms = cloud["documents"].norm(dim=1).numpy()
         root_d = math.sqrt(cloud["documents"].shape[1])
-        # the range always shows where N(0, I) would put the norms (about sqrt(D)), so unit vectors show as a spike
-        hi = max(1.3 * root_d, 1.05 * float(norms.max()))
-        ax.hist(norms, bins=120, range=(0.0, hi))
-        ax.axvline(root_d, color="k", ls="--", lw=1, label=f"N(0, I): ~sqrt(D) = {root_d:.3g}")
-        ax.legend(fontsize=7)
+        # each panel spans its own data (unit vectors would otherwise be one spike on an axis stretched to
+        # sqrt(D)); where N(0, I) would put the norms is marked when it falls inside, and stated when not
+        lo, hi = float(np.percentile(norms, 0.5)), float(np.percentile(norms, 99.5))
+        pad = max(0.05 * (hi - lo), 1e-3 * max(abs(hi), 1e-12))
+        lo, hi = lo - pad, hi + pad
+        ax.hist(norms, bins=60, range=(lo, hi))
+        if lo <= root_d <= hi:
+            ax.axvline(root_d, color="k", ls="--", lw=1, label=f"N(0, I): ~sqrt(D) = {root_d:.3g}")
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.02, 0.95, f"N(0, I) norms: ~sqrt(D) = {root_d:.3g} (off this axis)", transform=ax.transAxes,
+                    fontsize=7, va="top")
         ax.set_title(f"{cloud['label']}\nmean {norms.mean():.4g}, std {norms.std():.3g}", fontsize=9)
         ax.set_xlabel("||x||")
         ax.set_ylabel("documents")

@@ -304,7 +304,10 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
             metrics["pairs"] = pair_metrics(queries[data.pair_query_index], docs[data.pair_doc_index])
         if queries.shape[0] >= 2:
             metrics["queries"] = population_metrics(queries, seed=seed, num_slices=num_slices, top_k=top_k)
-        results.append({"label": label, "spec": spec, **describe_model(model),
+        from ragcun.diagnostics.verdict import isotropy_verdict
+
+        verdict = isotropy_verdict({m.key: m.value for m in metrics["documents"]}, int(sample_docs.shape[1]))
+        results.append({"label": label, "spec": spec, **describe_model(model), "verdict": verdict,
                         "embed_seconds": round(embed_seconds, 2),
                         "metrics": {group: {m.key: m.as_dict() for m in ms} for group, ms in metrics.items()}})
         clouds.append({"label": label, "documents": sample_docs, "queries": queries})
@@ -406,6 +409,7 @@ def render_html(report: dict[str, Any], out_dir: Path) -> str:
             images.append(f"<figure><img alt='{esc(key)}' src='data:image/png;base64,{data}'>"
                           f"<figcaption>{esc(captions.get(key, key))}</figcaption></figure>")
     notes = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in METRIC_NOTES.items())
+    verdicts = "".join(f"<li><b>{esc(m['label'])}</b>: {esc(m.get('verdict', ''))}</li>" for m in report["models"])
     settings = esc(json.dumps(report["settings"]))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ragcun isotropy report: {esc(ds['name'])}</title>
@@ -421,6 +425,7 @@ queries, {ds['pairs']} query / relevant-document pairs; seed {ds['seed']}. Every
 the vectors it was computed on: <i>raw</i> (as the model outputs them), <i>l2</i> (L2-normalized, as the metric
 is defined), <i>z-score</i> (each dimension standardized), <i>reference</i> (an exact N(0, I) sample of the
 same size).</p>
+<h2>In one line</h2><ul>{verdicts}</ul>
 <table><tr><th>metric [vectors, n]</th>{head}</tr>
 {''.join(body)}
 </table>

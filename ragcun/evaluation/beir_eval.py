@@ -165,8 +165,6 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
                      progress_start=None) -> dict[str, Any]:
     """Retrieve and score one loaded :class:`~ragcun.data.beir.BeirDataset`; returns metrics, timings and
     (optionally) per-query scores."""
-    from beir.retrieval.evaluation import EvaluateRetrieval
-
     from ragcun.evaluation.encoding import encode
     from ragcun.evaluation.search import (
         identical_id_positions,
@@ -207,16 +205,7 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
     timings["search_s"] = time.perf_counter() - t0 - encode_s
 
     t0 = time.perf_counter()
-    beir_logger = logging.getLogger("beir.retrieval.evaluation")
-    level = beir_logger.level
-    beir_logger.setLevel(logging.WARNING)  # beir logs every metric at INFO; ours go in the table
-    try:
-        ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(dataset.qrels, results, k_values,
-                                                                   ignore_identical_ids=ignore_identical_ids)
-        mrr = EvaluateRetrieval.evaluate_custom(dataset.qrels, results, k_values, "mrr")
-    finally:
-        beir_logger.setLevel(level)
-    metrics = {**ndcg, **_map, **recall, **precision, **mrr}
+    metrics = beir_metrics(dataset.qrels, results, k_values, ignore_identical_ids=ignore_identical_ids)
     timings["metrics_s"] = time.perf_counter() - t0
     timings["docs_per_s"] = len(doc_ids) / encode_s if encode_s > 0 else None
     out: dict[str, Any] = {"metrics": metrics, "timings": timings,
@@ -226,6 +215,23 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
     if per_query:
         out["per_query"] = per_query_scores(dataset.qrels, results, k_values)
     return out
+
+
+def beir_metrics(qrels, results, k_values: Sequence[int], *, ignore_identical_ids: bool = True) -> dict[str, float]:
+    """beir's own metrics (``EvaluateRetrieval``: pytrec_eval's NDCG, MAP, Recall, P, and beir's MRR) of a run
+    ``{qid: {doc id: score}}`` against ``qrels``, named ``NDCG@10`` etc."""
+    from beir.retrieval.evaluation import EvaluateRetrieval
+
+    beir_logger = logging.getLogger("beir.retrieval.evaluation")
+    level = beir_logger.level
+    beir_logger.setLevel(logging.WARNING)  # beir logs every metric at INFO; ours go in the table
+    try:
+        ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(qrels, results, list(k_values),
+                                                                   ignore_identical_ids=ignore_identical_ids)
+        mrr = EvaluateRetrieval.evaluate_custom(qrels, results, list(k_values), "mrr")
+    finally:
+        beir_logger.setLevel(level)
+    return {**ndcg, **_map, **recall, **precision, **mrr}
 
 
 def per_query_scores(qrels, results, k_values: Sequence[int]) -> dict[str, dict[str, float]]:

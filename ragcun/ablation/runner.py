@@ -1,0 +1,297 @@
+"""Run an ablation plan: every arm x seed, one after another, skipping what is already finished.
+
+What "finished" means is a file in the results folder (``runs/ARM/seed-S/result.json``), written last and
+atomically; models and TREC runs go to the work folder. So an interrupted plan resumes where it stopped, and
+on another machine too once the finished results are committed (a half-trained model in the work folder
+resumes from its checkpoint; a missing one is trained again).
+
+Order: the training-free arms (they only need the base encoder's outputs, encoded once per dataset and
+cached); then the lambda selection on the dev split (one training per candidate, first seed); then the
+baseline and the selected arm seed by seed, then the other arms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ragcun.ablation.plan import Arm, Plan
+
+RESULT_FILE = "result.json"
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def run_dir(plan: Plan, arm: Arm, seed: int) -> Path:
+    return plan.results / "runs" / arm.name / (f"seed-{seed}" if arm.trained else "fixed")
+
+
+class PlanRunner:
+    def __init__(self, plan: Plan, *, data_dir: str | None = None, show: Callable[[str], None] = print,
+                 only: set[str] | None = None) -> None:
+        self.plan, self.data_dir, self.show, self.only = plan, data_dir, show, only
+        self._datasets: dict[str, Any] = {}
+        self._base_cache: dict[str, Any] = {}
+        self._base_model = None
+        self.train_folder: Path | None = None
+
+    # -- data ------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        from ragcun.ablation.data import carve_dev_split
+
+        plan = self.plan
+        plan.results.mkdir(parents=True, exist_ok=True)
+        folder, info = carve_dev_split(plan.train_data, self.data_dir, plan.dev_fraction,
+                                       plan.work_dir / "data" / f"{Path(plan.train_data).name}-train-dev",
+                                       salt=plan.name)
+        self.train_folder = folder
+        _atomic_json(plan.results / "dev_split.json", info)
+        _atomic_json(plan.results / "plan.json", {"name": plan.name, "plan_file": str(plan.path),
+                                                  "baseline": plan.baseline, "seeds": plan.seeds,
+                                                  "datasets": plan.datasets, "arms": list(plan.arms),
+                                                  "train": plan.train, "dtype": plan.dtype, "k": plan.k})
+        self.show(f"dev split: {info['dev_queries']} of {info['train_queries'] + info['dev_queries']} "
+                  f"{plan.train_data} train queries (training uses the other {info['train_queries']})")
+
+    def dataset(self, name: str):
+        if name not in self._datasets:
+            from ragcun.ablation.data import dev_dataset
+            from ragcun.data.beir import find_dataset, load_beir
+
+            if name == "dev":
+                self._datasets[name] = dev_dataset(self.train_folder, self.plan.dev_corpus_sample)
+            else:
+                folder = find_dataset(name, self.data_dir, download=False)
+                self._datasets[name] = load_beir(folder, "test", name=name)
+        return self._datasets[name]
+
+    # -- the base encoder's outputs, encoded once ------------------------------------------------------
+    def base_model(self):
+        if self._base_model is None:
+            from ragcun.model import EmbeddingModel
+
+            self._base_model = EmbeddingModel.build(self.plan.train.get("encoder", "all-minilm-l6-v2"), "identity",
+                                                    "cosine")
+            self._base_model.eval()
+        return self._base_model
+
+    def base_features(self, name: str):
+        """Encoder outputs (identity head) for a dataset, cached in the work folder across restarts."""
+        if name in self._base_cache:
+            return self._base_cache[name]
+        from safetensors.torch import load_file, save_file
+
+        from ragcun.ablation.scoring import EncodedDataset, encode_dataset
+        from ragcun.embedding import Embedding
+
+        path = self.plan.work_dir / "cache" / f"base-{name}-{self.plan.dtype}.safetensors"
+        ids_path = path.with_suffix(".ids.json")
+        if path.is_file() and ids_path.is_file():
+            tensors, ids = load_file(str(path)), json.loads(ids_path.read_text())
+            encoded = EncodedDataset(ids["queries"], ids["documents"], Embedding(tensors["queries"]),
+                                     Embedding(tensors["documents"]))
+        else:
+            model = self.base_model()
+            self.show(f"encoding {name} with the base encoder (cached for every arm that reuses it)")
+            encoded = encode_dataset(model, self.dataset(name), batch_size=self.plan.batch_size, dtype=self.plan.dtype,
+                                     query_prefix=model.query_prefix, document_prefix=model.document_prefix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"queries": encoded.queries.mean.contiguous(), "documents": encoded.documents.mean.contiguous()},
+                      str(path))
+            ids_path.write_text(json.dumps({"queries": encoded.query_ids, "documents": encoded.doc_ids}))
+        self._base_cache[name] = encoded
+        return encoded
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self, model, datasets: list[str], *, reuse_base: bool, out: Path | None, tag: str) -> dict:
+        """Score ``model`` on ``datasets``; with ``reuse_base`` apply its head to the cached base outputs."""
+        from ragcun.ablation.scoring import apply_head, encode_dataset, score
+        from ragcun.evaluation.run_files import format_trec_run
+
+        k_values = sorted({10, 100, self.plan.k} & set(range(1, self.plan.k + 1)))
+        report = {}
+        for name in datasets:
+            t0 = time.perf_counter()
+            dataset = self.dataset(name)
+            if reuse_base:
+                encoded = apply_head(model.head, self.base_features(name))
+            else:
+                model.eval()
+                encoded = encode_dataset(model, dataset, batch_size=self.plan.batch_size, dtype=self.plan.dtype,
+                                         query_prefix=model.query_prefix, document_prefix=model.document_prefix)
+            scored = score(model.distance, encoded, dataset, k=self.plan.k, k_values=k_values,
+                           isotropy_sample=self.plan.isotropy_sample)
+            if out is not None:
+                _atomic_json(out / f"{name}.per_query.json", scored["per_query"])
+                trec = self.plan.work_dir / "trec" / out.relative_to(self.plan.results) / f"{name}.trec"
+                trec.parent.mkdir(parents=True, exist_ok=True)
+                trec.write_text(format_trec_run(scored["results"], tag))
+            report[name] = {"metrics": {m: v for m, v in scored["metrics"].items()
+                                        if m.split("@")[0] in ("NDCG", "MRR", "Recall", "MAP")},
+                            "isotropy": scored["isotropy"], "counts": scored["counts"],
+                            "eval_s": time.perf_counter() - t0}
+            self.show(f"  {name}: NDCG@10 {scored['metrics']['NDCG@10']:.4f}  SIGReg "
+                      f"{scored['isotropy']['sigreg_raw']:.2f} (floor {scored['isotropy']['sigreg_gaussian_floor']:.2f})"
+                      f"  IsoScore {scored['isotropy']['isoscore']:.3f}")
+        return report
+
+    # -- training --------------------------------------------------------------------------------------
+    def train_config(self, arm: Arm, seed: int, lam: float | None):
+        from ragcun.spec import settings_from_options
+        from ragcun.training.config import TrainConfig
+
+        suffix = f"seed-{seed}" + (f"-lambda-{lam:g}" if arm.selects_lambda else "")
+        values = dict(self.plan.train)
+        values.update({"output_dir": str(self.plan.work_dir / "models" / arm.name / suffix),
+                       "train_data": f"beir:{self.train_folder}:train", "seed": seed, "loss": arm.loss_for(lam),
+                       "freeze_encoder": arm.freeze_encoder, "show_progress": False,
+                       "settings": settings_from_options([*self.plan.train_set, *arm.set])})
+        for key in ("head_lr", "head", "encoder"):
+            if getattr(arm, key) is not None:
+                values[key] = getattr(arm, key)
+        return TrainConfig.from_dict(values, f"{self.plan.path} [arms.{arm.name}]")
+
+    def trained_model(self, arm: Arm, seed: int, lam: float | None):
+        """Train (or finish training) one run and load its final model; returns (model, info)."""
+        from ragcun.model import CONFIG_FILE, load
+        from ragcun.training import checkpoint as ckpt
+        from ragcun.training.loop import train
+
+        config = self.train_config(arm, seed, lam)
+        folder = Path(config.output_dir)
+        info: dict[str, Any] = {"loss": config.loss, "seed": seed, "lambda": lam, "freeze_encoder": config.freeze_encoder,
+                                "batch_size": config.batch_size, "global_batch": config.batch_size * config.grad_accum,
+                                "lr": config.lr, "head_lr": config.head_lr, "dtype": config.dtype,
+                                "settings": config.settings}
+        if not (folder / CONFIG_FILE).is_file():
+            resume = ckpt.latest_checkpoint(folder) is not None
+            self.show(f"{arm.name} seed {seed}: training ({config.loss}{', frozen encoder' if arm.freeze_encoder else ''})"
+                      f" -> {folder}" + (" (resuming)" if resume else ""))
+            t0 = time.perf_counter()
+            result = train(config, resume=resume)
+            if result.interrupted:
+                raise KeyboardInterrupt
+            info.update({"train_s": time.perf_counter() - t0, "steps": result.step, "pairs_per_s": result.pairs_per_s})
+        model = load(folder)
+        trainable = sum(p.numel() for n, p in model.named_parameters()
+                        if not (config.freeze_encoder and n.startswith("encoder.")))
+        info["trainable_params"] = trainable
+        info["calibration"] = _calibration(folder)
+        info.setdefault("steps", _final_step(folder))
+        return model, info
+
+    # -- the plan --------------------------------------------------------------------------------------
+    def select_lambda(self) -> float | None:
+        plan = self.plan
+        if not plan.select_arm:
+            return None
+        path = plan.results / "selection.json"
+        if path.is_file():
+            chosen = json.loads(path.read_text())
+            if chosen.get("values") == plan.select_values and "chosen" in chosen:
+                return float(chosen["chosen"])
+        arm, seed = plan.arms[plan.select_arm], plan.seeds_of(plan.arms[plan.select_arm])[0]
+        scores = {}
+        for lam in plan.select_values:
+            step_file = plan.results / "selection" / f"lambda-{lam:g}.json"
+            if step_file.is_file():
+                scores[lam] = json.loads(step_file.read_text())["dev"][plan.dev_metric]
+                continue
+            model, info = self.trained_model(arm, seed, lam)
+            self.show(f"{arm.name} lambda {lam:g}: dev evaluation")
+            dev = self.evaluate(model, ["dev"], reuse_base=False, out=None, tag="dev")["dev"]
+            scores[lam] = dev["metrics"][plan.dev_metric]
+            _atomic_json(step_file, {"lambda": lam, "dev": dev["metrics"], "isotropy": dev["isotropy"], "train": info})
+        best = max(scores.values())
+        chosen = min(lam for lam, s in scores.items() if s == best)  # a tie goes to the weaker regularizer
+        _atomic_json(path, {"arm": arm.name, "seed": seed, "metric": plan.dev_metric, "values": plan.select_values,
+                            "dev": {f"{lam:g}": s for lam, s in scores.items()}, "chosen": chosen})
+        self.show(f"lambda chosen on dev ({plan.dev_metric}): {chosen:g}  "
+                  + "  ".join(f"{lam:g}: {s:.4f}" for lam, s in scores.items()))
+        return chosen
+
+    def run(self) -> dict[str, Any]:
+        plan = self.plan
+        t_start = time.perf_counter()
+        self.prepare()
+        lam = None
+        done, skipped = [], []
+        for arm, seed in plan.order():
+            if self.only and arm.name not in self.only:
+                continue
+            out = run_dir(plan, arm, seed)
+            if (out / RESULT_FILE).is_file():
+                skipped.append(f"{arm.name}/{out.name}")
+                continue
+            t0 = time.perf_counter()
+            if arm.trained:
+                if arm.selects_lambda and lam is None:
+                    lam = self.select_lambda()
+                model, info = self.trained_model(arm, seed, lam if arm.selects_lambda else None)
+                self.show(f"{arm.name} seed {seed}: evaluating on {', '.join(plan.datasets)}")
+                report = self.evaluate(model, plan.datasets, reuse_base=arm.freeze_encoder and not arm.encoder,
+                                       out=out, tag=f"{arm.name}-{seed}")
+            else:
+                model, info = self.transformed_model(arm)
+                report = self.evaluate_transform(arm, model, out)
+            _atomic_json(out / RESULT_FILE, {"arm": arm.name, "what": arm.what, "seed": seed, "trained": arm.trained,
+                                             "datasets": report, "info": info, "wall_s": time.perf_counter() - t0})
+            done.append(f"{arm.name}/{out.name}")
+            del model
+        summary = {"finished_now": done, "skipped": skipped, "wall_s": time.perf_counter() - t_start}
+        with (plan.results / "run_log.jsonl").open("a") as fh:
+            fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary}) + "\n")
+        return summary
+
+    # -- training-free arms ----------------------------------------------------------------------------
+    def transformed_model(self, arm: Arm):
+        from ragcun.model import EmbeddingModel
+
+        head = {"none": "identity", "center": "center", "whiten": "whiten"}[arm.transform]
+        settings = {"head": {"whiten": {"dim": arm.whiten_dim}}} if arm.transform == "whiten" and arm.whiten_dim else None
+        base = self.base_model()
+        model = EmbeddingModel.build(self.plan.train.get("encoder", "all-minilm-l6-v2"), head,
+                                     arm.distance or "cosine", settings)
+        model.encoder = base.encoder  # the same weights: share them instead of holding two copies
+        return model, {"transform": arm.transform, "distance": arm.distance or "cosine", "trainable_params": 0,
+                       "fitted_on": "the corpus being searched (each dataset's own)"}
+
+    def evaluate_transform(self, arm: Arm, model, out: Path) -> dict:
+        report = {}
+        for name in self.plan.datasets:
+            if hasattr(model.head, "fit"):
+                model.head.fit(self.base_features(name).documents.mean)
+            report.update(self.evaluate(model, [name], reuse_base=True, out=out, tag=arm.name))
+        return report
+
+
+def _records(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    out = []
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line of a killed run
+            continue
+    return out
+
+
+def _calibration(folder: Path) -> dict | None:
+    return next((r["calibration"] for r in _records(folder) if "calibration" in r), None)
+
+
+def _final_step(folder: Path) -> int | None:
+    return next((r["step"] for r in reversed(_records(folder)) if "final" in r), None)
+
+
+def run_plan(plan: Plan, *, data_dir: str | None = None, show=print, only: set[str] | None = None) -> dict[str, Any]:
+    """Run every arm x seed of ``plan`` not finished yet (see the module docstring)."""
+    return PlanRunner(plan, data_dir=data_dir, show=show, only=only).run()

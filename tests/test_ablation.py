@@ -1,0 +1,161 @@
+"""The ablation engine: plans, the runner (resumable), and the comparison's statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragcun.ablation.compare import bootstrap_interval, compare, holm, paired_test, to_markdown, write_report
+from ragcun.ablation.plan import load_plan
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY_PLAN = """
+name = "tiny"
+results = "results"
+baseline = "ft"
+seeds = [1, 2]
+datasets = ["nq-utd"]
+dtype = "float32"
+k = 100
+isotropy_sample = 200
+
+[train]
+data = "scifact"
+encoder = "hf:{model}"
+steps = 2
+batch_size = 8
+lr = 1e-3
+set = ["head.gaussian.out_dim=16", "loss.isotropy.num_slices=32"]
+
+[dev]
+corpus_sample = 150
+
+[select]
+arm = "ft-iso"
+values = [0.05, 1.0]
+
+[arms.ft]
+loss = "contrastive"
+
+[arms.ft-iso]
+loss = "contrastive+{{lambda}}*isotropy"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "plan.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\n[arms.b]\nlos = "x"\n',
+     "unknown key 'los'; did you mean 'loss'"),
+    ('baseline = "z"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\n', "baseline 'z' is not an arm"),
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive+{lambda}*isotropy"\n',
+     "has no \\[select\\]"),
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\ntransform = "center"\n',
+     "not both"),
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\nlearning_rate = 1\n[arms.a]\nloss = "contrastive"\n',
+     "unknown key 'learning_rate'"),
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\n[arms.a]\nloss = "contrastive"\n', "missing 'data'"),
+    ('baseline = "a"\n[arms.a\n', "not valid TOML"),
+])
+def test_bad_plans_are_refused_naming_the_file_and_key(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message) as info:
+        load_plan(_write(tmp_path, text))
+    assert "plan.toml" in str(info.value)
+
+
+def test_the_order_runs_training_free_arms_then_the_main_comparison_seed_by_seed(tmp_path):
+    text = ('baseline = "ft"\nseeds = [1, 2]\ndatasets = ["x"]\n[train]\ndata = "d"\n[select]\narm = "iso"\n'
+            'values = [0.1]\n[arms.frozen]\nloss = "contrastive"\nfreeze_encoder = true\nseeds = [7]\n'
+            '[arms.base]\ntransform = "none"\n[arms.ft]\nloss = "contrastive"\n'
+            '[arms.iso]\nloss = "contrastive+{lambda}*isotropy"\n')
+    plan = load_plan(_write(tmp_path, text))
+    assert [(a.name, s) for a, s in plan.order()] == [("base", 0), ("ft", 1), ("iso", 1), ("ft", 2), ("iso", 2),
+                                                      ("frozen", 7)]
+    assert plan.arms["iso"].loss_for(0.05) == "contrastive+0.05*isotropy"
+
+
+def test_paired_tests_find_a_known_difference_and_not_an_absent_one():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 300)
+    better = np.clip(base + 0.05 + rng.normal(0, 0.02, 300), 0, 1)
+    assert paired_test(base, better, "student") < 1e-6
+    assert paired_test(base, better, "fisher", permutations=2000) <= 1e-3
+    assert paired_test(base, base.copy(), "student") == 1.0
+    low, high = bootstrap_interval(better - base)
+    assert 0.03 < low < (better - base).mean() < high < 0.07
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def _fake_results(folder: Path, arms: dict[str, list[np.ndarray]]) -> None:
+    (folder / "plan.json").parent.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.json").write_text(json.dumps({"baseline": "a"}))
+    for arm, seeds in arms.items():
+        for seed, scores in enumerate(seeds, 1):
+            run = folder / "runs" / arm / f"seed-{seed}"
+            run.mkdir(parents=True)
+            per_query = {f"q{i}": {"NDCG@10": float(v), "Recall@100": 1.0} for i, v in enumerate(scores)}
+            (run / "d.per_query.json").write_text(json.dumps(per_query))
+            iso = {"n": 10, "normalized": False, "isoscore": 0.5, "partition_isotropy_raw": 0.1, "sigreg_raw": 3.0,
+                   "sigreg_gaussian_floor": 1.05}
+            (run / "result.json").write_text(json.dumps({
+                "arm": arm, "seed": seed, "trained": True, "what": arm,
+                "datasets": {"d": {"metrics": {"NDCG@10": float(np.mean(scores)), "Recall@100": 1.0}, "isotropy": iso}},
+                "info": {"trainable_params": 10, "lambda": 0.05 if arm != "a" else None, "loss": arm,
+                         "global_batch": 32}}))
+
+
+def test_compare_reports_significance_equivalence_and_seed_spread(tmp_path):
+    rng = np.random.default_rng(1)
+    base = [rng.uniform(0, 1, 200) for _ in range(3)]
+    _fake_results(tmp_path, {
+        "a": base,
+        "better": [np.clip(b + 0.08, 0, 1) for b in base],
+        "same": [b.copy() for b in base],
+    })
+    report = compare(tmp_path)
+    rows = {r["arm"]: r for r in report["arms"]}
+    assert report["baseline"] == "a" and report["tests"] == 2
+    better, same = rows["better"]["datasets"]["d"], rows["same"]["datasets"]["d"]
+    assert better["vs_baseline"]["p_holm"] < 0.01 and better["vs_baseline"]["verdict"] == "better"
+    assert same["vs_baseline"]["p"] == 1.0 and same["vs_baseline"]["verdict"].startswith("equivalent")
+    assert rows["a"]["datasets"]["d"]["NDCG@10"]["sd"] == pytest.approx(np.std([b.mean() for b in base], ddof=1))
+    table = to_markdown(report)
+    assert "| better | 3 |" in table and "λ·N" in table and "1.6" in table  # 0.05 x 32
+    _, paths = write_report(tmp_path)
+    assert all(p.is_file() for p in paths)
+    with pytest.raises(ValueError, match="baseline arm 'nope'"):
+        compare(tmp_path, baseline="nope")
+
+
+@pytest.mark.slow
+def test_a_tiny_plan_runs_end_to_end_resumes_and_compares(tiny_model_dir, data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from ragcun.cli.root import build_cli
+
+    plan = _write(tmp_path, TINY_PLAN.format(model=tiny_model_dir))
+    args = ["ablation", "run", str(plan), "--data-dir", str(data_dir), "--work-dir", str(tmp_path / "work")]
+    first = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    results = tmp_path / "results"
+    finished = sorted(p.parent.relative_to(results).as_posix() for p in results.glob("runs/*/*/result.json"))
+    assert finished == ["runs/ft-iso/seed-1", "runs/ft-iso/seed-2", "runs/ft/seed-1", "runs/ft/seed-2"]
+    selection = json.loads((results / "selection.json").read_text())
+    assert selection["chosen"] in (0.05, 1.0) and set(selection["dev"]) == {"0.05", "1"}
+    dev_ids = set(json.loads((results / "dev_split.json").read_text())["dev_query_ids"])
+    train_qrels = (tmp_path / "work" / "data" / "scifact-train-dev" / "qrels" / "train.tsv").read_text()
+    assert not dev_ids & {line.split("\t")[0] for line in train_qrels.splitlines()[1:]}  # dev never trained on
+    report = json.loads((results / "report.json").read_text())
+    assert {r["arm"] for r in report["arms"]} == {"ft", "ft-iso"} and report["tests"] == 1
+    assert (results / "report.md").read_text().count("| ft") == 2
+    assert (tmp_path / "work" / "trec" / "runs" / "ft" / "seed-1" / "nq-utd.trec").is_file()
+    again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert again.exit_code == 0 and "finished now: 0 run(s), already finished: 4" in again.output
