@@ -16,7 +16,7 @@ def test_list_json_has_every_builtin_kind():
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     kinds = {r["kind"] for r in rows}
-    assert {"encoder", "head", "distance"} <= kinds
+    assert kinds == {"encoder", "head", "loss", "distance", "evaluator"}
     gaussian = next(r for r in rows if r["kind"] == "head" and r["name"] == "gaussian")
     assert gaussian["provider"] == "ragcun" and gaussian["target"] == "ragcun.heads.gaussian:GaussianHead"
 
@@ -28,6 +28,19 @@ def test_list_by_kind_and_pattern():
     assert [r["name"] for r in rows] == ["sqeuclidean"]
     rows = json.loads(invoke("list", "l2", "--format", "json").output)  # a bare pattern across kinds
     assert [r["name"] for r in rows] == ["euclidean"]
+
+
+def test_a_misspelt_kind_says_what_to_type():
+    result = invoke("list", "heda")
+    assert result.exit_code == 2 and "did you mean heads?" in result.output
+
+
+def test_list_never_breaks_a_name_at_80_columns():
+    result = CliRunner().invoke(build_cli(), ["list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    names = json.loads(invoke("list", "--format", "json").output)
+    cells = [cell.strip() for line in result.output.splitlines() for cell in line.split("│")]
+    assert all(r["name"] in cells for r in names), [r["name"] for r in names if r["name"] not in cells]
 
 
 def test_list_bad_kind_is_a_usage_error():

@@ -21,6 +21,14 @@ def list_command(kind: str | None, pattern: str | None, output_format: str) -> N
         try:
             kind = normalize_kind(kind)
         except ValueError:
+            import difflib
+
+            kinds = [*KINDS, *PLURALS.values()]
+            close = difflib.get_close_matches(kind.lower(), kinds, n=1, cutoff=0.75)
+            if close and not get_registry().entries(None, kind):  # a misspelt kind, not a pattern
+                raise click.BadParameter(f"unknown kind {kind!r}; did you mean {PLURALS.get(close[0], close[0])}? "
+                                         f"(kinds: {', '.join(PLURALS[k] for k in KINDS)})",
+                                         param_hint="KIND") from None
             if pattern is None:  # `ragcun list eucl` means a pattern over every kind
                 kind, pattern = None, kind
             else:
@@ -36,10 +44,14 @@ def list_command(kind: str | None, pattern: str | None, output_format: str) -> N
     from ragcun.console import stdout
 
     table = Table(title=f"ragcun {PLURALS[kind] if kind else 'components'}" + (f" matching {pattern!r}" if pattern else ""))
-    for col in ("kind", "name", "aliases", "provider", "summary"):
-        table.add_column(col, overflow="fold")
+    # names are what a user types: never broken mid-word (the summary column takes the squeeze)
+    for col in ("kind", "name"):
+        table.add_column(col, no_wrap=True, min_width=len(col))
+    table.add_column("aliases", overflow="fold")  # wraps between aliases, which are comma-separated
+    table.add_column("provider", no_wrap=True)
+    table.add_column("summary", overflow="fold", min_width=8)
     for e in entries:
-        table.add_row(e.kind, e.name, ", ".join(e.aliases), e.provider, escape(e.summary))
+        table.add_row(e.kind, e.name, ",\n".join(e.aliases), e.provider, escape(e.summary))
     stdout.print(table)
     if not entries:
         stdout.print("nothing matches; `ragcun list` shows everything")

@@ -20,8 +20,13 @@ class CompositeLoss(nn.Module):
 
     Example::
 
-        >>> loss = build_loss("contrastive+0.05*isotropy")  # doctest: +SKIP
-        >>> out = loss(inputs); out.total.backward(); {k: float(v) for k, v in out.terms.items()}  # doctest: +SKIP
+        >>> from ragcun.embedding import Embedding
+        >>> loss = build_loss("contrastive+0.05*isotropy")
+        >>> q = torch.randn(8, 16, requires_grad=True)
+        >>> out = loss(LossInputs(Embedding(q), Embedding(torch.randn(8, 16)), step=0))
+        >>> out.total.backward()
+        >>> sorted(out.terms), bool(torch.isclose(out.total, sum(out.terms.values())))
+        (['contrastive', 'isotropy'], True)
     """
 
     def __init__(self, terms: Iterable[tuple[str, float, nn.Module]]) -> None:

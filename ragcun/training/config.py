@@ -50,7 +50,7 @@ class TrainConfig:
     schedule: str = "linear"
     weight_decay: float = 0.01
     grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = 1.0  # None: no clipping (the CLI's --max-grad-norm 0)
     grad_cache_chunk: int | None = None
     dtype: str = "auto"
     seed: int = 42
@@ -98,7 +98,8 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"--max-grad-norm must be positive (omit it to disable clipping), got {self.max_grad_norm}")
+            raise ValueError(f"--max-grad-norm must be positive (--max-grad-norm 0 disables clipping; omitted, it is "
+                             f"1.0), got {self.max_grad_norm}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.schedule not in SCHEDULES:
