@@ -1,6 +1,11 @@
-"""Shared rich consoles: tables and results on stdout, progress and logs on stderr."""
+"""Shared rich consoles: tables and results on stdout, progress and logs on stderr; one progress helper."""
 
 from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -9,7 +14,57 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 stdout = Console()
 stderr = Console(stderr=True)
 
+PROGRESS_EVERY_ENV = "RAGCUN_PROGRESS_EVERY"  # seconds between plain progress lines in logs (default 30)
+
 
 def make_progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False)
+
+
+Advance = Callable[[int], None]
+Start = Callable[[str, int], Advance]
+
+
+class _PlainLines:
+    """Progress for logs (stderr is not a terminal): one line per task every ``every`` seconds and when it
+    ends, so a long phase in a CI log or a nohup file says where it is instead of staying silent."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+
+    def start(self, description: str, total: int) -> Advance:
+        state = {"done": 0, "t0": time.monotonic(), "last": time.monotonic()}
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            now = time.monotonic()
+            finished = total and state["done"] >= total
+            if finished or now - state["last"] >= self.every:
+                state["last"] = now
+                elapsed = now - state["t0"]
+                rate = state["done"] / elapsed if elapsed > 0 else 0.0
+                eta = f", ETA {int((total - state['done']) / rate)}s" if rate > 0 and not finished else ""
+                pct = f" ({100 * state['done'] / total:.0f}%)" if total else ""
+                stderr.print(f"{description}: {state['done']}/{total}{pct}, {elapsed:.0f}s{eta}", highlight=False,
+                             soft_wrap=True)
+
+        return advance
+
+
+@contextmanager
+def progress_tasks(enabled: bool = True) -> Iterator[Start]:
+    """Yield ``start(description, total) -> advance(n)``: a rich bar on a terminal, plain lines every
+    ``$RAGCUN_PROGRESS_EVERY`` seconds (default 30) in a log, nothing when not ``enabled``."""
+    if not enabled:
+        yield lambda description, total: (lambda n: None)
+        return
+    if not stderr.is_terminal:
+        yield _PlainLines(float(os.environ.get(PROGRESS_EVERY_ENV, "30"))).start
+        return
+    with make_progress() as progress:
+        def start(description: str, total: int) -> Advance:
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.update(task, advance=n)
+
+        yield start

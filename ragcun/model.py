@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -307,22 +307,10 @@ class _atomic_path:
             self.tmp.unlink(missing_ok=True)
 
 
-class _progress:
-    """A rich progress bar on stderr (or nothing); yields ``advance(n)``."""
+@contextmanager
+def _progress(show: bool, description: str, total: int):
+    """``advance(n)`` of one progress task (ragcun.console.progress_tasks: a bar, log lines or nothing)."""
+    from ragcun.console import progress_tasks
 
-    def __init__(self, show: bool, description: str, total: int) -> None:
-        self.show, self.description, self.total = show, description, total
-
-    def __enter__(self):
-        if not self.show:
-            return lambda n: None
-        from ragcun.console import make_progress
-
-        self.progress = make_progress()
-        self.progress.__enter__()
-        task = self.progress.add_task(self.description, total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.show:
-            self.progress.__exit__(*exc)
+    with progress_tasks(show) as start:
+        yield start(description, total)

@@ -100,3 +100,18 @@ def test_settings_that_would_be_ignored_are_errors(tiny_model_dir):
     assert result.exit_code == 1 and "does not use head 'gaussian'" in result.output
     result = invoke("encode", "--model", f"hf:{tiny_model_dir}", "--set", "head.gaussian.outdim=3", "x")
     assert result.exit_code == 1 and "did you mean head.gaussian.out_dim" in result.output
+
+
+def test_progress_in_a_log_prints_plain_lines_every_few_seconds(monkeypatch, capsys):
+    from ragcun import console
+
+    monkeypatch.setenv(console.PROGRESS_EVERY_ENV, "0")
+    with console.progress_tasks(True) as start:  # stderr is captured, so not a terminal: plain lines
+        advance = start("corpus", 4)
+        for _ in range(4):
+            advance(1)
+    err = capsys.readouterr().err
+    assert "corpus: 1/4 (25%)" in err and "corpus: 4/4 (100%)" in err
+    with console.progress_tasks(False) as start:
+        start("silent", 2)(2)
+    assert capsys.readouterr().err == ""

@@ -137,27 +137,6 @@ def _resolve(model_or_spec, distance: str | None, settings):
     return resolve_model(str(model_or_spec), distance=distance, settings=settings), str(model_or_spec)
 
 
-def _progress(enabled: bool):
-    """A rich progress bar on stderr (or a no-op): yields ``(start(description, total) -> advance)``."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def ctx():
-        if not enabled:
-            yield lambda description, total: (lambda n: None)
-            return
-        from ragcun.console import make_progress
-
-        with make_progress() as progress:
-            def start(description, total):
-                task = progress.add_task(description, total=total)
-                return lambda n: progress.update(task, advance=n)
-
-            yield start
-
-    return ctx()
-
-
 def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] | None = None,
                      batch_size: int = 128, autocast_dtype=None, query_prefix: str = "",
                      document_prefix: str = "", ignore_identical_ids: bool = True, search_kind: str = "exact",
@@ -331,7 +310,9 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     if return_results:
         report["runs"] = {}
     total = time.perf_counter()
-    with _progress(show_progress) as start:
+    from ragcun.console import progress_tasks
+
+    with progress_tasks(show_progress) as start:
         for name, folder in chosen:
             t0 = time.perf_counter()
             dataset = load_beir(folder, split, name=name)
