@@ -113,7 +113,7 @@ def run_sentence_transformers(folder: Path, batch_size: int) -> dict:
 
 def run_ragcun(folder: Path, batch_size: int, dtype: str) -> dict:
     from ragcun.evaluation.beir_eval import evaluate_beir
-    from ragcun.evaluation.encoding import encode
+    from ragcun.encoding import encode
     from ragcun.resolve import resolve_model
 
     model = resolve_model("all-minilm-l6-v2")

@@ -231,7 +231,7 @@ def run_scaling(args) -> list[dict]:
     model = model_path(args)
     for nproc, batch in ((1, args.batch_size), (2, args.batch_size // 2)):
         run = Path(args.work) / f"scale-{nproc}"
-        cmd = [sys.executable, "-m", "ragcun.cli.train_cmd", "train", "--encoder", f"hf:{model}", "--head", "identity",
+        cmd = [sys.executable, "-m", "ragcun", "train", "--encoder", f"hf:{model}", "--head", "identity",
                "--distance", "cosine", "--loss", "contrastive", "--set", f"encoder.hf.max_seq_length={args.max_seq_length}",
                "--train-data", f"jsonl:{args.pairs}", "--shuffle-buffer", "1", "--output-dir", str(run),
                "--batch-size", str(batch), "--steps", str(args.steps), "--warmup", "1", "--save-every", "1000000000",

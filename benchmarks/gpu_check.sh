@@ -82,11 +82,11 @@ fi
 echo "train: $TRAIN   eval: $EVAL   data dir: $DATA_DIR"
 
 step "preflight"
-$PY -m ragcun.cli.train_cmd preflight --train-data "$TRAIN" --eval-data "$EVAL" --data-dir "$DATA_DIR" \
+$PY -m ragcun preflight --train-data "$TRAIN" --eval-data "$EVAL" --data-dir "$DATA_DIR" \
   --output-dir "$OUT" --batch-size "$PREFLIGHT_BATCH" --steps 3 --dtype bfloat16
 
 step "bf16 training under torchrun (NCCL; gloo in the CPU dry run), 1 process"
-$PY -m torch.distributed.run --standalone --nproc-per-node 1 -m ragcun.cli.train_cmd train \
+$PY -m torch.distributed.run --standalone --nproc-per-node 1 -m ragcun train \
   --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy --train-data "$TRAIN" \
   --data-dir "$DATA_DIR" --output-dir "$OUT/run-bf16" --batch-size "$BATCH" --steps "$STEPS" --lr 5e-5 --dtype bfloat16 \
   --save-every "$STEPS" --log-every 1 --no-progress
@@ -105,7 +105,7 @@ step "GradCache: batch $GC_BATCH in chunks of $GC_CHUNK vs a plain batch of $GC_
 for spec in "$GC_PLAIN:" "$GC_BATCH:$GC_CHUNK"; do
   bs=${spec%%:*}; chunk=${spec##*:}
   extra=(); [ -n "$chunk" ] && extra=(--grad-cache-chunk "$chunk")
-  $PY -m ragcun.cli.train_cmd train --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy \
+  $PY -m ragcun train --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy \
     --train-data "$TRAIN" --data-dir "$DATA_DIR" --output-dir "$OUT/run-gc-$bs" --batch-size "$bs" --steps 2 \
     --dtype bfloat16 --save-every 1000000 --log-every 1 --no-progress "${extra[@]}"
   $PY -c "import json,sys; r=[json.loads(l) for l in open('$OUT/run-gc-$bs/metrics.jsonl') if 'final' in l][0]['final']; print(f'batch $bs ${chunk:+(chunk $chunk)}: peak CUDA memory {r[\"peak_memory_mb\"] or 0:.0f} MiB, {r[\"pairs_per_s\"]:.0f} pairs/s')"
@@ -135,7 +135,7 @@ for name in names:
 EOF
 
 step "evaluation on CUDA (bf16)"
-$PY -m ragcun.cli.train_cmd eval beir --model "$OUT/run-bf16" --datasets "$EVAL_DS" --data-dir "$DATA_DIR" \
+$PY -m ragcun eval beir --model "$OUT/run-bf16" --datasets "$EVAL_DS" --data-dir "$DATA_DIR" \
   --dtype bfloat16 --batch-size "$EVAL_BATCH" --output "$OUT/eval.json"
 
 step "done: everything passed in $(( $(date +%s) - START ))s; outputs in $OUT"

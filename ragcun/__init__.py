@@ -37,9 +37,10 @@ def build_model(encoder: str = "all-minilm-l6-v2", head: str = "gaussian", dista
 def export(model_or_path: Any, out: str, to: str = "sentence-transformers", *, mean_only: bool = False,
            overwrite: bool = False) -> Any:
     """Export a model or checkpoint to another library's folder format (see :mod:`ragcun.exporters`)."""
+    from ragcun.cli.command_line import training_command
     from ragcun.exporters import export as _export
 
-    return _export(model_or_path, out, to, mean_only=mean_only, overwrite=overwrite)
+    return _export(model_or_path, out, to, mean_only=mean_only, overwrite=overwrite, training_command=training_command)
 
 
 def get_registry() -> "Registry":

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,37 +80,15 @@ class EmbeddingModel(nn.Module):
                           autocast_dtype: torch.dtype | None = None, description: str = "Encoding") -> Embedding:
         """Embed without autograd, in the input order, as float32 on the CPU.
 
-        Texts are sorted by length so each batch pads to similar lengths (the dominant cost), then restored.
+        Texts are sorted by token count so each batch pads to similar lengths (the dominant cost), then
+        restored (ragcun.encoding.encode, the one encoding function; this process encodes all of them).
         """
+        from ragcun.encoding import encode
+
         texts = list(texts)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if not texts:
-            empty = torch.empty(0, self.dim)
-            return Embedding(empty, empty.clone() if "logvar" in self.head.provides else None)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        was_training = self.training
-        self.eval()
-        device = self.device
-        autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                    else nullcontext())
         show = len(texts) >= PROGRESS_THRESHOLD if show_progress is None else show_progress
-        means, logvars = [], []
-        try:
-            with torch.inference_mode(), autocast, _progress(show, description, len(texts)) as advance:
-                for start in range(0, len(texts), batch_size):
-                    batch = [texts[i] for i in order[start:start + batch_size]]
-                    features = {k: v.to(device) for k, v in self.tokenize(batch).items()}
-                    out = self(features)
-                    means.append(out.mean.float().cpu())
-                    if out.logvar is not None:
-                        logvars.append(out.logvar.float().cpu())
-                    advance(len(batch))
-        finally:
-            self.train(was_training)
-        inverse = torch.from_numpy(np.argsort(order))
-        mean = torch.cat(means)[inverse]
-        return Embedding(mean, torch.cat(logvars)[inverse] if logvars else None)
+        with _progress(show, description, len(texts)) as advance:
+            return encode(self, texts, batch_size, autocast_dtype=autocast_dtype, progress=advance, shard=False)
 
     def encode(self, texts: Sequence[str] | str, batch_size: int = 32, **kwargs: Any) -> np.ndarray:
         """Mean vectors as a float32 array ``(N, D)`` (a single string gives ``(D,)``)."""
@@ -161,14 +139,6 @@ class EmbeddingModel(nn.Module):
         with _atomic_path(folder / CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return folder
-
-    def export(self, out: str | os.PathLike, to: str = "sentence-transformers", *, mean_only: bool = False,
-               overwrite: bool = False):
-        """Write this model in another library's format, e.g. a sentence-transformers folder
-        (see :func:`ragcun.exporters.export`)."""
-        from ragcun.exporters import export
-
-        return export(self, out, to, mean_only=mean_only, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, registry=None, map_location: str = "cpu") -> "EmbeddingModel":
@@ -253,7 +223,9 @@ def corpus_texts(corpus: list[dict[str, str]] | dict[str, list[str]]) -> list[st
         docs = [{"title": t, "text": x} for t, x in zip(titles, corpus["text"])]
     else:
         docs = corpus
-    return [((d.get("title") or "") + " " + (d.get("text") or "")).strip() for d in docs]
+    from ragcun.data.beir import document_text
+
+    return [document_text(d) for d in docs]
 
 
 def _encode_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ragcun.embedding import Embedding
 from ragcun.heads.gaussian import GaussianHead
 from ragcun.losses.base import LossInputs
 from ragcun.training.distributed import DistributedContext

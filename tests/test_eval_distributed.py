@@ -32,7 +32,7 @@ def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
 
 def _evaluate(rank, world_size, checkpoint, data_dir):
     from ragcun.evaluation.beir_eval import evaluate_beir
-    from ragcun.evaluation.encoding import encode
+    from ragcun.encoding import encode
     from ragcun.resolve import resolve_model
 
     model = resolve_model(checkpoint)

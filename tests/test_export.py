@@ -135,7 +135,7 @@ def test_base_model_exports_as_its_authors_use_it(tiny_model_dir, tmp_path):
 
 def test_model_method_and_cli_json(tiny_model_dir, tmp_path):
     model = distinct_weights(EmbeddingModel.build(f"hf:{tiny_model_dir}", "linear", "dot"))
-    result = model.export(tmp_path / "api")
+    result = ragcun.export(model, tmp_path / "api")
     np.testing.assert_allclose(st_load(result.path).encode(TEXTS), model.encode(TEXTS), atol=1e-5)
     run = model.save_pretrained(tmp_path / "run")
     cli = invoke("export", run, tmp_path / "cli", "--format", "json")

@@ -190,9 +190,9 @@ def test_help_survives_a_plugin_that_exits(tmp_path):
     write_distribution(tmp_path, "ragcun-fake-exits", "ragcun_fake_exits", EXITS, entry_name="exits")
     env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("RAGCUN_LOAD_PLUGINS", None)
-    out = subprocess.run([sys.executable, "-m", "ragcun.cli.train_cmd", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "ragcun", "--help"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert out.returncode == 0 and "train" in out.stdout, out.stderr
-    out = subprocess.run([sys.executable, "-m", "ragcun.cli.train_cmd", "plugins", "--format", "json"],
+    out = subprocess.run([sys.executable, "-m", "ragcun", "plugins", "--format", "json"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and "SystemExit: no GPU here" in out.stdout, out.stdout + out.stderr

@@ -160,7 +160,10 @@ def test_model_mined_negatives_exclude_judged_relevant(data_dir, tiny_model, tmp
 
     monkeypatch.setenv("RAGCUN_CACHE", str(tmp_path))
     dataset = load_beir(data_dir / "nq-utd", "test")
-    mined, path, cached = load_or_mine("model", dataset, model=tiny_model, depth=5, model_key="tiny")
+    from ragcun.training.negatives import mine_with_model
+
+    mined, path, cached = load_or_mine("model", dataset, miner=lambda data, d: mine_with_model(tiny_model, data, d),
+                                       depth=5, model_key="tiny")
     relevant = judged_relevant(data_dir / "nq-utd")
     assert not cached and "-model-" in path.name
     assert all(len(v) == 5 and not (set(v) & relevant.get(q, set())) for q, v in mined.items())

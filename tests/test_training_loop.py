@@ -107,7 +107,7 @@ def test_existing_run_is_never_overwritten(tiny_model_dir, tmp_path, pairs):
 def test_sigint_saves_and_exits_cleanly(tiny_model_dir, tmp_path, pairs):
     """Ctrl-C: the step finishes, a checkpoint is written, exit code 130, and --resume continues."""
     out = tmp_path / "sigint"
-    cmd = [sys.executable, "-m", "ragcun.cli.train_cmd", "train", "--encoder", f"hf:{tiny_model_dir}",
+    cmd = [sys.executable, "-m", "ragcun", "train", "--encoder", f"hf:{tiny_model_dir}",
            "--set", "head.gaussian.out_dim=16", "--set", "loss.isotropy.num_slices=32", "--train-data", str(pairs),
            "--output-dir", str(out), "--batch-size", "4", "--steps", "100000", "--save-every", "100000",
            "--log-every", "1", "--lr", "1e-4"]

@@ -31,7 +31,7 @@ def encode_dataset(model, dataset, *, batch_size: int, dtype: str, query_prefix:
                    document_prefix: str = "", progress=None) -> EncodedDataset:
     """Embed a dataset's queries and corpus (float32 on the CPU) with ``model`` (bfloat16 autocast if asked)."""
     from ragcun.evaluation.beir_eval import _torch_dtype
-    from ragcun.evaluation.encoding import encode
+    from ragcun.encoding import encode
     from ragcun.model import corpus_texts
 
     autocast = _torch_dtype(dtype)

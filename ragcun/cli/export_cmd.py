@@ -26,7 +26,7 @@ def export_command(model: str, out: str, to: str, mean_only: bool, overwrite: bo
       python -c "from sentence_transformers import SentenceTransformer as S; print(S('exported/scifact-gaussian'))"
       ragcun eval beir --model hf:exported/scifact-gaussian      # ragcun loads it back
     """
-    from ragcun.exporters import export
+    from ragcun import export
 
     result = export(model, out, to, mean_only=mean_only, overwrite=overwrite)
     run = result.run

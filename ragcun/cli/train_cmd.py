@@ -193,7 +193,7 @@ def launch_torchrun(nproc: int, argv: list[str], extra_env: dict[str, str] | Non
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     cmd += [f"--master-port={master_port}", "--rdzv-backend=static", "--master-addr=127.0.0.1",
             "--nnodes=1", "--node-rank=0"] if master_port else ["--standalone"]
-    cmd += ["-m", "ragcun.cli.train_cmd", "train", *argv]
+    cmd += ["-m", "ragcun", "train", *argv]  # ragcun/__main__.py: the whole CLI, plugins included
     return subprocess.call(cmd, env={**os.environ, **(extra_env or {})})
 
 
@@ -207,7 +207,7 @@ def train_command(ctx: click.Context, **params: Any) -> None:
       ragcun train --head gaussian --loss contrastive+isotropy --train-data beir:scifact:train \\
           --output-dir runs/scifact --epochs 1 --batch-size 32
       ragcun train ... --nproc-per-node 8            # DDP on 8 GPUs (NCCL), via torchrun
-      torchrun --nproc-per-node 8 -m ragcun.cli.train_cmd train ...    # the same, launched by hand
+      torchrun --nproc-per-node 8 -m ragcun train ...    # the same, launched by hand
       ragcun train --output-dir runs/scifact --resume  # continue exactly where it stopped
 
     The run folder gets train_config.json (every resolved setting), metrics.jsonl, checkpoints/step-N
@@ -264,8 +264,3 @@ def run_training(config, *, resume: bool = False):
 def add_to(group: click.Group) -> None:
     group.add_command(train_command)
 
-
-if __name__ == "__main__":  # torchrun -m ragcun.cli.train_cmd train ...
-    from ragcun.cli.root import build_cli
-
-    build_cli()(prog_name="ragcun")

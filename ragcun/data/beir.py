@@ -128,6 +128,12 @@ def _text_field(record: dict, key: str, path: Path, number: int) -> str:
     return value
 
 
+def document_text(doc: dict[str, str]) -> str:
+    """A BEIR document as sentence-transformers and beir encode it: ``title + " " + text``, stripped (the one
+    place this join is written)."""
+    return ((doc.get("title") or "") + " " + (doc.get("text") or "")).strip()
+
+
 def load_corpus(folder: str | os.PathLike) -> dict[str, dict[str, str]]:
     path = Path(folder) / CORPUS_FILE
     corpus: dict[str, dict[str, str]] = {}

@@ -1,4 +1,7 @@
-"""Hard negatives for BEIR training pairs: mined with BM25 (``bm25s``) or with the current model, cached on disk.
+"""Hard negatives for BEIR training pairs: BM25 mining (``bm25s``), the judged-relevant exclusion and the cache.
+
+Mining with the model itself lives with training (:mod:`ragcun.training.negatives`), where the model is known;
+it hands its miner to :func:`load_or_mine`, so this module never imports a model.
 
 For every training query the miner ranks the corpus and keeps the top ``depth`` documents that are **not
 judged relevant to that query in any qrels split of the dataset** (a judged-relevant document used as a
@@ -18,7 +21,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ragcun.data.beir import CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, available_splits, load_qrels
+from ragcun.data.beir import CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, available_splits, document_text, load_qrels
 
 CACHE_ENV = "RAGCUN_CACHE"
 DEFAULT_DEPTH = 30
@@ -56,7 +59,8 @@ def cache_path(folder: str | Path, split: str, method: str, depth: int, extra: s
     return cache_dir() / f"{folder.name}-{split}-{method}-d{depth}-{_fingerprint(folder, split, method, depth, extra)}.json"
 
 
-def _exclude(ranked: Iterable[str], qid: str, relevant: dict[str, set[str]], depth: int) -> list[str]:
+def exclude_judged(ranked: Iterable[str], qid: str, relevant: dict[str, set[str]], depth: int) -> list[str]:
+    """The first ``depth`` documents of ``ranked`` that are neither judged relevant to ``qid`` nor ``qid`` itself."""
     bad = relevant.get(qid, set())
     out = []
     for did in ranked:
@@ -75,8 +79,7 @@ def mine_bm25(dataset, depth: int = DEFAULT_DEPTH, relevant: dict[str, set[str]]
         raise ValueError("--mine-negatives bm25 needs the bm25s package: pip install bm25s") from None
     relevant = judged_relevant(dataset.folder) if relevant is None else relevant
     doc_ids = list(dataset.corpus)
-    texts = [((dataset.corpus[d].get("title") or "") + " " + (dataset.corpus[d].get("text") or "")).strip()
-             for d in doc_ids]
+    texts = [document_text(dataset.corpus[d]) for d in doc_ids]
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
     query_ids = sorted(dataset.queries)
@@ -84,37 +87,16 @@ def mine_bm25(dataset, depth: int = DEFAULT_DEPTH, relevant: dict[str, set[str]]
     k = min(len(doc_ids), depth + extra)
     tokens = bm25s.tokenize([dataset.queries[q] for q in query_ids], stopwords="en", show_progress=False)
     indices, _scores = retriever.retrieve(tokens, k=k, show_progress=False)
-    return {qid: _exclude((doc_ids[i] for i in row), qid, relevant, depth) for qid, row in zip(query_ids, indices)}
+    return {qid: exclude_judged((doc_ids[i] for i in row), qid, relevant, depth)
+            for qid, row in zip(query_ids, indices)}
 
 
-def mine_with_model(model, dataset, depth: int = DEFAULT_DEPTH, relevant: dict[str, set[str]] | None = None,
-                    batch_size: int = 64) -> dict[str, list[str]]:
-    """The model's own top ``depth`` non-relevant documents (its distance, exact search); sharded encoding."""
-    import torch
-
-    from ragcun.evaluation.encoding import encode
-    from ragcun.model import corpus_texts
-
-    relevant = judged_relevant(dataset.folder) if relevant is None else relevant
-    doc_ids = list(dataset.corpus)
-    query_ids = sorted(dataset.queries)
-    docs = encode(model, [model.document_prefix + t for t in corpus_texts([dataset.corpus[d] for d in doc_ids])],
-                  batch_size)
-    queries = encode(model, [model.query_prefix + dataset.queries[q] for q in query_ids], batch_size)
-    extra = max((len(relevant.get(q, ())) for q in query_ids), default=0) + 1
-    k = min(len(doc_ids), depth + extra)
-    out: dict[str, list[str]] = {}
-    for start in range(0, len(query_ids), 256):
-        sims = model.distance.similarity(queries[start:start + 256], docs)  # (q, N)
-        top = torch.topk(sims, k, dim=1).indices.tolist()
-        for qid, row in zip(query_ids[start:start + 256], top):
-            out[qid] = _exclude((doc_ids[i] for i in row), qid, relevant, depth)
-    return out
-
-
-def load_or_mine(method: str, dataset, *, model=None, depth: int = DEFAULT_DEPTH, model_key: str = "",
+def load_or_mine(method: str, dataset, *, miner=None, depth: int = DEFAULT_DEPTH, model_key: str = "",
                  write: bool = True) -> tuple[dict[str, list[str]], Path, bool]:
-    """The cached negatives for ``dataset`` (mining them first if needed). Returns (negatives, path, was_cached)."""
+    """The cached negatives for ``dataset`` (mining them first if needed). Returns (negatives, path, was_cached).
+
+    ``method="model"`` needs ``miner(dataset, depth) -> {qid: [doc id, ...]}`` (the training package's, which
+    knows the model) and a ``model_key`` naming the model in the cache file."""
     path = cache_path(dataset.folder, dataset.split, method, depth, model_key if method == "model" else "")
     if path.is_file():
         try:
@@ -124,9 +106,9 @@ def load_or_mine(method: str, dataset, *, model=None, depth: int = DEFAULT_DEPTH
     if method == "bm25":
         mined = mine_bm25(dataset, depth)
     elif method == "model":
-        if model is None:
-            raise ValueError("mining negatives with the model needs a model")
-        mined = mine_with_model(model, dataset, depth)
+        if miner is None:
+            raise ValueError("mining negatives with the model needs the model's miner")
+        mined = miner(dataset, depth)
     else:
         raise ValueError(f"--mine-negatives must be bm25 or model, got {method!r}")
     if write:
@@ -135,29 +117,3 @@ def load_or_mine(method: str, dataset, *, model=None, depth: int = DEFAULT_DEPTH
         tmp.write_text(json.dumps(mined))
         tmp.replace(path)
     return mined, path, False
-
-
-def mined_negatives_for(config, model, ctx) -> dict[str, list[str]]:
-    """Negatives for the run's BEIR training data; rank 0 mines and caches, the other ranks read the cache."""
-    from ragcun.data.beir import find_dataset, load_beir
-    from ragcun.data.training import parse_data_spec
-    from ragcun.training import distributed as D
-
-    spec = parse_data_spec(config.train_data)
-    if spec.kind != "beir":
-        raise ValueError(f"--mine-negatives works on BEIR training data (beir:NAME:SPLIT); {config.train_data!r} "
-                         "brings its own negatives (use --negatives K)")
-    dataset = load_beir(find_dataset(spec.target, config.data_dir, download=False), spec.split,
-                        name=Path(spec.target).name)
-    depth = max(DEFAULT_DEPTH, 3 * config.negatives)
-    key = json.dumps([config.encoder, config.head, config.distance, config.settings, config.seed], sort_keys=True)
-    if config.mine_negatives == "model":  # every rank encodes its share; rank 0 writes the cache
-        mined, _, _ = load_or_mine("model", dataset, model=model, depth=depth, model_key=key, write=ctx.is_main)
-        D.barrier(ctx)
-        return mined
-    if ctx.is_main:
-        mined, _, _ = load_or_mine("bm25", dataset, depth=depth)
-    D.barrier(ctx)
-    if not ctx.is_main:
-        mined, _, _ = load_or_mine("bm25", dataset, depth=depth)
-    return mined

@@ -122,8 +122,9 @@ class BeirPairs(TrainingSource):
         return len(self.pairs)
 
     def doc_text(self, did: str) -> str:
-        doc = self.dataset.corpus[did]
-        return ((doc.get("title") or "") + " " + (doc.get("text") or "")).strip()
+        from ragcun.data.beir import document_text
+
+        return document_text(self.dataset.corpus[did])
 
     def examples(self, epoch: int, start: int = 0) -> Iterator[TrainingExample]:
         order = list(range(len(self.pairs)))

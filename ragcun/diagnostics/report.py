@@ -202,16 +202,10 @@ class Sample:
                 "extra_relevant_documents": len(self.doc_texts) - self.sampled_docs}
 
 
-def _doc_text(doc: dict[str, str]) -> str:
-    from ragcun.model import corpus_texts
-
-    return corpus_texts([doc])[0]
-
-
 def sample_dataset(dataset: str, data_dir: str | Path | None, *, split: str = "test", sample: int = DEFAULT_SAMPLE,
                    query_sample: int | None = None, seed: int = 0) -> Sample:
     """Load a BEIR folder and draw the report's seeded sample (see the module docstring)."""
-    from ragcun.data.beir import find_dataset, load_beir
+    from ragcun.data.beir import document_text, find_dataset, load_beir
 
     if sample < 2:
         raise ValueError(f"--sample must be at least 2, got {sample}")
@@ -241,7 +235,7 @@ def sample_dataset(dataset: str, data_dir: str | Path | None, *, split: str = "t
             all_doc_ids.append(did)
     return Sample(dataset=data.name, folder=str(folder), split=split, corpus_size=len(corpus_ids),
                   judged_queries=len(judged), doc_ids=all_doc_ids,
-                  doc_texts=[_doc_text(data.corpus[d]) for d in all_doc_ids], query_ids=query_ids,
+                  doc_texts=[document_text(data.corpus[d]) for d in all_doc_ids], query_ids=query_ids,
                   query_texts=[data.queries[q] for q in query_ids], pair_query_index=[qi for qi, _ in pairs],
                   pair_doc_index=[position[d] for _, d in pairs], sampled_docs=len(doc_ids))
 

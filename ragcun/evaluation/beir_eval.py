@@ -6,7 +6,7 @@ all-MiniLM-L6-v2) and ``max_seq_length``, top-1000 exact search, identical query
 ``EvaluateRetrieval.evaluate`` for NDCG/MAP/Recall/P and ``evaluate_custom(..., "mrr")`` for MRR.
 
 Under ``torchrun`` every rank calls :func:`evaluate_beir`; corpus and query encoding is split across ranks
-(:mod:`ragcun.evaluation.encoding`) and every rank returns the same result (rank 0 writes files).
+(:mod:`ragcun.encoding`) and every rank returns the same result (rank 0 writes files).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
                      progress_start=None) -> dict[str, Any]:
     """Retrieve and score one loaded :class:`~ragcun.data.beir.BeirDataset`; returns metrics, timings and
     (optionally) per-query scores."""
-    from ragcun.evaluation.encoding import encode
+    from ragcun.encoding import encode
     from ragcun.evaluation.search import (
         identical_id_positions,
         make_searcher,

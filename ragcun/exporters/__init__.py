@@ -9,7 +9,7 @@ databases and RAG frameworks that read that format) loads offline, with a model 
 * :mod:`~ragcun.exporters.st_similarity`: the model's distance -> ``similarity_fn_name`` (or a refusal);
 * :mod:`~ragcun.exporters.st_export`: the folder (written atomically) and its config files;
 * :mod:`~ragcun.exporters.model_card`, :mod:`~ragcun.exporters.run_folder`,
-  :mod:`~ragcun.exporters.train_command`: the README.md and what it reports from the run folder.
+  :mod:`ragcun.cli.command_line` (injected): the README.md and what it reports from the run folder.
 
 Light to import: torch loads when :func:`export` runs.
 """
@@ -27,7 +27,7 @@ FORMATS = ("sentence-transformers",)
 
 
 def export(model_or_path: Any, out: str | os.PathLike, to: str = "sentence-transformers", *, mean_only: bool = False,
-           overwrite: bool = False) -> "ExportResult":
+           overwrite: bool = False, training_command=None) -> "ExportResult":
     """Export a model (an ``EmbeddingModel``, a checkpoint or run folder, ``hf:PATH`` or an encoder name) to ``out``.
 
     ``mean_only``: export a log-variance model's mean vectors (its distance cannot be represented otherwise;
@@ -43,4 +43,4 @@ def export(model_or_path: Any, out: str | os.PathLike, to: str = "sentence-trans
     model, source = resolve_source(model_or_path)
     spec = None if source is None and not isinstance(model_or_path, (str, os.PathLike)) else os.fspath(model_or_path)
     return export_sentence_transformers(model, Path(out), mean_only=mean_only, overwrite=overwrite, source=source,
-                                        source_spec=spec)
+                                        source_spec=spec, training_command=training_command)

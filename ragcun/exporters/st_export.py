@@ -111,8 +111,11 @@ def check_safetensors_only(folder: Path) -> None:
 
 
 def export_sentence_transformers(model: Any, out: str | Path, *, mean_only: bool = False, overwrite: bool = False,
-                                 source: Path | None = None, source_spec: str | None = None) -> ExportResult:
-    """Export ``model``; ``source`` is the checkpoint/run folder it was loaded from (for the model card)."""
+                                 source: Path | None = None, source_spec: str | None = None,
+                                 training_command=None) -> ExportResult:
+    """Export ``model``; ``source`` is the checkpoint/run folder it was loaded from (for the model card);
+    ``training_command(train_config) -> (command line, unflagged settings)`` spells the training command in
+    the card (``ragcun.cli.command_line.training_command``; without it the card shows ``--config``)."""
     from ragcun import __version__
     from ragcun.components import provenance
     from ragcun.exporters.atomic_folder import atomic_folder, check_target
@@ -121,7 +124,6 @@ def export_sentence_transformers(model: Any, out: str | Path, *, mean_only: bool
     from ragcun.exporters.st_components import component_name, encoder_modules, head_modules
     from ragcun.exporters.st_modules import describe, write_modules
     from ragcun.exporters.st_similarity import distance_name, similarity_for
-    from ragcun.exporters.train_command import training_command
 
     out = Path(out).expanduser()
     check_target(out, overwrite=overwrite, protect=source)  # fail before any work
@@ -138,7 +140,8 @@ def export_sentence_transformers(model: Any, out: str | Path, *, mean_only: bool
     pipeline = describe(modules)
 
     run = find_run_files(source)
-    command, unflagged = training_command(run.train_config) if run.train_config else (None, {})
+    command, unflagged = (training_command(run.train_config) if run.train_config and training_command
+                          else (None, {}))
     spec = source_spec or (str(source) if source is not None else type(model.encoder).__name__)
     card = CardInputs(
         name=out.name, source=spec, pipeline=pipeline, dim=model.dim, similarity=similarity, distance=distance,

@@ -81,10 +81,10 @@ class ContrastiveLoss(Loss):
     def __init__(self, distance=None, temperature: float = 0.05, learnable_temperature: bool = False,
                  symmetric: bool = False, mask_duplicates: bool = True, max_scale: float = 100.0) -> None:
         super().__init__()
-        if distance is None or isinstance(distance, str):
-            from ragcun.components import build
+        if distance is None:  # the training loop injects the model's; alone, the default ragcun distance
+            from ragcun.distances.euclidean import EuclideanDistance
 
-            distance = build("distance", distance or "euclidean")
+            distance = EuclideanDistance()
         if not hasattr(distance, "similarity"):
             raise ValueError(f"loss.contrastive: distance must be a Distance, got {distance!r}")
         self.distance = distance

@@ -129,7 +129,7 @@ def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, parallel
         spec.write_text(json.dumps(config.to_dict(), indent=2))
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(1, len(devices))}",
                f"--master-port={port}", "--master-addr=127.0.0.1", "--rdzv-backend=static", "--nnodes=1",
-               "--node-rank=0", "-m", "ragcun.cli.train_cmd", "train", "--config", str(spec), "--no-progress"]
+               "--node-rank=0", "-m", "ragcun", "train", "--config", str(spec), "--no-progress"]
         if again:
             cmd += ["--resume", "--output-dir", config.output_dir]
         log = open(Path(config.output_dir).parent / f"{name}.log", "a")  # noqa: SIM115 (outlives this block)

@@ -1,5 +1,8 @@
 """``train_config.json`` back to the ``ragcun train`` command line that gives those settings.
 
+It lives with the command line because it reads the ``ragcun train`` options themselves; the exporters get it
+injected (``ragcun.export`` and ``ragcun export`` pass it), so the library never imports the CLI.
+
 The flags come from the ``ragcun train`` command itself (each click option's parameter name is its
 ``TrainConfig`` field), so a setting added later is picked up without touching this file. Only settings that
 differ from the defaults are spelled out (and always what was trained: encoder, head, distance, loss,

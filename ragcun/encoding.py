@@ -1,4 +1,5 @@
-"""Fast, deterministic, optionally sharded encoding for evaluation.
+"""Encoding texts to embeddings without autograd: the one function every part uses (evaluation, training's
+diagnostics and mined negatives, ``EmbeddingModel.encode``): fast, deterministic, optionally sharded.
 
 Texts are ordered by tokenized length (longest first) so each batch pads to similar lengths, which is where a
 CPU spends its time; the batches are then fixed, and under ``torch.distributed`` batch ``b`` is encoded by rank
@@ -43,15 +44,16 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
 
 
 def encode(model, texts: Sequence[str], batch_size: int = 128, *, autocast_dtype: torch.dtype | None = None,
-           progress=None) -> Embedding:
-    """Embed ``texts`` (in input order, float32 on the CPU) without autograd, sharded across ranks if any.
+           progress=None, shard: bool = True) -> Embedding:
+    """Embed ``texts`` (in input order, float32 on the CPU) without autograd, sharded across ranks if any
+    (``shard=False``: this process encodes everything, e.g. one rank alone).
 
     ``progress`` is an optional ``advance(n)`` callback (rank 0 passes one).
     """
     texts = list(texts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    rank, world_size = world()
+    rank, world_size = world() if shard else (0, 1)
     has_logvar = "logvar" in getattr(model.head, "provides", ())
     if not texts:
         empty = torch.empty(0, model.dim)

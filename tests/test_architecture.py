@@ -1,0 +1,111 @@
+"""The walls of the house, read from the source: parts import only downward, and nothing in a cycle.
+
+Every ``import`` of a ragcun module counts, also those inside functions (a lazy import is still a dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "ragcun"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+
+    def resolve(target: str) -> str | None:
+        parts = target.split(".")
+        for i in range(len(parts), 0, -1):
+            if ".".join(parts[:i]) in modules:
+                return ".".join(parts[:i])
+        return None
+
+    edges: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        if name == "ragcun":
+            continue  # the public face: lazy re-exports of everything, imported by nothing below it
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ragcun":
+                if node.module == "ragcun":  # `from ragcun import __version__, hookimpl` (defined there)
+                    continue
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.split(".")[0] == "ragcun"]
+            for target in targets:
+                found = resolve(target)
+                if found and found != name:
+                    edges[name].add(found)
+    return edges
+
+
+def _imports_between(edges, source: str, target: str) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, bs in edges.items() for b in bs
+                  if (a == source or a.startswith(source + ".")) and (b == target or b.startswith(target + ".")))
+
+
+def test_the_graph_sees_the_lazy_imports():
+    edges = _graph()
+    assert "ragcun.training.loop" in edges and "ragcun.training.checkpoint" in edges["ragcun.training.loop"]
+    assert "ragcun.encoding" in edges["ragcun.model"]  # imported inside encode_embeddings
+
+
+def test_data_knows_no_model_training_or_evaluation():
+    edges = _graph()
+    for target in ("ragcun.model", "ragcun.evaluation", "ragcun.training", "ragcun.encoding", "ragcun.cli"):
+        assert _imports_between(edges, "ragcun.data", target) == []
+
+
+def test_the_library_never_imports_the_command_line():
+    edges = _graph()
+    offenders = [(a, b) for a, b in _imports_between(edges, "ragcun", "ragcun.cli")
+                 if not a.startswith("ragcun.cli") and a != "ragcun.__main__"]  # `python -m ragcun` is the CLI
+    assert offenders == []
+
+
+def test_losses_build_no_components_through_the_registry():
+    edges = _graph()
+    assert [(a, b) for a, b in _imports_between(edges, "ragcun.losses", "ragcun.components")
+            if a != "ragcun.losses.composite"] == []  # the composite *is* the loss builder
+
+
+def test_no_import_cycles():
+    edges = _graph()
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in list(_modules()):
+        if module not in index:
+            visit(module)
+    assert cycles == []
