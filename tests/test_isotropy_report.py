@@ -99,10 +99,10 @@ def test_cli_table_with_two_models(data_dir, tiny_model_dir, tmp_path, monkeypat
 
 
 def test_fresh_head_is_seeded(tiny_model_dir):
-    from ragcun.diagnostics import load_report_model
+    from ragcun.resolve import resolve_model
 
     spec = f"{tiny_model_dir}+gaussian"  # a plain folder works too
-    a, b, c = (load_report_model(spec, seed=s) for s in (1, 1, 2))
+    a, b, c = (resolve_model(spec, seed=s) for s in (1, 1, 2))
     assert torch.equal(a.head.mean.weight, b.head.mean.weight)
     assert not torch.equal(a.head.mean.weight, c.head.mean.weight)
 

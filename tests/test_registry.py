@@ -98,3 +98,26 @@ def test_builtins_are_registered_by_the_default_plugins():
         entry = reg.get(kind, name)
         assert entry.provider == "ragcun"
         assert entry.load() is not None  # every string target imports
+
+
+def test_registered_provides_and_needs_agree_with_the_built_components():
+    """The metadata `ragcun list` shows is what the component, built with its default settings, declares."""
+    from ragcun.components import build
+    from ragcun.plugins import get_registry
+
+    registry = get_registry()
+    checked = 0
+    for entry in registry.entries("head"):
+        if entry.provider != "ragcun":
+            continue
+        head = build("head", entry.name, in_dim=8)
+        assert set(entry.provides) == set(head.provides), entry.name
+        checked += 1
+    for kind in ("distance", "loss"):
+        for entry in registry.entries(kind):
+            if entry.provider != "ragcun":
+                continue
+            component = build(kind, entry.name, dim=8) if kind == "loss" else build(kind, entry.name)
+            assert set(entry.needs) == set(getattr(component, "needs", {"mean"})), entry.name
+            checked += 1
+    assert checked >= 17

@@ -7,7 +7,9 @@ def register_heads(register):
              summary="the encoder's pooled vector, unchanged")
     register("linear", "ragcun.heads.linear:LinearHead", provides=("mean",),
              summary="affine projection, optionally L2-normalized")
-    register("gaussian", "ragcun.heads.gaussian:GaussianHead", provides=("mean", "logvar"),
+    # provides/needs describe the component built with its default settings (a test checks they agree);
+    # the gaussian head adds logvar with head.gaussian.logvar=true
+    register("gaussian", "ragcun.heads.gaussian:GaussianHead", provides=("mean",),
              summary="unnormalized linear map to out_dim=512, optional per-dimension log-variance")
     register("center", "ragcun.heads.fitted:CenterHead", provides=("mean",),
              summary="subtract the mean of a fitted sample (training-free; fit it on the corpus)")

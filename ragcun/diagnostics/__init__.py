@@ -7,8 +7,8 @@
 The metrics themselves are pure functions in :mod:`ragcun.stats.isotropy`.
 """
 
-from ragcun.diagnostics.report import (Metric, embedding_diagnostics, isotropy_report, load_report_model,
+from ragcun.diagnostics.report import (Metric, embedding_diagnostics, isotropy_report,
                                        population_metrics, report_rows)
 
-__all__ = ["Metric", "embedding_diagnostics", "isotropy_report", "load_report_model", "population_metrics",
+__all__ = ["Metric", "embedding_diagnostics", "isotropy_report", "population_metrics",
            "report_rows"]

@@ -141,34 +141,6 @@ NORMALIZED_KEYS = frozenset({"partition_isotropy_l2", "average_cosine", "uniform
 
 
 # -- models ---------------------------------------------------------------------------------------------------
-def load_report_model(spec: str, settings: Any = None, *, seed: int = 0):
-    """``--model`` for the report: a checkpoint folder, ``hf:PATH``, an encoder name, or ``ENCODER+HEAD``
-    (the encoder with a freshly initialized head, seeded by ``seed``; distance euclidean, which the metrics do
-    not use)."""
-    import torch
-
-    from ragcun.model import EmbeddingModel
-    from ragcun.resolve import is_checkpoint, resolve_model
-
-    spec = spec.strip()
-    if not spec:
-        raise ValueError("--model is empty; give a checkpoint folder, hf:PATH, an encoder name or ENCODER+HEAD")
-    if "+" in spec and not is_checkpoint(spec) and not Path(spec).expanduser().exists():
-        encoder, head = (part.strip() for part in spec.rsplit("+", 1))
-        if not encoder or not head:
-            raise ValueError(f"--model {spec}: expected ENCODER+HEAD, e.g. all-minilm-l6-v2+gaussian")
-        from ragcun.plugins import get_registry
-
-        get_registry().get("head", head)  # an unknown head fails here, listing the known ones
-        folder = Path(encoder).expanduser()
-        if ":" not in encoder and folder.is_dir():
-            encoder = f"hf:{folder}"
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return EmbeddingModel.build(encoder, head, "euclidean", settings)
-    return resolve_model(spec, settings=settings)
-
-
 def describe_model(model) -> dict[str, Any]:
     from ragcun.components import provenance
 
@@ -257,7 +229,8 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
                     labels: Sequence[str] | None = None, device: str | None = None) -> dict[str, Any]:
     """Embed a seeded sample of ``dataset`` with every model, compute every metric, write the files.
 
-    ``models``: ``--model`` strings (see :func:`load_report_model`) or ``EmbeddingModel`` objects. Writes
+    ``models``: ``--model`` strings (see :func:`ragcun.resolve.resolve_model`, ``ENCODER+HEAD`` included) or
+    ``EmbeddingModel`` objects. Writes
     ``report.json``, the PNG plots (``spectrum``, ``norms``, ``projections``, ``pca``) and ``report.html``
     (images inlined) into ``output_dir`` (default ``isotropy-report-<dataset>``) and returns the JSON's dict.
     Models loaded from strings are moved to ``device`` (default: CUDA when available, else the CPU); model
@@ -284,7 +257,9 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
     results, clouds = [], []
     for spec, label, model in zip(specs, labels, models):
         if isinstance(model, str):
-            model = load_report_model(model, settings, seed=seed)
+            from ragcun.resolve import resolve_model
+
+            model = resolve_model(model, settings=settings, seed=seed)
             model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         started = time.perf_counter()
         docs = _embed(model, [model.document_prefix + t for t in data.doc_texts], batch_size, progress,

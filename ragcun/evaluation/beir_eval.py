@@ -121,20 +121,15 @@ def init_distributed_from_env() -> bool:
 
 
 def _resolve(model_or_spec, distance: str | None, settings):
+    """The model (ragcun.resolve, the one resolver) and the name the report gives it."""
     from ragcun.model import EmbeddingModel
-
-    if isinstance(model_or_spec, EmbeddingModel):
-        model = model_or_spec
-        if distance is not None:
-            from ragcun.components import build, check_compatible
-
-            model.distance = build("distance", distance, settings)
-            check_compatible(model.head, model.distance, head_name="model head", distance_name=distance)
-        path = getattr(model.encoder, "path", None)
-        return model, f"{type(model.encoder).__name__}({path})" if path else type(model.encoder).__name__
     from ragcun.resolve import resolve_model
 
-    return resolve_model(str(model_or_spec), distance=distance, settings=settings), str(model_or_spec)
+    model = resolve_model(model_or_spec, distance=distance, settings=settings)
+    if isinstance(model_or_spec, EmbeddingModel):
+        path = getattr(model.encoder, "path", None)
+        return model, f"{type(model.encoder).__name__}({path})" if path else type(model.encoder).__name__
+    return model, str(model_or_spec)
 
 
 def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] | None = None,
