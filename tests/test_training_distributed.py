@@ -60,7 +60,7 @@ def test_nproc_per_node_relaunches_under_torchrun(tiny_model_dir, tmp_path):
 
     data = write_pairs(tmp_path / "pairs.jsonl", 24)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ragcun.cli.train_cmd", "train", "--nproc-per-node", "2",
+    cmd = [sys.executable, "-m", "ragcun", "train", "--nproc-per-node", "2",
            "--encoder", f"hf:{tiny_model_dir}", "--set", "head.gaussian.out_dim=16", "--set",
            "loss.isotropy.num_slices=16", "--train-data", str(data), "--output-dir", str(out), "--batch-size", "4",
            "--steps", "2", "--log-every", "1", "--no-progress"]

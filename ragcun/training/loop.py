@@ -362,7 +362,13 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     skipped: list[str] = []  # damaged checkpoints passed over on resume, said once the display is up
     has_final_model = (out_dir / "ragcun.json").exists() or (out_dir / "model.safetensors").exists()
     started_over = False
-    if not resume and D.elastic_restart_count() > 0:
+    restarted = D.elastic_restart_count() > 0
+    if ctx.enabled and not resume:
+        # torchrun counts restarts per node: a node whose workers were restarted because another node's failed
+        # may say 0, so any rank's count counts (every rank takes part, whatever its own count)
+        flag = torch.tensor([float(restarted)], device=device)
+        restarted = float(D.all_reduce_mean(flag, ctx)[0]) > 0
+    if restarted and not resume:
         # torchrun restarted the workers after one failed (--max-restarts): the same command line comes back,
         # without --resume, so continue this run from its last checkpoint as --resume would. Rank 0 decides and
         # tells the others, so that every rank takes the same branch.
@@ -427,7 +433,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     # -- data ------------------------------------------------------------------------------------------------
     mined = None
     if config.mine_negatives:
-        from ragcun.data.negatives import mined_negatives_for
+        from ragcun.training.negatives import mined_negatives_for
 
         mined = mined_negatives_for(config, model, ctx)
     source = open_source(config.train_data, data_dir=config.data_dir, seed=config.seed, negatives=config.negatives,
@@ -734,8 +740,8 @@ def _elastic_resume(out_dir: Path, config: TrainConfig, latest: ckpt.Checkpoint 
         return None
     if last_entry.get("torchelastic_run_id") != D.elastic_run_id():
         return None  # a run some other launch left in this folder: not ours to continue
-    return (f"torchrun restarted the workers (restart {D.elastic_restart_count()}, run id {D.elastic_run_id()}): "
-            f"resuming {out_dir} from its last checkpoint, as --resume would")
+    return (f"torchrun restarted the workers (run id {D.elastic_run_id()}): resuming {out_dir} from its last "
+            "checkpoint, as --resume would")
 
 
 def _last_good(out_dir: Path) -> str:
@@ -789,7 +795,7 @@ def _diagnostic_texts(source, limit: int = DIAGNOSTIC_SAMPLE) -> list[str]:
 
 def _diagnostics(model, texts: list[str], config: TrainConfig, ctx) -> dict | None:
     """Isotropy diagnostics of the current document embeddings (encoding sharded over the ranks)."""
-    from ragcun.evaluation.encoding import encode
+    from ragcun.encoding import encode
 
     emb = encode(model, texts, config.eval_batch_size)
     if not ctx.is_main:
