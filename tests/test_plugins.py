@@ -110,7 +110,7 @@ def test_example_plugin_loads_through_its_installed_entry_point(monkeypatch):
     host = PluginHost()
     record = {r.name: r for r in host.plugin_records()}["mlp"]
     assert record.distribution == "ragcun-mlp" and record.error is None
-    assert set(record.hooks) == {"register_heads", "register_commands"}
+    assert set(record.hooks) == {"register_heads", "register_evaluators", "register_commands"}
     assert host.registry.get("head", "mlp").provider == "ragcun-mlp"
 
 

@@ -7,9 +7,104 @@ import click
 from ragcun.cli.options import echo_json, format_option, set_option
 
 
-@click.group("eval")
+class EvaluatorGroup(click.Group):
+    """``ragcun eval NAME``: NAME is any registered evaluator (``ragcun list evaluators``), a plugin's too.
+
+    ``beir`` has its own hand-written command (many options, documented); any other evaluator gets a command
+    built from its constructor's keyword arguments (``--k 10`` for ``k: int = 100``), plus ``--model`` and
+    ``--format``. Listing the evaluators reads only the registry, so ``ragcun eval --help`` imports no torch.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from ragcun.plugins import get_registry
+
+        return sorted(set(super().list_commands(ctx)) | {e.name for e in get_registry().entries("evaluator")})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        from ragcun.plugins import get_registry
+
+        try:
+            entry = get_registry().get("evaluator", name)
+        except ValueError as exc:  # an unknown name says what to type
+            raise click.UsageError(str(exc), ctx) from None
+        return super().get_command(ctx, entry.name) or evaluator_command(entry)
+
+    def format_commands(self, ctx: click.Context, formatter) -> None:
+        from ragcun.plugins import get_registry
+
+        rows = [(e.name, e.summary or "") for e in get_registry().entries("evaluator")]
+        if rows:
+            with formatter.section("Evaluators (ragcun list evaluators)"):
+                formatter.write_dl(rows)
+
+
+def evaluator_command(entry) -> click.Command:
+    """A click command for a registered evaluator, its options read from the constructor's signature."""
+    import inspect
+
+    target = entry.load()
+    func = target.__init__ if inspect.isclass(target) else target
+    params: list[click.Parameter] = [
+        click.Option(["--model", "model_spec"], default="all-minilm-l6-v2", show_default=True,
+                     help="ragcun checkpoint folder, hf:PATH, or an encoder name"),
+        click.Option(["--format", "output_format"], type=click.Choice(["table", "json"]), default="table",
+                     show_default=True, help="table for people, json for machines")]
+    names = []
+    for name, p in inspect.signature(func).parameters.items():
+        if name == "self" or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        names.append(name)
+        flag = "--" + name.replace("_", "-")
+        default = None if p.default is inspect.Parameter.empty else p.default
+        if isinstance(default, bool):
+            params.append(click.Option([f"{flag}/--no-{name.replace('_', '-')}", name], default=default,
+                                       show_default=True))
+        else:
+            kind = type(default) if isinstance(default, (int, float)) else str
+            params.append(click.Option([flag, name], type=kind, default=default,
+                                       required=p.default is inspect.Parameter.empty, show_default=True))
+
+    def run(model_spec: str, output_format: str, **settings) -> None:
+        from ragcun.components import build
+        from ragcun.resolve import resolve_model
+
+        evaluator = build("evaluator", entry.name, {"evaluator": {entry.name: settings}})
+        report = evaluator(resolve_model(model_spec))
+        if output_format == "json":
+            echo_json(report)
+            return
+        from rich.table import Table
+
+        from ragcun.console import stdout
+
+        table = Table(title=f"{entry.name} · {model_spec}")
+        table.add_column("result")
+        table.add_column("value", justify="right")
+        for key, value in _flat(report).items():
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        stdout.print(table)
+
+    return click.Command(entry.name, params=params, callback=run,
+                         help=(entry.summary or f"the {entry.name} evaluator") + f" (from {entry.provider})")
+
+
+def _flat(report, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (report.items() if isinstance(report, dict) else []):
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@click.group("eval", cls=EvaluatorGroup)
 def eval_group() -> None:
-    """Evaluate a model on retrieval benchmarks."""
+    """Evaluate a model with a registered evaluator: `ragcun eval beir` (BEIR datasets, beir's metrics) or any
+    evaluator a plugin adds (`ragcun list evaluators`)."""
 
 
 @eval_group.command("beir")

@@ -32,24 +32,15 @@ def cli() -> None:
     """
 
 
-def _add_builtin_commands(group: click.Group) -> None:
-    from ragcun.cli import (ablation_cmd, data_cmd, encode_cmd, eval_cmd, export_cmd, isotropy_cmd, list_cmd,
-                            plugins_cmd, preflight_cmd, sweep_cmd, train_cmd)
-
-    for module in (list_cmd, plugins_cmd, encode_cmd, train_cmd, sweep_cmd, ablation_cmd, preflight_cmd, data_cmd,
-                   eval_cmd, isotropy_cmd, export_cmd):
-        module.add_to(group)
-
-
 _built = False
 
 
 def build_cli() -> click.Group:
-    """Attach the built-in commands and every plugin's commands to ``cli`` (once)."""
+    """Attach every plugin's commands to ``cli`` (once): the built-in ones come from the default plugin
+    ``ragcun.default_plugins.commands`` through the same ``register_commands`` hook as a third party's."""
     global _built
     if not _built:
         _built = True
-        _add_builtin_commands(cli)
         from ragcun.plugins import get_host
 
         get_host().add_commands(cli)

@@ -12,6 +12,12 @@ def register_heads(register):
 
 
 @ragcun.hookimpl
+def register_evaluators(register):
+    register("recall-at-k", "ragcun_mlp.recall:RecallAtK",
+             summary="Recall@k on a local BEIR folder, computed independently of beir (example plugin)")
+
+
+@ragcun.hookimpl
 def register_commands(cli):
     @cli.command("params")
     @click.argument("model")

@@ -65,3 +65,20 @@ def test_head_exports_to_sentence_transformers(tiny_model_dir, tmp_path, residua
     texts = ["plugins extend ragcun", "without forking it", "", "a longer sentence " * 30]
     st = SentenceTransformer(str(result.path), device="cpu", local_files_only=True)
     np.testing.assert_allclose(st.encode(texts, convert_to_numpy=True), model.encode(texts), atol=1e-5)
+
+
+def test_the_plugin_evaluator_runs_as_ragcun_eval_and_agrees_with_beir(tiny_model_dir, data_dir):
+    """`ragcun eval recall-at-k` is built from the registered evaluator; its Recall@10, computed without beir,
+    equals beir's on the same model and data."""
+    from ragcun.evaluation.beir_eval import evaluate_beir
+
+    assert get_registry().get("evaluator", "recall-at-k").provider == "ragcun-mlp"
+    result = CliRunner().invoke(build_cli(), ["eval", "recall-at-k", "--model", f"hf:{tiny_model_dir}", "--k", "10",
+                                              "--dataset", "nq-utd", "--data-dir", str(data_dir), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    ours = json.loads(result.output)
+    beir = evaluate_beir(f"hf:{tiny_model_dir}", "nq-utd", data_dir, k=10, show_progress=False)
+    assert ours["Recall@10"] == pytest.approx(beir["datasets"]["nq-utd"]["Recall@10"], abs=1e-5)  # beir rounds to 5
+    assert ours["queries"] == beir["counts"]["nq-utd"]["queries"]
+    bad = CliRunner().invoke(build_cli(), ["eval", "recall-at-k", "--k", "0", "--data-dir", str(data_dir)])
+    assert bad.exit_code == 1 and "positive integer" in bad.output
