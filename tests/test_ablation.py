@@ -159,3 +159,35 @@ def test_a_tiny_plan_runs_end_to_end_resumes_and_compares(tiny_model_dir, data_d
     assert (tmp_path / "work" / "trec" / "runs" / "ft" / "seed-1" / "nq-utd.trec").is_file()
     again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
     assert again.exit_code == 0 and "finished now: 0 run(s), already finished: 4" in again.output
+
+
+@pytest.mark.slow
+def test_a_plan_runs_its_trained_runs_side_by_side(tiny_model_dir, data_dir, tmp_path):
+    """--parallel yes on a CPU: the selection here, then each trained run in its own process (the path a GPU
+    node takes with one process per GPU); the results are the plan's, and a second run finds nothing to do."""
+    from click.testing import CliRunner
+
+    from ragcun.cli.root import build_cli
+
+    plan = _write(tmp_path, TINY_PLAN.format(model=tiny_model_dir))
+    args = ["ablation", "run", str(plan), "--data-dir", str(data_dir), "--work-dir", str(tmp_path / "work"),
+            "--parallel", "yes", "--slots", "2"]
+    first = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert first.output.count("started in its own process") == 4
+    results = tmp_path / "results"
+    assert len(list(results.glob("runs/*/*/result.json"))) == 4
+    assert sorted(p.name for p in (tmp_path / "work" / "logs").iterdir()) == [
+        "ft-iso-seed-1.log", "ft-iso-seed-2.log", "ft-seed-1.log", "ft-seed-2.log"]
+    again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert "finished now: 0 run(s), already finished: 4" in again.output
+
+
+def test_slots_follow_the_parallel_setting():
+    from ragcun.ablation.runner import resolve_slots
+
+    assert resolve_slots("no", None) == 1
+    assert resolve_slots("auto", None) == 1  # no GPUs here
+    assert resolve_slots("yes", None) == 2 and resolve_slots("yes", 3) == 3
+    with pytest.raises(ValueError, match="--parallel"):
+        resolve_slots("maybe", None)

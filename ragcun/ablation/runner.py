@@ -7,7 +7,8 @@ resumes from its checkpoint; a missing one is trained again).
 
 Order: the training-free arms (they only need the base encoder's outputs, encoded once per dataset and
 cached); then the lambda selection on the dev split (one training per candidate, first seed); then the
-baseline and the selected arm seed by seed, then the other arms.
+baseline and the selected arm seed by seed, then the other arms. With ``parallel`` (a GPU node), the trained
+runs after the selection go side by side, one process per GPU, each writing its own result.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def run_dir(plan: Plan, arm: Arm, seed: int) -> Path:
 
 class PlanRunner:
     def __init__(self, plan: Plan, *, data_dir: str | None = None, show: Callable[[str], None] = print,
-                 only: set[str] | None = None) -> None:
-        self.plan, self.data_dir, self.show, self.only = plan, data_dir, show, only
+                 only: set[str] | None = None, seeds: set[int] | None = None) -> None:
+        self.plan, self.data_dir, self.show, self.only, self.seeds = plan, data_dir, show, only, seeds
         self._datasets: dict[str, Any] = {}
         self._base_cache: dict[str, Any] = {}
         self._base_model = None
@@ -218,38 +219,55 @@ class PlanRunner:
                   + "  ".join(f"{lam:g}: {s:.4f}" for lam, s in scores.items()))
         return chosen
 
-    def run(self) -> dict[str, Any]:
+    def todo(self) -> list[tuple[Arm, int]]:
+        """The (arm, seed) runs of the plan not finished yet, in run order (``only`` / ``seeds`` applied)."""
+        return [(arm, seed) for arm, seed in self.plan.order()
+                if (not self.only or arm.name in self.only) and (not self.seeds or not arm.trained or seed in self.seeds)
+                and not (run_dir(self.plan, arm, seed) / RESULT_FILE).is_file()]
+
+    def run(self, *, parallel: str = "no", slots: int | None = None) -> dict[str, Any]:
+        """Every unfinished run; with ``parallel`` the trained runs go side by side, one process each (one GPU
+        each on a GPU node), after the training-free arms and the lambda selection ran here."""
         plan = self.plan
         t_start = time.perf_counter()
         self.prepare()
-        lam = None
-        done, skipped = [], []
-        for arm, seed in plan.order():
-            if self.only and arm.name not in self.only:
-                continue
-            out = run_dir(plan, arm, seed)
-            if (out / RESULT_FILE).is_file():
-                skipped.append(f"{arm.name}/{out.name}")
-                continue
-            t0 = time.perf_counter()
-            if arm.trained:
-                if arm.selects_lambda and lam is None:
-                    lam = self.select_lambda()
-                model, info = self.trained_model(arm, seed, lam if arm.selects_lambda else None)
-                self.show(f"{arm.name} seed {seed}: evaluating on {', '.join(plan.datasets)}")
-                report = self.evaluate(model, plan.datasets, reuse_base=arm.freeze_encoder and not arm.encoder,
-                                       out=out, tag=f"{arm.name}-{seed}")
-            else:
-                model, info = self.transformed_model(arm)
-                report = self.evaluate_transform(arm, model, out)
-            _atomic_json(out / RESULT_FILE, {"arm": arm.name, "what": arm.what, "seed": seed, "trained": arm.trained,
-                                             "datasets": report, "info": info, "wall_s": time.perf_counter() - t0})
-            done.append(f"{arm.name}/{out.name}")
-            del model
-        summary = {"finished_now": done, "skipped": skipped, "wall_s": time.perf_counter() - t_start}
+        skipped = [f"{a.name}/{run_dir(plan, a, s).name}" for a, s in plan.order()
+                   if (run_dir(plan, a, s) / RESULT_FILE).is_file()]
+        todo = self.todo()
+        processes = resolve_slots(parallel, slots)
+        done = []
+        if processes > 1:
+            for arm, seed in [(a, s) for a, s in todo if not a.trained]:
+                done.append(self.run_one(arm, seed))
+            if any(a.selects_lambda for a, _ in todo):
+                self.select_lambda()
+            done += run_side_by_side(self, [(a, s) for a, s in todo if a.trained], processes)
+        else:
+            for arm, seed in todo:
+                done.append(self.run_one(arm, seed))
+        summary = {"finished_now": done, "skipped": skipped, "wall_s": time.perf_counter() - t_start,
+                   "processes": processes}
         with (plan.results / "run_log.jsonl").open("a") as fh:
             fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary}) + "\n")
         return summary
+
+    def run_one(self, arm: Arm, seed: int) -> str:
+        """Train (if needed), evaluate and write one run's result.json; returns its name."""
+        plan = self.plan
+        out = run_dir(plan, arm, seed)
+        t0 = time.perf_counter()
+        if arm.trained:
+            lam = self.select_lambda() if arm.selects_lambda else None
+            model, info = self.trained_model(arm, seed, lam)
+            self.show(f"{arm.name} seed {seed}: evaluating on {', '.join(plan.datasets)}")
+            report = self.evaluate(model, plan.datasets, reuse_base=arm.freeze_encoder and not arm.encoder,
+                                   out=out, tag=f"{arm.name}-{seed}")
+        else:
+            model, info = self.transformed_model(arm)
+            report = self.evaluate_transform(arm, model, out)
+        _atomic_json(out / RESULT_FILE, {"arm": arm.name, "what": arm.what, "seed": seed, "trained": arm.trained,
+                                         "datasets": report, "info": info, "wall_s": time.perf_counter() - t0})
+        return f"{arm.name}/{out.name}"
 
     # -- training-free arms ----------------------------------------------------------------------------
     def transformed_model(self, arm: Arm):
@@ -292,6 +310,70 @@ def _final_step(folder: Path) -> int | None:
     return next((r["step"] for r in reversed(_records(folder)) if "final" in r), None)
 
 
-def run_plan(plan: Plan, *, data_dir: str | None = None, show=print, only: set[str] | None = None) -> dict[str, Any]:
+def resolve_slots(parallel: str, slots: int | None) -> int:
+    """How many runs go at once: ``no`` -> 1; ``auto`` -> one per GPU when there are at least 2, else 1;
+    ``yes`` -> one per GPU, or 2 CPU processes sharing the cores (``slots`` overrides the count)."""
+    if parallel not in ("auto", "yes", "no"):
+        raise ValueError(f"--parallel must be auto, yes or no, got {parallel!r}")
+    if slots is not None and slots < 1:
+        raise ValueError(f"--slots must be a positive integer, got {slots}")
+    if parallel == "no":
+        return 1
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parallel == "auto" and gpus < 2:
+        return 1
+    return slots or (gpus if gpus else 2)
+
+
+def run_side_by_side(runner: PlanRunner, runs: list[tuple[Arm, int]], processes: int) -> list[str]:
+    """Each run in its own ``ragcun ablation run --only ARM --seeds S`` process, ``processes`` at a time (GPU i
+    of the node for slot i; on a CPU the cores are shared out); the finished ones write their result.json
+    themselves, so an interrupted batch resumes like any plan."""
+    import subprocess
+    import sys
+
+    import torch
+
+    plan = runner.plan
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    logs = plan.work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    queue, running, done, failed = list(runs), {}, [], []
+    while queue or running:
+        while queue and len(running) < processes:
+            arm, seed = queue.pop(0)
+            slot = next(i for i in range(processes) if i not in {s for s, _, _ in running.values()})
+            cmd = [sys.executable, "-m", "ragcun", "ablation", "run", str(plan.path), "--results", str(plan.results),
+                   "--work-dir", str(plan.work_dir), "--only", arm.name, "--seeds", str(seed), "--parallel", "no",
+                   "--no-compare"] + (["--data-dir", runner.data_dir] if runner.data_dir else [])
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+            else:
+                env.update(OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+            log = open(logs / f"{arm.name}-seed-{seed}.log", "a")  # noqa: SIM115 (outlives this block)
+            runner.show(f"{arm.name} seed {seed}: started in its own process "
+                        f"({'GPU ' + env['CUDA_VISIBLE_DEVICES'] if gpus else f'{threads} CPU thread(s)'}); log {log.name}")
+            running[(arm.name, seed)] = (slot, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        time.sleep(0.5)
+        for key, (slot, proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[key]
+            (done if proc.returncode == 0 else failed).append((key, log.name))
+            runner.show(f"{key[0]} seed {key[1]}: " + ("finished" if proc.returncode == 0 else
+                                                       f"failed (exit {proc.returncode}), see {log.name}"))
+    if failed:
+        raise ValueError("ablation: run(s) failed: " + "; ".join(f"{a} seed {s} (log {log})" for (a, s), log in failed)
+                         + "; the finished ones are kept: run the plan again to retry the rest")
+    return [f"{a}/seed-{s}" for (a, s), _ in done]
+
+
+def run_plan(plan: Plan, *, data_dir: str | None = None, show=print, only: set[str] | None = None,
+             seeds: set[int] | None = None, parallel: str = "no", slots: int | None = None) -> dict[str, Any]:
     """Run every arm x seed of ``plan`` not finished yet (see the module docstring)."""
-    return PlanRunner(plan, data_dir=data_dir, show=show, only=only).run()
+    return PlanRunner(plan, data_dir=data_dir, show=show, only=only, seeds=seeds).run(parallel=parallel, slots=slots)

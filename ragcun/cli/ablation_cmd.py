@@ -26,10 +26,16 @@ def ablation_group() -> None:
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False),
               help="models, caches and TREC runs [default: the plan's `work_dir`]")
 @click.option("--only", default=None, help="comma-separated arms to run now (the others are left for later)")
+@click.option("--seeds", "seed_list", default=None, help="comma-separated seeds of the trained arms to run now")
+@click.option("--parallel", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="trained runs side by side, one process each: auto = one per GPU on a node with 2 or more, "
+                   "else one after another; yes = also on a CPU (the cores shared out); no = one after another")
+@click.option("--slots", type=click.IntRange(1), default=None,
+              help="how many runs at once with --parallel [default: the GPU count, or 2 on a CPU]")
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="build the comparison table from every finished run at the end")
 def run_command(plan_file: str, data_dir: str | None, results: str | None, work_dir: str | None,
-                only: str | None, compare: bool) -> None:
+                only: str | None, seed_list: str | None, parallel: str, slots: int | None, compare: bool) -> None:
     """Run every arm x seed of PLAN_FILE that has not finished yet, one after another.
 
     Finished runs (a result.json in the results folder) are skipped, so an interrupted plan resumes where it
@@ -47,7 +53,14 @@ def run_command(plan_file: str, data_dir: str | None, results: str | None, work_
         if unknown:
             raise click.BadParameter(f"unknown arm(s) {', '.join(unknown)}; the plan has {', '.join(plan.arms)}",
                                      param_hint="--only")
-    summary = run_plan(plan, data_dir=data_dir, show=lambda s: click.echo(s, err=True), only=chosen)
+    seeds = None
+    if seed_list:
+        try:
+            seeds = {int(s) for s in seed_list.split(",") if s.strip()}
+        except ValueError:
+            raise click.BadParameter(f"{seed_list!r}: give comma-separated integers", param_hint="--seeds") from None
+    summary = run_plan(plan, data_dir=data_dir, show=lambda s: click.echo(s, err=True), only=chosen, seeds=seeds,
+                       parallel=parallel, slots=slots)
     click.echo(f"finished now: {len(summary['finished_now'])} run(s), already finished: {len(summary['skipped'])}, "
                f"wall time {summary['wall_s'] / 60:.1f} min", err=True)
     if compare:
