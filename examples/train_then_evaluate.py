@@ -4,7 +4,7 @@ compare the isotropy of the base and the trained embeddings.
     python examples/train_then_evaluate.py --data-dir ../shared/data/beir --output-dir runs/example
     python examples/train_then_evaluate.py --steps 40 --train-data beir:nfcorpus:train --dataset nfcorpus
 
-Each step is a library call that the CLI wraps (``ragcun train`` -> ``ragcun.training.loop.train``,
+Each step is a library call that the CLI wraps (``ragcun train`` -> ``ragcun.train``,
 ``ragcun eval beir`` -> ``ragcun.evaluation.beir_eval.evaluate_beir``, ``ragcun isotropy report`` ->
 ``ragcun.diagnostics.report``), so a notebook gets the same results as the shell. The defaults (10 steps on
 SciFact train, then the 300-query SciFact test split) take a few minutes on a laptop CPU.
@@ -24,7 +24,7 @@ from ragcun.evaluation.beir_eval import evaluate_beir
 from ragcun.model import corpus_texts
 from ragcun.resolve import resolve_model
 from ragcun.training.config import TrainConfig
-from ragcun.training.loop import train
+from ragcun import train  # the loop with the periodic evaluation the config asks for
 
 SHOWN = ("sigreg_raw", "effective_rank_ratio", "average_cosine")
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ragcun.model import EmbeddingModel
     from ragcun.registry import Registry
 
-__all__ = ["__version__", "hookimpl", "load", "build_model", "export", "get_registry", "list_components"]
+__all__ = ["__version__", "hookimpl", "load", "build_model", "train", "export", "get_registry", "list_components"]
 
 
 def load(path: str, **kwargs: Any) -> "EmbeddingModel":
@@ -32,6 +32,14 @@ def build_model(encoder: str = "all-minilm-l6-v2", head: str = "gaussian", dista
     from ragcun.model import EmbeddingModel
 
     return EmbeddingModel.build(encoder, head, distance, **kwargs)
+
+
+def train(config: Any, *, resume: bool = False, **kwargs: Any) -> Any:
+    """Train a ``ragcun.training.config.TrainConfig`` as ``ragcun train`` does: the loop with the periodic
+    evaluation and diagnostics the config asks for (ragcun.workflows.run); returns a TrainResult."""
+    from ragcun.workflows.run import train as _train
+
+    return _train(config, resume=resume, **kwargs)
 
 
 def export(model_or_path: Any, out: str, to: str = "sentence-transformers", *, mean_only: bool = False,

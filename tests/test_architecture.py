@@ -66,6 +66,13 @@ def test_data_knows_no_model_training_or_evaluation():
         assert _imports_between(edges, "ragcun.data", target) == []
 
 
+def test_training_never_imports_evaluation_or_the_isotropy_report():
+    """Periodic evaluation and diagnostics reach the loop as callbacks (ragcun.evaluation.training_callbacks)."""
+    edges = _graph()
+    for target in ("ragcun.evaluation", "ragcun.diagnostics", "ragcun.workflows", "ragcun.ablation"):
+        assert _imports_between(edges, "ragcun.training", target) == []
+
+
 def test_the_library_never_imports_the_command_line():
     edges = _graph()
     offenders = [(a, b) for a, b in _imports_between(edges, "ragcun", "ragcun.cli")

@@ -181,7 +181,7 @@ def test_isotropy_curves_plot_one_or_several_runs(tiny_model_dir, tmp_path):
     from _training_helpers import tiny_config, write_pairs
     from ragcun.cli.root import build_cli
     from ragcun.diagnostics.curves import read_curves
-    from ragcun.training.loop import train
+    from ragcun import train
 
     data = write_pairs(tmp_path / "train.jsonl", n=24)
     runs = []

@@ -109,7 +109,7 @@ def test_sweep_and_preflight_validate_input(runner, tmp_path):
 
 def test_sweep_configs_are_the_three_runs():
     from ragcun.training.config import TrainConfig
-    from ragcun.training.sweep import sweep_configs
+    from ragcun.workflows.sweep import sweep_configs
 
     configs = sweep_configs(TrainConfig(output_dir="runs/s", train_data="x.jsonl", steps=1), 1.0)
     assert {n: (c.loss, c.freeze_encoder) for n, c in configs.items()} == {
@@ -128,13 +128,13 @@ def test_sweep_configs_are_the_three_runs():
     (0, 3, "yes", [[], [], []]),               # CPU processes side by side
 ])
 def test_sweep_placement(gpus, runs, parallel, expected):
-    from ragcun.training.sweep import plan_placement
+    from ragcun.workflows.sweep import plan_placement
 
     assert plan_placement(gpus, runs, parallel) == expected
 
 
 def test_sweep_placement_refuses_to_share_gpus():
-    from ragcun.training.sweep import plan_placement
+    from ragcun.workflows.sweep import plan_placement
 
     with pytest.raises(ValueError, match="at least one GPU each and this node has 2"):
         plan_placement(2, 3, "yes")

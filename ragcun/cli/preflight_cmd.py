@@ -35,7 +35,7 @@ def preflight_command(**params: Any) -> None:
     from ragcun.console import stderr, stdout
     from ragcun.spec import settings_from_options
     from ragcun.training.config import TrainConfig
-    from ragcun.training.preflight import preflight
+    from ragcun.workflows.preflight import preflight
 
     if params["steps"] < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--steps")

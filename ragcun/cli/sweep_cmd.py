@@ -56,7 +56,7 @@ def sweep_command(**params: Any) -> None:
     from ragcun.console import stderr, stdout
     from ragcun.spec import settings_from_options
     from ragcun.training.config import TrainConfig
-    from ragcun.training.sweep import evaluate_sweep, run_sweep, sweep_configs
+    from ragcun.workflows.sweep import evaluate_sweep, run_sweep, sweep_configs
 
     settings = settings_from_options(params["set_options"])
     base = TrainConfig(output_dir=params["output_dir"], train_data=params["train_data"], data_dir=params["data_dir"],

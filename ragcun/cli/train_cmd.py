@@ -1,4 +1,5 @@
-"""``ragcun train``: a thin shell over :func:`ragcun.training.loop.train` (torch is imported inside)."""
+"""``ragcun train``: a thin shell over :func:`ragcun.workflows.run.train` (the loop with its periodic evaluation;
+torch is imported inside)."""
 
 from __future__ import annotations
 
@@ -228,7 +229,8 @@ def train_command(ctx: click.Context, **params: Any) -> None:
 
 
 def run_training(config, *, resume: bool = False):
-    from ragcun.training.loop import TrainingDiverged, train
+    from ragcun.training.loop import TrainingDiverged
+    from ragcun.workflows.run import train
 
     try:
         result = train(config, resume=resume)

@@ -1,2 +1,4 @@
-"""Training: the loop (loop.py), its settings (config.py), checkpoints, torch.distributed helpers, GradCache,
-the three-run ablation (sweep.py) and the preflight checks. Entry point: :func:`ragcun.training.loop.train`."""
+"""Training: the loop (loop.py) and its parts by phase: the run folder (run_folder.py), building the model and
+loss (setup.py), optimisation (optim.py), one step (step.py), logs and display (logs.py), callbacks
+(callbacks.py), checkpoints, distributed helpers, GradCache, calibration, mined negatives. Entry point:
+:func:`ragcun.training.loop.train`; :func:`ragcun.train` adds the periodic evaluation the config asks for."""

@@ -108,9 +108,9 @@ def check_data(config: TrainConfig, eval_data: str | None) -> tuple[list[Check],
     dataset = None
     if eval_data:
         try:
-            from ragcun.training.loop import _load_eval_set
+            from ragcun.evaluation.training_callbacks import load_eval_set
 
-            dataset = _load_eval_set(replace(config, eval_data=eval_data, eval_every=1))
+            dataset = load_eval_set(replace(config, eval_data=eval_data, eval_every=1))
             checks.append(Check("evaluation data", True, f"{dataset.name}:{dataset.split}: {len(dataset.corpus):,} "
                                                          f"documents, {len(dataset.queries):,} queries"))
         except ValueError as exc:
@@ -133,7 +133,7 @@ def check_training(config: TrainConfig, steps: int, workdir: Path) -> tuple[Chec
 
     from ragcun.model import load
     from ragcun.training import checkpoint as ckpt
-    from ragcun.training.loop import train
+    from ragcun.workflows.run import train
 
     trial = replace(config, output_dir=str(workdir / "run"), steps=steps, epochs=None, save_every=steps,
                     keep_checkpoints=1, log_every=1, eval_every=None, eval_data=None, diagnostics_every=None,

@@ -95,7 +95,7 @@ def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, parallel
 
     from ragcun.model import CONFIG_FILE
     from ragcun.training import checkpoint as ckpt
-    from ragcun.training.loop import train
+    from ragcun.workflows.run import train
 
     status: dict[str, dict[str, Any]] = {}
     todo = {}

@@ -1,0 +1,210 @@
+"""The run folder: the checks before anything is written (a new run never overwrites an old one, a resumed
+run must be the same run, damaged checkpoints are passed over), restoring a checkpoint, writing the run's
+record, and saving checkpoints (rank 0 writes; every rank contributes its RNG state)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ragcun.training import checkpoint as ckpt
+from ragcun.training import distributed as D
+from ragcun.training.config import TrainConfig
+
+
+
+def remove_leftovers(out_dir: Path) -> None:
+    """Temporary files of a write that a kill interrupted (the final model's, the config's, a checkpoint's)."""
+    import shutil
+
+    for folder in (out_dir, out_dir / "encoder"):
+        for stale in folder.glob(".*.tmp"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+    (out_dir / "train_config.json.tmp").unlink(missing_ok=True)
+    for stale in (out_dir / ckpt.CHECKPOINTS).glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def elastic_resume(out_dir: Path, config: TrainConfig, latest: ckpt.Checkpoint | None) -> str | None:
+    """On a torchrun restart: a message saying this run resumes by itself, when ``out_dir`` holds a checkpoint
+    of this same run (the same settings, begun or last resumed by this torchrun job: the run id recorded in
+    config_history.json is this job's); ``None`` otherwise (then the usual checks say what is wrong)."""
+    from ragcun.training.config import HISTORY_FILE
+
+    if latest is None:  # died before its first checkpoint: the restart starts over, which is the same run
+        return None
+    try:
+        saved = TrainConfig.load(out_dir)
+        history = json.loads((out_dir / HISTORY_FILE).read_text())
+        last_entry = history[-1] if isinstance(history, list) and history else {}
+    except (OSError, ValueError):
+        return None
+    if saved.differences(config) or not isinstance(last_entry, dict):
+        return None
+    if last_entry.get("torchelastic_run_id") != D.elastic_run_id():
+        return None  # a run some other launch left in this folder: not ours to continue
+    return (f"torchrun restarted the workers (run id {D.elastic_run_id()}): resuming {out_dir} from its last "
+            "checkpoint, as --resume would")
+
+
+def gather_rng_states(ctx: D.DistributedContext) -> list:
+    state = ckpt.rng_state(ctx.device)
+    if not ctx.enabled:
+        return [state]
+    import torch.distributed as dist
+
+    states = [None] * ctx.world_size
+    dist.all_gather_object(states, {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()})
+    return states
+
+
+@dataclass
+class RunFolder:
+    """What the checks found in ``--output-dir``: whether this invocation resumes, from which checkpoint, the
+    run's saved settings, and what to tell the user once the display is up."""
+
+    path: Path
+    resume: bool
+    latest: ckpt.Checkpoint | None = None  # the checkpoint to resume from (verified)
+    saved: TrainConfig | None = None  # the run's train_config.json when resuming
+    warnings: list[str] = field(default_factory=list)  # damaged checkpoints passed over
+    started_over: bool = False  # a run that failed before its first checkpoint, begun again
+
+
+def check_run_folder(config: TrainConfig, ctx: D.DistributedContext, resume: bool) -> RunFolder:
+    """A new run never overwrites an old one; a resumed run must be the same run (its settings, a checkpoint
+    that verifies); a torchrun restart resumes its own run by itself. Every rank checks; nothing is written."""
+    out_dir = Path(config.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output-dir {out_dir} is a file, not a folder; give a folder for the run")
+    latest = ckpt.latest_checkpoint(out_dir)
+    has_final_model = (out_dir / "ragcun.json").exists() or (out_dir / "model.safetensors").exists()
+    restarted = D.elastic_restart_count() > 0
+    if ctx.enabled and not resume:
+        # torchrun counts restarts per node: a node whose workers were restarted because another node's failed
+        # may say 0, so any rank's count counts (every rank takes part, whatever its own count)
+        flag = torch.tensor([float(restarted)], device=ctx.device)
+        restarted = float(D.all_reduce_mean(flag, ctx)[0]) > 0
+    if restarted and not resume:
+        # torchrun restarted the workers after one failed (--max-restarts): the same command line comes back,
+        # without --resume, so continue this run from its last checkpoint as --resume would. Rank 0 decides and
+        # tells the others, so that every rank takes the same branch.
+        why = elastic_resume(out_dir, config, latest) if ctx.is_main else None
+        why = D.broadcast_object(why, ctx)
+        if why is not None:
+            resume = True
+            if ctx.is_main:
+                from ragcun.console import stderr
+
+                stderr.print(why, highlight=False, soft_wrap=True)
+    folder = RunFolder(out_dir, resume)
+    if resume:
+        if latest is None:
+            started = (out_dir / "train_config.json").is_file()
+            raise ValueError(f"--resume: {out_dir} has no checkpoint to resume from "
+                             f"(looked in {out_dir / ckpt.CHECKPOINTS})"
+                             + ("; the run stopped before its first checkpoint: start it again without --resume "
+                                "(the same --output-dir is reused)" if started and not has_final_model else ""))
+        bad: list[tuple[ckpt.Checkpoint, str]] = []
+        folder.latest = ckpt.latest_good_checkpoint(out_dir, on_bad=lambda c, why: bad.append((c, why)))
+        if folder.latest is None:
+            listed = "; ".join(f"{c.folder}: {why}" for c, why in bad)
+            raise ValueError(f"--resume: no good checkpoint in {out_dir / ckpt.CHECKPOINTS} ({listed}); "
+                             "start a new --output-dir")
+        folder.warnings = [f"--resume: skipping the damaged checkpoint {c.folder} ({why}); resuming from "
+                           f"{folder.latest.folder} (step {folder.latest.step})" for c, why in bad]
+        folder.saved = TrainConfig.load(out_dir)
+        diff = folder.saved.differences(config)
+        if diff:
+            listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ValueError(f"--resume: settings differ from the run in {out_dir} ({listed}); "
+                             "resume with the run's settings or start a new --output-dir")
+    elif latest is not None or has_final_model:
+        raise ValueError(f"--output-dir {out_dir} already holds a training run; pass --resume to continue it "
+                         "or choose another --output-dir")
+    else:  # a run that failed before its first checkpoint left nothing to continue: start it over
+        folder.started_over = (out_dir / "train_config.json").exists()
+    D.barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
+    return folder
+
+
+def load_checkpoint_weights(model, folder: RunFolder) -> None:
+    """The resumed checkpoint's weights into ``model`` (its checksum was verified by check_run_folder)."""
+    from safetensors.torch import load_file
+
+    from ragcun.model import WEIGHTS_FILE
+
+    model.load_state_dict(load_file(str(folder.latest.folder / ckpt.MODEL_FOLDER / WEIGHTS_FILE)), strict=False)
+
+
+def restore_trainer_state(folder: RunFolder, config: TrainConfig, ctx: D.DistributedContext, *, optimizer,
+                          scheduler, scaler, loss_module, stream, total_steps: int) -> int:
+    """Optimizer, loss, scheduler, scaler, data position and RNG states of the checkpoint; returns its step.
+    Changed optimizer-side settings (a lower --lr after a divergence) are applied on top."""
+    from ragcun.data.training import DataPosition
+    from ragcun.training.config import OPTIMIZER_CHANGES
+    from ragcun.training.optim import apply_optimizer_settings, lr_lambda, seed_everything
+
+    fresh_groups = [(group["initial_lr"], group["weight_decay"]) for group in optimizer.param_groups]
+    state = ckpt.load_trainer_state(folder.latest)
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("loss") and isinstance(loss_module, torch.nn.Module):
+        loss_module.load_state_dict(state["loss"])
+    scheduler.load_state_dict(state["scheduler"])
+    if any(getattr(folder.saved, k) != getattr(config, k) for k in OPTIMIZER_CHANGES):
+        apply_optimizer_settings(optimizer, scheduler, fresh_groups, lr_lambda(config, total_steps))
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    step = int(state["step"])
+    stream.state = DataPosition(**state["data"])
+    rngs = state["rng"]
+    if len(rngs) == ctx.world_size:
+        ckpt.set_rng_state(rngs[ctx.rank], ctx.device)
+    else:  # another world size: the data order is the same, dropout masks cannot be
+        seed_everything(config.seed + 1_000_003 * step + ctx.rank)
+    return step
+
+
+def write_run_record(folder: RunFolder, config: TrainConfig, ctx: D.DistributedContext, step: int) -> None:
+    """Rank 0 creates the folder and writes train_config.json and the history entry (only now: bad data or
+    settings have failed before, without leaving an empty run folder)."""
+    from ragcun.training.config import record_history
+    from ragcun.training.logs import METRICS_FILE
+
+    if ctx.is_main:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(folder.path)
+        if folder.started_over:  # the records of a run that never reached a checkpoint
+            (folder.path / METRICS_FILE).unlink(missing_ok=True)
+        config.save(folder.path)
+        record_history(folder.path, config, previous=folder.saved, step=step,
+                       checkpoint=folder.latest.folder.name if folder.resume else None)
+    D.barrier(ctx)
+
+
+class CheckpointSaver:
+    """``save(step, loss)``: every rank hands over its RNG state, rank 0 writes the checkpoint atomically
+    (ragcun.training.checkpoint), and all ranks wait for it."""
+
+    def __init__(self, folder: Path, config: TrainConfig, ctx: D.DistributedContext, *, model, optimizer, scheduler,
+                 scaler, loss_module, stream, total_steps: int) -> None:
+        self.folder, self.config, self.ctx, self.total_steps = folder, config, ctx, total_steps
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.loss_module, self.stream = loss_module, stream
+
+    def save(self, step: int, last_loss: float | None) -> Path | None:
+        rngs = gather_rng_states(self.ctx)
+        path = None
+        if self.ctx.is_main:
+            loss_state = self.loss_module.state_dict() if isinstance(self.loss_module, torch.nn.Module) else None
+            path = ckpt.save_checkpoint(self.folder, step, model=self.model, optimizer=self.optimizer,
+                                        scheduler=self.scheduler, scaler=self.scaler, rng_states=rngs,
+                                        loss_state=loss_state, data_position=self.stream.state.as_dict(),
+                                        keep=self.config.keep_checkpoints,
+                                        extra={"loss": last_loss, "total_steps": self.total_steps})
+        D.barrier(self.ctx)
+        return path

@@ -1,0 +1,146 @@
+"""Building what a run trains: the model (frozen parts, unused parameters), the loss, and the checks that
+must speak before the first step (the isotropy-scale warning, loss failures named by their plugin)."""
+
+from __future__ import annotations
+
+import torch
+
+from ragcun.training.config import TrainConfig
+from ragcun.training.faults import LossFailed, TrainingDiverged
+
+DIAGNOSTIC_SAMPLE = 256  # texts embedded for the periodic isotropy diagnostics
+
+
+def build_training_model(config: TrainConfig):
+    from ragcun.model import EmbeddingModel
+
+    model = EmbeddingModel.build(config.encoder, config.head, config.distance, config.settings or None)
+    if config.freeze_encoder:
+        for param in model.encoder.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+def freeze_unused_parameters(model) -> list[str]:
+    """Stop training parameters the embedding never uses (e.g. a BERT pooler beside mean pooling).
+
+    They would never receive a gradient (so AdamW would skip them anyway), but DDP requires every trained
+    parameter to get one each step. One tiny forward/backward finds them.
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.embed(["a"])
+        total = out.mean.sum() + (out.logvar.sum() if out.logvar is not None else 0.0)
+        grads = torch.autograd.grad(total, [p for _, p in trainable], allow_unused=True)
+    finally:
+        model.train(was_training)
+    unused = [n for (n, p), g in zip(trainable, grads) if g is None]
+    for name, param in trainable:
+        if name in unused:
+            param.requires_grad_(False)
+    return unused
+
+
+def build_training_loss(config: TrainConfig, model):
+    from ragcun.components import check_compatible
+    from ragcun.losses.composite import build_loss
+
+    loss = build_loss(config.loss, config.settings or None, distance=model.distance, dim=model.dim)
+    check_compatible(model.head, loss, head_name=config.head, distance_name=f"loss {config.loss}")
+    return loss
+
+
+# SIGReg measures the distance of every 1-D projection from N(0, 1): embeddings whose coordinates spread far
+# less than 1 look nearly collapsed to it, and its gradient then barely moves them (measured: benchmarks/RESULTS.md)
+SMALL_SPREAD = 0.2
+SCALE_PROBE = 32  # documents embedded once before training to check that spread
+
+
+def isotropy_weight(loss_module) -> float:
+    """The total weight a (composite) loss gives SIGReg terms."""
+    from ragcun.losses.isotropy import IsotropyLoss
+
+    weights = getattr(loss_module, "weights", {})
+    modules = getattr(loss_module, "losses", {})
+    return sum(weight for name, weight in weights.items() if name in modules and isinstance(modules[name], IsotropyLoss))
+
+
+def isotropy_scale_warning(loss_module, embeddings: torch.Tensor) -> str | None:
+    """A warning when the loss gives the isotropy term a weight but the embeddings (N, D) are too small for it
+    to act (e.g. an identity head, or a gaussian head with ``init_scale=1``, on an encoder that outputs unit
+    vectors; the default ``init_scale="auto"`` calibrates them to spread 1); else ``None``."""
+    if isotropy_weight(loss_module) <= 0 or embeddings.shape[0] < 2:
+        return None
+    spread = float(embeddings.detach().float().std(dim=0).mean())  # mean per-coordinate std over the sample
+    if spread >= SMALL_SPREAD:
+        return None
+    factor = 1.0 / max(spread, 1e-6)
+    return (f"the isotropy term will barely act: the embeddings' coordinates spread {spread:.3f} on average, "
+            "while SIGReg measures the distance from N(0, I) (spread 1), so it sees a nearly collapsed batch. "
+            "To let it act, use --head gaussian with its default --set head.gaussian.init_scale=auto (calibrated "
+            f"from the training data before the first step), or scale the embeddings by about {factor:.3g} "
+            "yourself (a head whose outputs are that much larger, with the contrastive temperature multiplied "
+            "by the same factor for euclidean distance)")
+
+
+def as_output(result):
+    from ragcun.losses.base import LossOutput
+
+    return result if isinstance(result, LossOutput) else LossOutput(result, {})
+
+
+
+def name_loss_failures(loss_module) -> None:
+    """Make an exception inside a loss term's forward name that term and its provider (a plugin's bug then
+    reads as such, not as a traceback from deep inside ragcun's loop). ValueErrors pass unchanged."""
+    from ragcun.components import provenance
+
+    terms = getattr(loss_module, "losses", None)
+    modules = dict(terms.items()) if isinstance(terms, (dict, torch.nn.ModuleDict)) else {"": loss_module}
+    for name, module in modules.items():
+        if not isinstance(module, torch.nn.Module) or getattr(module, "_ragcun_named_failures", False):
+            continue
+        info = provenance(module)
+        label = info["name"] or name or type(module).__name__
+        forward = module.forward
+
+        def named(*args, _forward=forward, _label=label, _provider=info["provider"], **kwargs):
+            try:
+                return _forward(*args, **kwargs)
+            except (ValueError, KeyboardInterrupt, TrainingDiverged):
+                raise
+            except Exception as exc:
+                raise LossFailed(f"loss {_label!r} (from the package {_provider!r}) raised "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+        module.forward = named
+        module._ragcun_named_failures = True
+
+
+def training_data(config: TrainConfig, model, ctx):
+    """This rank's batches of the run's training data, hard negatives mined first if asked: (source, stream)."""
+    from ragcun.data.training import BatchStream, open_source
+
+    mined = None
+    if config.mine_negatives:
+        from ragcun.training.negatives import mined_negatives_for
+
+        mined = mined_negatives_for(config, model, ctx)
+    source = open_source(config.train_data, data_dir=config.data_dir, seed=config.seed, negatives=config.negatives,
+                         qrels_threshold=config.qrels_threshold, shuffle_buffer=config.shuffle_buffer, mined=mined)
+    if next(iter(source.examples(0)), None) is None:  # an empty file: say so, not an IndexError downstream
+        raise ValueError(f"--train-data {config.train_data}: {source.description} holds no training examples")
+    return source, BatchStream(source, config.batch_size, rank=ctx.rank, world_size=ctx.world_size)
+
+
+def diagnostic_texts(source, limit: int = DIAGNOSTIC_SAMPLE) -> list[str]:
+    texts = []
+    for example in source.examples(0):
+        texts.append(example.positive)
+        if len(texts) >= limit:
+            break
+    return texts
