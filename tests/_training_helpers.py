@@ -1,4 +1,5 @@
-"""Shared helpers for the training tests (tiny offline models, small real-format data)."""
+"""Shared helpers for the tests (tiny offline models, small real-format data, fault injection); tests import
+this module, never each other."""
 
 from __future__ import annotations
 
@@ -47,3 +48,39 @@ def tiny_config(model_dir: Path, output_dir: Path, data: Path, **overrides):
                 show_progress=False, seed=0)
     base.update(overrides)
     return TrainConfig(**base)
+
+
+class NaNAtStep:
+    """The real loss, made NaN from a given step on (a diverging run)."""
+
+    def __init__(self, inner, step):
+        self.inner, self.step = inner, step
+
+    def __call__(self, inputs):
+        out = self.inner(inputs)
+        if inputs.step + 1 >= self.step:
+            out.total = out.total * float("nan")
+        return out
+
+
+def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
+    """A small synthetic BEIR folder: varied lengths, graded qrels, one query id shared with a document."""
+    import random
+
+    rng = random.Random(0)
+    words = ["gaussian", "embedding", "retrieval", "isotropy", "distance", "query", "document", "corpus", "vector", "rank", "score"]
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w") as fh:
+        for i in range(n_docs):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 60)))
+            fh.write(json.dumps({"_id": f"d{i}", "title": f"title {i}" if i % 3 else "", "text": text}) + "\n")
+    query_ids = ["d5"] + [f"q{i}" for i in range(1, n_queries)]
+    with (folder / "queries.jsonl").open("w") as fh:
+        for qid in query_ids:
+            fh.write(json.dumps({"_id": qid, "text": " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))}) + "\n")
+    with (folder / "qrels" / "test.tsv").open("w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for qid in query_ids:
+            for j in rng.sample(range(n_docs), 3):
+                fh.write(f"{qid}\td{j}\t{rng.randint(0, 2)}\n")
+    return folder

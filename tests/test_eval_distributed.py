@@ -2,32 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-
-
-def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
-    """A small synthetic BEIR folder: varied lengths, graded qrels, one query id shared with a document."""
-    import random
-
-    rng = random.Random(0)
-    words = ["gaussian", "embedding", "retrieval", "isotropy", "distance", "query", "document", "corpus", "vector", "rank", "score"]
-    (folder / "qrels").mkdir(parents=True)
-    with (folder / "corpus.jsonl").open("w") as fh:
-        for i in range(n_docs):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 60)))
-            fh.write(json.dumps({"_id": f"d{i}", "title": f"title {i}" if i % 3 else "", "text": text}) + "\n")
-    query_ids = ["d5"] + [f"q{i}" for i in range(1, n_queries)]
-    with (folder / "queries.jsonl").open("w") as fh:
-        for qid in query_ids:
-            fh.write(json.dumps({"_id": qid, "text": " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))}) + "\n")
-    with (folder / "qrels" / "test.tsv").open("w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        for qid in query_ids:
-            for j in rng.sample(range(n_docs), 3):
-                fh.write(f"{qid}\td{j}\t{rng.randint(0, 2)}\n")
-    return folder
+from _training_helpers import write_beir
 
 
 def _evaluate(rank, world_size, checkpoint, data_dir):
@@ -90,6 +66,14 @@ def test_one_process_without_torch_distributed(checkpoint):
     import torch
 
     torch.set_num_threads(1)
+    import numpy as np
+
+    from ragcun.testing.distributed import run_on_ranks
+
     out = _evaluate(0, 1, ckpt, data_dir)
     assert out["report"]["settings"]["world_size"] == 1
     assert set(out["report"]["runs"]["tiny"]) == {"d5", *(f"q{i}" for i in range(1, 9))}
+    (group,) = run_on_ranks(_evaluate, 1, ckpt, data_dir)
+    assert np.array_equal(out["mean"], group["mean"]) and np.array_equal(out["logvar"], group["logvar"])
+    assert out["report"]["datasets"] == group["report"]["datasets"]
+    assert out["report"]["per_query"] == group["report"]["per_query"]

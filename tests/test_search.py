@@ -137,7 +137,7 @@ def test_bad_k_and_count_mismatch():
 
 def test_evaluate_beir_faiss_equals_exact(tiny_model_dir, tmp_path):
     pytest.importorskip("faiss")
-    from test_eval_distributed import write_beir
+    from _training_helpers import write_beir
 
     from ragcun.evaluation.beir_eval import evaluate_beir
 

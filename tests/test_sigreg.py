@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ragcun.stats import (epps_pulley, quadrature_grid, random_directions, sigreg, sigreg_closed_form,
-                          sigreg_noise_floor)
+from ragcun.stats.sigreg import (epps_pulley, quadrature_grid, random_directions, sigreg, sigreg_closed_form,
+                                 sigreg_noise_floor)
 
 FAST = settings(max_examples=25, deadline=None)
 

@@ -206,7 +206,7 @@ def test_bad_input_gives_a_message_not_a_traceback(tiny_model_dir, pairs, tmp_pa
 
 # -- 11: no dead ends ------------------------------------------------------------------------------------------
 def test_a_run_that_failed_before_its_first_checkpoint_can_start_over(tiny_model_dir, pairs, tmp_path):
-    from test_training_loop import NaNAtStep
+    from _training_helpers import NaNAtStep
 
     from ragcun.losses.composite import build_loss
 

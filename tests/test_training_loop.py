@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from _training_helpers import tiny_config, write_pairs
+from _training_helpers import NaNAtStep, tiny_config, write_pairs
 
 from ragcun.training import checkpoint as ckpt
 from ragcun.training.config import TrainConfig
@@ -62,19 +62,6 @@ def test_frozen_encoder_trains_only_the_head(tiny_model_dir, tmp_path, pairs):
     for (name, a), (_, b) in zip(trained.encoder.state_dict().items(), fresh.encoder.state_dict().items()):
         assert torch.equal(a, b), name
     assert not torch.equal(trained.head.mean.weight, fresh.head.mean.weight)
-
-
-class NaNAtStep:
-    """The real loss, made NaN from a given step on (a diverging run)."""
-
-    def __init__(self, inner, step):
-        self.inner, self.step = inner, step
-
-    def __call__(self, inputs):
-        out = self.inner(inputs)
-        if inputs.step + 1 >= self.step:
-            out.total = out.total * float("nan")
-        return out
 
 
 def test_nan_stops_with_a_clear_message_and_the_last_good_checkpoint_intact(tiny_model_dir, tmp_path, pairs):
