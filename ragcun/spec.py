@@ -209,15 +209,16 @@ def settings_from_mapping(data: Mapping[str, Any], source: str = "config", *, ot
     return settings
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def load_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a ValueError naming it (``what``: "plan file" ...)."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
+        raise ValueError(f"{what} {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {path}: {exc}") from None
+        raise ValueError(f"{what} {path}: not valid TOML ({exc})") from None
 
 
 def check_params(target: Any, params: Mapping[str, Any], label: str,

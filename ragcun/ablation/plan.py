@@ -41,7 +41,6 @@ Example (benchmarks/ablation/minilm-scifact.toml is the full one)::
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -140,13 +139,10 @@ class Plan:
 
 def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: str | Path | None = None) -> Plan:
     """Read and check a plan file; every error names the file and the key."""
+    from ragcun.spec import load_toml
+
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"plan file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    data = load_toml(path, "plan file")
     where = str(path)
     _unknown(data, PLAN_KEYS, where)
     for key in ("arms", "baseline", "datasets", "train"):
