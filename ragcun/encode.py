@@ -9,7 +9,8 @@ from ragcun.spec import Settings
 
 def pairwise_report(texts: list[str], model_spec: str, *, distance: str | None = None,
                     settings: Settings | None = None) -> dict[str, Any]:
-    """Distances (or similarities, for cosine/dot) between every pair of ``texts`` under the model's distance."""
+    """Distances (or similarities, for cosine/dot) between every pair of ``texts`` under the model's distance,
+    computed exactly (``Distance.exact_similarity``, float64)."""
     from ragcun.resolve import resolve_model
 
     if not texts:
@@ -23,7 +24,12 @@ def pairwise_report(texts: list[str], model_spec: str, *, distance: str | None =
                               if getattr(part, "_ragcun_entry", None) is not None})
     emb = model.encode_embeddings(texts)
     dist = model.distance
-    matrix = dist.distance(emb, emb) if dist.is_metric else dist.similarity(emb, emb)
+    # float64 from direct differences: an identical text is at distance exactly 0 (the float32 expansion
+    # ||a||^2 + ||b||^2 - 2 a.b left ~5e-4 after the square root)
+    from ragcun.distances.base import exact_similarity
+
+    exact = exact_similarity(dist, emb, emb)
+    matrix = (-exact if dist.is_metric else exact) + 0.0  # + 0.0 turns -0.0 into 0.0
     entry = getattr(dist, "_ragcun_entry", None)
     return {"model": model_spec, "dim": int(emb.mean.shape[1]), "distance": entry.name if entry else repr(dist),
             "is_metric": bool(dist.is_metric), "texts": texts, "matrix": matrix.tolist()}

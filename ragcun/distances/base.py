@@ -8,7 +8,11 @@ exactly as ``similarity`` does for each query::
 
     query_vectors(q) @ document_vectors(d).T  ==  g_q(similarity(q, d))   for a per-query increasing g_q
 
-and ``similarity_from_inner`` undoes ``g_q`` so retrieval can report the true similarity.
+and ``similarity_from_inner`` undoes ``g_q``.
+
+The inner product is computed in float32, so it only proposes candidates; retrieval (and ``ragcun encode``)
+ranks and reports with ``exact_similarity``: the same function computed in float64 from direct differences
+(never the ``||q||^2 + ||d||^2 - 2 q.d`` expansion, whose round-off grows with the distance from the origin).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ class Distance:
     #: homogeneous). Training start-up uses it to rescale the contrastive temperature when it rescales the head,
     #: so the initial logits do not change (ragcun.training.calibration).
     homogeneity: float | None = None
-    #: True when ``similarity(q + v, d + v) == similarity(q, d)`` for every shift ``v``: then centering the
-    #: embeddings changes no ranking.
+    #: True when ``similarity(q + v, d + v) == similarity(q, d)`` for every shift ``v`` of the means: then
+    #: centering the embeddings changes no ranking, and retrieval searches centred embeddings (float32 inner
+    #: products lose precision far from the origin).
     translation_invariant: bool = False
 
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N)
@@ -35,6 +40,15 @@ class Distance:
 
     def distance(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N)
         return -self.similarity(q, d)
+
+    def exact_similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N) float64
+        """``similarity(q, d)`` as exactly as float64 allows, for ranking and reporting (no gradients needed).
+
+        Retrieval re-scores its candidates with it and ranks by it; the default is ``similarity`` on float64
+        copies. A distance whose ``similarity`` loses precision (an expansion, a gradient guard ``eps``)
+        overrides it with the direct computation.
+        """
+        return self.similarity(as_float64(q), as_float64(d))
 
     def query_vectors(self, q: Embedding) -> torch.Tensor:  # (Q, K)
         raise NotImplementedError
@@ -51,6 +65,24 @@ class Distance:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def exact_similarity(distance, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N) float64
+    """``distance.exact_similarity(q, d)``, or ``similarity`` in float64 for a distance that does not subclass
+    :class:`Distance` (a third party's)."""
+    fn = getattr(distance, "exact_similarity", None)
+    if fn is None:
+        return distance.similarity(as_float64(q), as_float64(d)).to(torch.float64)
+    return fn(q, d).to(torch.float64)
+
+
+def as_float64(e: Embedding) -> Embedding:
+    return Embedding(e.mean.to(torch.float64), None if e.logvar is None else e.logvar.to(torch.float64))
+
+
+def direct_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``||a_i - b_j||`` as (A, B) in float64 from the differences themselves (exactly 0 for equal rows)."""
+    return torch.cdist(a.to(torch.float64), b.to(torch.float64), compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def squared_norms(x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B,)

@@ -24,6 +24,9 @@ class CosineSimilarity(Distance):
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:
         return self._unit(q.mean) @ self._unit(d.mean).T
 
+    def exact_similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:
+        return self._unit(q.mean.to(torch.float64)) @ self._unit(d.mean.to(torch.float64)).T
+
     def distance(self, q: Embedding, d: Embedding) -> torch.Tensor:
         return 1.0 - self.similarity(q, d)
 

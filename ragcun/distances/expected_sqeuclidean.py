@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from ragcun.distances.base import Distance, pairwise_sqeuclidean, squared_norms
+from ragcun.distances.base import Distance, as_float64, direct_euclidean, pairwise_sqeuclidean, squared_norms
 from ragcun.embedding import Embedding
 
 
@@ -18,6 +18,7 @@ class ExpectedSquaredEuclideanDistance(Distance):
     """
 
     needs = frozenset({"mean", "logvar"})
+    translation_invariant = True  # depends on the means only through mu_q - mu_d
 
     @staticmethod
     def _total_var(e: Embedding) -> torch.Tensor:  # (B,) sum_d sigma_d^2
@@ -25,6 +26,10 @@ class ExpectedSquaredEuclideanDistance(Distance):
 
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N)
         return -(pairwise_sqeuclidean(q.mean, d.mean) + self._total_var(q)[:, None] + self._total_var(d)[None, :])
+
+    def exact_similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N) float64
+        q, d = as_float64(q), as_float64(d)
+        return -(direct_euclidean(q.mean, d.mean).square() + self._total_var(q)[:, None] + self._total_var(d)[None, :])
 
     def query_vectors(self, q: Embedding) -> torch.Tensor:  # (Q, D + 1)
         return torch.cat([q.mean, torch.ones_like(q.mean[:, :1])], dim=1)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from ragcun.distances.base import (Distance, euclidean_document_vectors, euclidean_query_vectors,
-                                   negative_sqeuclidean_from_inner, pairwise_sqeuclidean)
+from ragcun.distances.base import (Distance, direct_euclidean, euclidean_document_vectors,
+                                   euclidean_query_vectors, negative_sqeuclidean_from_inner, pairwise_sqeuclidean)
 from ragcun.embedding import Embedding
 
 
@@ -15,6 +15,9 @@ class SquaredEuclideanDistance(Distance):
 
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:
         return -pairwise_sqeuclidean(q.mean, d.mean)
+
+    def exact_similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:
+        return -direct_euclidean(q.mean, d.mean).square()
 
     def query_vectors(self, q: Embedding) -> torch.Tensor:
         return euclidean_query_vectors(q.mean)

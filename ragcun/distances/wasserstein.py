@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from ragcun.distances.base import (Distance, euclidean_document_vectors, euclidean_query_vectors,
-                                   negative_sqeuclidean_from_inner, pairwise_sqeuclidean)
+from ragcun.distances.base import (Distance, as_float64, direct_euclidean, euclidean_document_vectors,
+                                   euclidean_query_vectors, negative_sqeuclidean_from_inner, pairwise_sqeuclidean)
 from ragcun.embedding import Embedding
 
 
@@ -23,12 +23,16 @@ class WassersteinDistance(Distance):
     """
 
     needs = frozenset({"mean", "logvar"})
+    translation_invariant = True  # a common shift of the means leaves mu_q - mu_d (and sigma) unchanged
 
     def __init__(self, eps: float = 1e-12) -> None:
         self.eps = float(eps)
 
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N)
         return -torch.sqrt(pairwise_sqeuclidean(_mu_sigma(q), _mu_sigma(d)) + self.eps)
+
+    def exact_similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N) float64
+        return -direct_euclidean(_mu_sigma(as_float64(q)), _mu_sigma(as_float64(d)))
 
     def query_vectors(self, q: Embedding) -> torch.Tensor:  # (Q, 2D + 1)
         return euclidean_query_vectors(_mu_sigma(q))

@@ -161,7 +161,7 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
     corpus = dataset.corpus
     doc_ids = sorted(corpus, key=lambda d: len(corpus[d]["title"] + corpus[d]["text"]), reverse=True)
     exclude = identical_id_positions(query_ids, doc_ids) if ignore_identical_ids else None
-    searcher = make_searcher(search_kind, model.distance.query_vectors(query_emb), k, exclude)
+    searcher = make_searcher(search_kind, model.distance, query_emb, k, exclude)
     advance = start(f"{dataset.name} corpus", len(doc_ids))
     t0 = time.perf_counter()
     encode_s = 0.0
@@ -171,10 +171,10 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
         emb = encode(model, [document_prefix + t for t in corpus_texts(chunk)], batch_size,
                      autocast_dtype=autocast_dtype, progress=advance)
         encode_s += time.perf_counter() - t1
-        searcher.add(model.distance.document_vectors(emb))
+        searcher.add(emb)
         del emb
     values, indices = searcher.result()
-    results = to_results(model.distance, query_emb, values, indices, query_ids, doc_ids)
+    results = to_results(values, indices, query_ids, doc_ids)
     timings["encode_corpus_s"] = encode_s
     timings["search_s"] = time.perf_counter() - t0 - encode_s
 
