@@ -173,7 +173,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines.append(f"Baseline arm: `{report['baseline']}`. {metric} mean ± sd over seeds; Δ = per-query {metric} "
                  f"averaged over seeds, arm − baseline, with a bootstrap 95% CI over queries; p from a paired "
                  f"{'t-test' if report['test'] == 'student' else 'randomization test'} (ranx), Holm-corrected over "
-                 f"{report['tests']} tests. Isotropy of the searched corpus embeddings (a fixed sample, raw vectors).")
+                 f"{report['tests']} tests. Isotropy of the searched corpus embeddings (a fixed sample of n documents, raw "
+                 "vectors; I(W) also on L2-normalized ones where recorded: raw I(W) is ~0 for any cloud whose norms are "
+                 "large, as unnormalized embeddings' are). SIGReg beside its exact N(0, I) floor for that n.")
     sel = report.get("selection")
     if sel:
         lines.append("")
@@ -182,7 +184,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     for dataset in report["datasets"]:
         lines += ["", f"### {dataset}", "",
                   f"| arm | seeds | trainable | λ | batch | λ·N | {metric} | R@100 | Δ {metric} [95% CI] | p (Holm) | "
-                  "verdict | IsoScore | I(W) | SIGReg (floor) |",
+                  "verdict | IsoScore | I(W) raw / l2 | SIGReg (floor) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in report["arms"]:
             cell = row["datasets"].get(dataset)
@@ -200,7 +202,9 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"{lam * batch:g}" if lam is not None and batch else "-",
                 _fmt(cell, metric), _fmt(cell, "Recall@100"), delta,
                 f"{vs['p']:.3g} ({vs['p_holm']:.3g})" if vs else "-", vs["verdict"] if vs else "-",
-                f"{iso.get('isoscore', math.nan):.3f}", f"{iso.get('partition_isotropy_raw', math.nan):.3f}",
+                f"{iso.get('isoscore', math.nan):.3f}",
+                f"{iso.get('partition_isotropy_raw', math.nan):.3f} / "
+                + (f"{iso['partition_isotropy_l2']:.3f}" if "partition_isotropy_l2" in iso else "-"),
                 f"{iso.get('sigreg_raw', math.nan):.2f} ({iso.get('sigreg_gaussian_floor', math.nan):.2f}) |"]))
     lines.append("")
     lines.append("What each arm is: " + "; ".join(f"`{r['arm']}`: {r['what'] or r['loss'] or 'training-free'}"

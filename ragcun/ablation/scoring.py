@@ -15,7 +15,9 @@ import torch
 
 from ragcun.embedding import Embedding
 
-ISOTROPY_KEYS = ("isoscore", "partition_isotropy_raw", "sigreg_raw", "sigreg_gaussian_floor",
+# partition isotropy is not scale invariant: on raw vectors with norms ~sqrt(D) it is ~0 for any cloud, so the
+# L2-normalized value is kept too (the report shows both)
+ISOTROPY_KEYS = ("isoscore", "partition_isotropy_raw", "partition_isotropy_l2", "sigreg_raw", "sigreg_gaussian_floor",
                  "effective_rank_ratio", "average_cosine", "norm_mean")
 
 
