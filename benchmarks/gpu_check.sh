@@ -7,6 +7,10 @@
 #   4. GradCache at batch 1024 (chunks of 128): peak memory against a plain batch of 128;
 #   5. the CUDA paths of the losses (every registered loss, fp32 and bf16 autocast, finite values and grads);
 #   6. the CUDA path of evaluation (ragcun eval beir on the trained model, bf16).
+#   7. all-mpnet-base-v2 (plugins/ragcun-mpnet, the original design's base model): the three-run ablation
+#      (`ragcun sweep`: baseline, +isotropy, frozen encoder; gaussian head, bf16, MPNET_STEPS steps each, a few
+#      minutes more). Skipped, saying why, when the plugin or its weight packages are not installed; in the CPU
+#      dry run it only checks that the encoder is registered (plugins/ragcun-mpnet/tests train it on a CPU).
 #
 # Usage:  bash benchmarks/gpu_check.sh [OUT_DIR]     (RAGCUN_DATA=/path/to/beir for real BEIR data)
 # Without BEIR data it trains on a small MS MARCO-style JSONL and evaluates on a BEIR folder built from it.
@@ -27,6 +31,7 @@ if [ "$ON_CPU" = 1 ]; then
   unset RAGCUN_DATA  # the small data set: a full BEIR corpus takes many minutes to encode on a CPU
 else
   BATCH=128; STEPS=40; GC_PLAIN=128; GC_BATCH=1024; GC_CHUNK=128; EVAL_BATCH=256; PREFLIGHT_BATCH=64
+  MPNET_STEPS=${MPNET_STEPS:-30}
 fi
 export GPU_CHECK_ON_CPU=$ON_CPU
 
@@ -138,4 +143,23 @@ step "evaluation on CUDA (bf16)"
 $PY -m ragcun eval beir --model "$OUT/run-bf16" --datasets "$EVAL_DS" --data-dir "$DATA_DIR" \
   --dtype bfloat16 --batch-size "$EVAL_BATCH" --output "$OUT/eval.json"
 
-step "done: everything passed in $(( $(date +%s) - START ))s; outputs in $OUT"
+step "all-mpnet-base-v2 (plugins/ragcun-mpnet): the three-run ablation, bf16"
+MPNET=skipped
+if ! $PY -m ragcun list encoders all-mpnet-base-v2 --format json 2>/dev/null \
+    | $PY -c "import json, sys; sys.exit(not any(e['provider'] == 'ragcun-mpnet' for e in json.load(sys.stdin)))"; then
+  echo "SKIPPED: the encoder all-mpnet-base-v2 is not registered (pip install -e plugins/ragcun-mpnet and its weight"
+  echo "packages: plugins/ragcun-mpnet/README.md)"
+elif [ "$ON_CPU" = 1 ]; then
+  echo "all-mpnet-base-v2 is registered (provider ragcun-mpnet); its training is skipped in the CPU dry run"
+  MPNET="registered; not trained in the CPU dry run"
+elif ! MPNET_DIR=$($PY -m ragcun_mpnet); then
+  echo "SKIPPED: the all-mpnet-base-v2 folder could not be assembled (the error above names the package to install)"
+else
+  echo "model folder: $MPNET_DIR"
+  $PY -m ragcun sweep --encoder all-mpnet-base-v2 --head gaussian --train-data "$TRAIN" --eval-data "$EVAL" \
+    --data-dir "$DATA_DIR" --output-dir "$OUT/mpnet-sweep" --steps "$MPNET_STEPS" --batch-size "$BATCH" --lr 2e-5 \
+    --dtype bfloat16 --save-every "$MPNET_STEPS" --eval-batch-size "$EVAL_BATCH" --parallel no
+  MPNET="three-run ablation in $OUT/mpnet-sweep"
+fi
+
+step "done: everything passed in $(( $(date +%s) - START ))s (mpnet: $MPNET); outputs in $OUT"
