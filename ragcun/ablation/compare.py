@@ -116,7 +116,9 @@ def compare(results: str | Path, *, baseline: str | None = None, test: str = "st
         first = next(iter(arm["seeds"].values()))
         row = {"arm": name, "what": arm["what"], "seeds": sorted(arm["seeds"]), "trained": first["trained"],
                "trainable_params": first["info"].get("trainable_params"), "lambda": first["info"].get("lambda"),
-               "loss": first["info"].get("loss"), "global_batch": first["info"].get("global_batch"), "datasets": {}}
+               "loss": first["info"].get("loss"), "global_batch": first["info"].get("global_batch"), "datasets": {},
+               "wall_s": [float(r.get("wall_s", 0.0)) for r in arm["seeds"].values()],
+               "train_s": [float(r["info"]["train_s"]) for r in arm["seeds"].values() if "train_s" in r["info"]]}
         for dataset in datasets:
             runs = [r["datasets"][dataset] for r in arm["seeds"].values() if dataset in r["datasets"]]
             if not runs:
@@ -142,8 +144,11 @@ def compare(results: str | Path, *, baseline: str | None = None, test: str = "st
     for item, p_adj in zip(tests, holm([t["p"] for t in tests])):
         item["p_holm"] = p_adj
         item["verdict"] = verdict(*item["ci95"], p_adj, margin)
+    selection_s = [float(json.loads(p.read_text()).get("train", {}).get("train_s", 0.0))
+                   for p in sorted((results / "selection").glob("lambda-*.json"))]
     return {"results": str(results), "baseline": baseline, "metric": metric, "test": test, "margin": margin,
             "datasets": datasets, "arms": rows, "tests": len(tests),
+            "wall_s": {"runs": sum(sum(r["wall_s"]) for r in rows), "selection_training": sum(selection_s)},
             "selection": _read_json(results / "selection.json"), "dev_split": _dev_summary(results)}
 
 
@@ -206,6 +211,13 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"{iso.get('partition_isotropy_raw', math.nan):.3f} / "
                 + (f"{iso['partition_isotropy_l2']:.3f}" if "partition_isotropy_l2" in iso else "-"),
                 f"{iso.get('sigreg_raw', math.nan):.2f} ({iso.get('sigreg_gaussian_floor', math.nan):.2f}) |"]))
+    wall = report.get("wall_s")
+    if wall:
+        lines += ["", "Time (wall, this machine, as measured by the runs themselves; a run is its training and its "
+                  f"evaluation): finished runs {wall['runs'] / 60:.1f} min in all, the lambda selection included (it runs "
+                  f"inside the selected arm's first run: {wall['selection_training'] / 60:.1f} min of it train the "
+                  "candidates); mean per run: " + "; ".join(
+                      f"`{r['arm']}` {np.mean(r['wall_s']) / 60:.1f} min" for r in report["arms"] if r["wall_s"]) + "."]
     lines.append("")
     lines.append("What each arm is: " + "; ".join(f"`{r['arm']}`: {r['what'] or r['loss'] or 'training-free'}"
                                                   for r in report["arms"]) + ".")
