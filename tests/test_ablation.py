@@ -191,3 +191,12 @@ def test_slots_follow_the_parallel_setting():
     assert resolve_slots("yes", None) == 2 and resolve_slots("yes", 3) == 3
     with pytest.raises(ValueError, match="--parallel"):
         resolve_slots("maybe", None)
+
+
+def test_the_verdict_keeps_significance_and_equivalence_apart():
+    from ragcun.ablation.compare import verdict
+
+    assert verdict(0.0018, 0.0068, 0.009, 0.01) == "better, by less than 0.01 (95% CI inside +-0.01)"
+    assert verdict(-0.005, 0.007, 0.7, 0.01) == "equivalent (95% CI inside +-0.01)"
+    assert verdict(0.02, 0.05, 0.001, 0.01) == "better" and verdict(-0.05, -0.02, 0.001, 0.01) == "worse"
+    assert verdict(-0.015, 0.008, 0.6, 0.01) == "inconclusive"

@@ -88,10 +88,14 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def verdict(low: float, high: float, p_adjusted: float, margin: float, alpha: float = 0.05) -> str:
-    if -margin < low and high < margin:
-        return f"equivalent (95% CI inside +-{margin:g})"
+    """Significance (Holm-adjusted p < alpha) and equivalence (the 95% CI inside +-margin) are separate
+    questions; a small but real difference is both, and the verdict says so."""
+    inside = -margin < low and high < margin
     if p_adjusted < alpha:
-        return "better" if low > 0 else "worse"
+        direction = "better" if low > 0 else "worse" if high < 0 else "different"
+        return f"{direction}, by less than {margin:g} (95% CI inside +-{margin:g})" if inside else direction
+    if inside:
+        return f"equivalent (95% CI inside +-{margin:g})"
     return "inconclusive"
 
 
