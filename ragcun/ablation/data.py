@@ -31,11 +31,18 @@ def split_queries(query_ids, fraction: float, salt: str) -> tuple[list[str], lis
     return sorted(ordered[n_dev:]), sorted(ordered[:n_dev])
 
 
-def _write_qrels(path: Path, qrels: dict[str, dict[str, int]], ids: list[str]) -> None:
-    lines = [f"{q}\t{d}\t{s}\n" for q in ids for d, s in sorted(qrels[q].items())]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(QRELS_HEADER + "".join(lines))
+def _write_text(path: Path, text: str) -> None:
+    """Atomically, through a temporary file of this process (runs side by side prepare the same folder); an
+    unchanged file is left alone."""
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_qrels(path: Path, qrels: dict[str, dict[str, int]], ids: list[str]) -> None:
+    _write_text(path, QRELS_HEADER + "".join(f"{q}\t{d}\t{s}\n" for q in ids for d, s in sorted(qrels[q].items())))
 
 
 def carve_dev_split(dataset: str, data_dir: str | None, fraction: float, out: Path, *, salt: str,
@@ -49,12 +56,15 @@ def carve_dev_split(dataset: str, data_dir: str | None, fraction: float, out: Pa
     for name in ("corpus.jsonl", "queries.jsonl"):
         link = out / name
         if not link.exists():
-            link.symlink_to((source / name).resolve())
+            try:
+                link.symlink_to((source / name).resolve())
+            except FileExistsError:  # another run, side by side, made it first
+                pass
     _write_qrels(out / "qrels" / "train.tsv", qrels, train_ids)
     _write_qrels(out / "qrels" / "dev.tsv", qrels, dev_ids)
     info = {"source": str(source), "split": split, "fraction": fraction, "salt": salt,
             "train_queries": len(train_ids), "dev_queries": len(dev_ids), "dev_query_ids": dev_ids}
-    (out / "split.json").write_text(json.dumps(info, indent=1) + "\n")
+    _write_text(out / "split.json", json.dumps(info, indent=1) + "\n")
     return out, info
 
 

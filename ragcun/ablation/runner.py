@@ -25,9 +25,14 @@ RESULT_FILE = "result.json"
 
 
 def _atomic_json(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file of this process, then rename: runs side by side may write the same
+    file (plan.json, dev_split.json) at the same moment, and an unchanged file is not rewritten."""
+    text = json.dumps(data, indent=1, sort_keys=True, default=float) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=float) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -105,9 +110,12 @@ class PlanRunner:
             encoded = encode_dataset(model, self.dataset(name), batch_size=self.plan.batch_size, dtype=self.plan.dtype,
                                      query_prefix=model.query_prefix, document_prefix=model.document_prefix)
             path.parent.mkdir(parents=True, exist_ok=True)
+            # ids first, tensors last, each renamed into place: a reader sees both or neither
+            _atomic_json(ids_path, {"queries": encoded.query_ids, "documents": encoded.doc_ids})
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             save_file({"queries": encoded.queries.mean.contiguous(), "documents": encoded.documents.mean.contiguous()},
-                      str(path))
-            ids_path.write_text(json.dumps({"queries": encoded.query_ids, "documents": encoded.doc_ids}))
+                      str(tmp))
+            os.replace(tmp, path)
         self._base_cache[name] = encoded
         return encoded
 
