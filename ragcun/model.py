@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 from ragcun import __version__
 from ragcun.components import build, check_compatible, provenance
 from ragcun.embedding import Embedding
+from ragcun.files import atomic_path
 from ragcun.registry import UnknownComponentError
 from ragcun.spec import Settings
 
@@ -133,10 +133,10 @@ class EmbeddingModel(nn.Module):
         config = self.config_dict()
         if hasattr(self.encoder, "save_assets"):
             config["encoder"]["config"] = self.encoder.save_assets(folder / "encoder")
-        with _atomic_path(folder / WEIGHTS_FILE) as tmp:
+        with atomic_path(folder / WEIGHTS_FILE) as tmp:
             save_model(self, str(tmp), metadata={"format": "pt", "ragcun_version": __version__})
         config["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(folder / WEIGHTS_FILE)}
-        with _atomic_path(folder / CONFIG_FILE) as tmp:
+        with atomic_path(folder / CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return folder
 
@@ -256,27 +256,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class _atomic_path:
-    """Context manager yielding a temporary path beside ``target``; renamed over it on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            with self.tmp.open("rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
+from ragcun.files import write_text_atomic
 from ragcun.data.beir import BeirDataset, find_dataset, load_beir, load_qrels
 
 QRELS_HEADER = "query-id\tcorpus-id\tscore\n"
@@ -31,18 +31,10 @@ def split_queries(query_ids, fraction: float, salt: str) -> tuple[list[str], lis
     return sorted(ordered[n_dev:]), sorted(ordered[:n_dev])
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Atomically, through a temporary file of this process (runs side by side prepare the same folder); an
-    unchanged file is left alone."""
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_qrels(path: Path, qrels: dict[str, dict[str, int]], ids: list[str]) -> None:
-    _write_text(path, QRELS_HEADER + "".join(f"{q}\t{d}\t{s}\n" for q in ids for d, s in sorted(qrels[q].items())))
+    # runs side by side prepare the same folder: an unchanged file is left alone
+    write_text_atomic(path, QRELS_HEADER + "".join(f"{q}\t{d}\t{s}\n" for q in ids for d, s in sorted(qrels[q].items())),
+                      skip_unchanged=True)
 
 
 def carve_dev_split(dataset: str, data_dir: str | None, fraction: float, out: Path, *, salt: str,
@@ -64,7 +56,7 @@ def carve_dev_split(dataset: str, data_dir: str | None, fraction: float, out: Pa
     _write_qrels(out / "qrels" / "dev.tsv", qrels, dev_ids)
     info = {"source": str(source), "split": split, "fraction": fraction, "salt": salt,
             "train_queries": len(train_ids), "dev_queries": len(dev_ids), "dev_query_ids": dev_ids}
-    _write_text(out / "split.json", json.dumps(info, indent=1) + "\n")
+    write_text_atomic(out / "split.json", json.dumps(info, indent=1) + "\n", skip_unchanged=True)
     return out, info
 
 

@@ -27,13 +27,9 @@ RESULT_FILE = "result.json"
 def _atomic_json(path: Path, data: Any) -> None:
     """Write JSON to a temporary file of this process, then rename: runs side by side may write the same
     file (plan.json, dev_split.json) at the same moment, and an unchanged file is not rewritten."""
-    text = json.dumps(data, indent=1, sort_keys=True, default=float) + "\n"
-    if path.is_file() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from ragcun.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=float) + "\n", skip_unchanged=True)
 
 
 def run_dir(plan: Plan, arm: Arm, seed: int) -> Path:
@@ -112,10 +108,11 @@ class PlanRunner:
             path.parent.mkdir(parents=True, exist_ok=True)
             # ids first, tensors last, each renamed into place: a reader sees both or neither
             _atomic_json(ids_path, {"queries": encoded.query_ids, "documents": encoded.doc_ids})
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file({"queries": encoded.queries.mean.contiguous(), "documents": encoded.documents.mean.contiguous()},
-                      str(tmp))
-            os.replace(tmp, path)
+            from ragcun.files import atomic_path
+
+            with atomic_path(path) as tmp:
+                save_file({"queries": encoded.queries.mean.contiguous(),
+                           "documents": encoded.documents.mean.contiguous()}, str(tmp))
         self._base_cache[name] = encoded
         return encoded
 

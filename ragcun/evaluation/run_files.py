@@ -14,14 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ragcun.files import write_text_atomic
+
 RUN_SUFFIX = ".trec"
 PER_QUERY_SUFFIX = ".per_query.json"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def format_trec_run(results: dict[str, dict[str, float]], tag: str = "ragcun") -> str:
@@ -62,13 +58,13 @@ def save_run(report: dict[str, Any], folder: str | os.PathLike, tag: str = "ragc
     written = []
     for name, results in report["runs"].items():
         path = folder / f"{name}{RUN_SUFFIX}"
-        _atomic_write(path, format_trec_run(results, tag))
+        write_text_atomic(path, format_trec_run(results, tag))
         written.append(path)
         path = folder / f"{name}{PER_QUERY_SUFFIX}"
-        _atomic_write(path, json.dumps(report["per_query"][name], indent=1, sort_keys=True) + "\n")
+        write_text_atomic(path, json.dumps(report["per_query"][name], indent=1, sort_keys=True) + "\n")
         written.append(path)
     summary = {k: v for k, v in report.items() if k not in ("runs", "per_query")}
     path = folder / "report.json"
-    _atomic_write(path, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     written.append(path)
     return written

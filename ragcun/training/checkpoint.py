@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ragcun.files import current_umask
+
 CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.pt"
 STATE_FILE = "state.json"
@@ -190,12 +192,6 @@ def load_trainer_state(checkpoint: Checkpoint, map_location: str | torch.device 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one
         raise ValueError(f"{path}: cannot read the training state ({type(exc).__name__}: {exc})") from None
-
-
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def apply_umask(root: Path, names: tuple[str, ...] | None = None) -> None:

@@ -1,0 +1,51 @@
+"""Writing files so that a crash never leaves half of one: a temporary file beside the target, renamed over it.
+
+The temporary name is unique (``tempfile.mkstemp``), so processes writing the same target at the same moment
+(ablation runs side by side) never rename each other's temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class atomic_path:  # noqa: N801 (used as a context manager, like open)
+    """Context manager yielding a temporary path beside ``target``; fsynced and renamed over it on success,
+    removed on failure."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            with self.tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.target)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, skip_unchanged: bool = False) -> None:
+    """``path.write_text(text)`` through :class:`atomic_path`, with the usual permissions (0666 less the umask,
+    not mkstemp's 0600); ``skip_unchanged`` leaves a file that already holds ``text`` alone."""
+    path = Path(path)
+    if skip_unchanged and path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+        tmp.chmod(0o666 & ~current_umask())
