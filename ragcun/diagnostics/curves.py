@@ -7,7 +7,6 @@ sees SIGReg fall, or not, as training goes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,16 +22,9 @@ def read_curves(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{run_dir}: no metrics.jsonl (not a ragcun training run?)")
     out: dict[str, Any] = {"steps": [], "loss": [], "terms": {}, "diagnostics": {"step": []}}
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                continue
-            raise ValueError(f"{path}:{number}: not valid JSON") from None
+    from ragcun.training.logs import read_metrics
+
+    for _, record in read_metrics(path):
         if "loss" in record and "step" in record:
             out["steps"].append(record["step"])
             out["loss"].append(record["loss"])

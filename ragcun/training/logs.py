@@ -39,24 +39,7 @@ class MetricsLog:
             self.tb = None
 
     def _records(self) -> list[tuple[str, dict]]:
-        """The file's (line, record) pairs. A torn last line (a kill mid-write) is dropped; any other line
-        that is not a JSON object is an error naming the file and line."""
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-        out = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                if number == len(lines):  # the record being written when the run was killed
-                    continue
-                raise ValueError(f"{self.path} line {number}: not a metrics record ({exc}); fix or remove "
-                                 "that line, then --resume again") from None
-            out.append((line, record))
-        return out
+        return read_metrics(self.path, hint="fix or remove that line, then --resume again")
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -136,3 +119,23 @@ def format_terms(loss: float, terms: dict[str, float], lr: float, rate: float, e
     if eta_s is not None:
         parts.append(f"ETA {int(eta_s // 60)}m{int(eta_s % 60):02d}s")
     return "  ".join(parts)
+
+
+def read_metrics(path: Path, hint: str = "fix or remove that line") -> list[tuple[str, dict]]:
+    """A metrics.jsonl's (line, record) pairs. A torn last line (a kill mid-write) is dropped; any other line
+    that is not a JSON object is an error naming the file and line (``hint`` says what to do)."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if number == len(lines):  # the record being written when the run was killed
+                continue
+            raise ValueError(f"{path} line {number}: not a metrics record ({exc}); {hint}") from None
+        out.append((line, record))
+    return out
