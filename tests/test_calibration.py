@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ragcun.distributed import DistributedContext
 from ragcun.heads.gaussian import GaussianHead
 from ragcun.losses.base import LossInputs
-from ragcun.training.distributed import DistributedContext
 
 SINGLE = DistributedContext()
 

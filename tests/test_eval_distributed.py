@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from _training_helpers import write_beir
 
+# both tests spawn gloo ranks (2, then 1): several seconds each
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
+
 
 def _evaluate(rank, world_size, checkpoint, data_dir):
     from ragcun.evaluation.beir_eval import evaluate_beir
@@ -63,9 +66,6 @@ def test_two_ranks_equal_one_process(checkpoint):
 def test_one_process_without_torch_distributed(checkpoint):
     """Outside torchrun the same function runs unsharded and agrees with the 1-rank group."""
     ckpt, data_dir = checkpoint
-    import torch
-
-    torch.set_num_threads(1)
     import numpy as np
 
     from ragcun.testing.distributed import run_on_ranks

@@ -13,7 +13,8 @@ import torch
 
 from ragcun.testing.distributed import run_on_ranks
 
-pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("single_thread")]
+# 2 gloo ranks: ~3 s of CPU per rank, 5-6 s of wall time each on a busy 2-core machine
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
 
 WORLD = 2

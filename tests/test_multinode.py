@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from _training_helpers import no_dropout_copy, write_pairs
+
+from ragcun.distributed import free_port
 
 STEPS = 8
 SAVE_EVERY = 2
@@ -54,12 +55,6 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, what: str) -> None:
     assert proc.returncode == 0, f"{what} exited with {proc.returncode}; its output ends:\n{output[-4000:]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -107,7 +102,7 @@ def reference(inputs, tmp_path_factory) -> Path:
 @pytest.mark.distributed
 def test_two_nodes_on_one_machine_match_a_two_process_run(inputs, reference, tmp_path):
     out = tmp_path / "two-nodes"
-    port, run_id = _free_port(), f"ragcun-test-{uuid.uuid4().hex[:8]}"
+    port, run_id = free_port(), f"ragcun-test-{uuid.uuid4().hex[:8]}"
     procs, logs = [], [tmp_path / f"node{node}.log" for node in (0, 1)]
     try:
         for node in (0, 1):
@@ -149,7 +144,7 @@ def test_elastic_restart_resumes_from_the_last_checkpoint_by_itself(inputs, refe
     # plus the fault: rank 1 SIGKILLs itself before step KILL_AT_STEP on the first attempt only.
     # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: each attempt gets a fresh TCP store; with torchrun's default shared
     # store the restarted workers may read the killed attempt's addresses and fail or hang (pytorch#135712;
-    # ragcun warns about it, see ragcun/training/distributed.py)
+    # ragcun warns about it, see ragcun/distributed.py)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--max-restarts", "1", str(ELASTIC_WORKER), *_train_args(inputs, out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,

@@ -8,7 +8,8 @@ from _training_helpers import no_dropout_copy, tiny_config, write_pairs
 
 from ragcun.testing.distributed import run_on_ranks
 
-pytestmark = pytest.mark.distributed
+# 2-rank training runs and a torchrun relaunch: 14-23 s each
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
 
 def _train_on_rank(rank: int, world_size: int, config_dict: dict):
@@ -38,7 +39,6 @@ def test_two_ranks_match_one_process_with_twice_the_batch(setup, tmp_path, grad_
     common = dict(steps=4, negatives=1, save_every=100, grad_cache_chunk=grad_cache_chunk)
     single = tiny_config(model, tmp_path / "single", data, batch_size=8, **common)
     double = tiny_config(model, tmp_path / "double", data, batch_size=4, **common)
-    torch.set_num_threads(1)
     [(expected, expected_terms)] = run_on_ranks(_train_on_rank, 1, single.to_dict())
     results = run_on_ranks(_train_on_rank, 2, double.to_dict())
     (got, got_terms), (got1, _) = results

@@ -32,11 +32,11 @@ class EncodedDataset:
 def encode_dataset(model, dataset, *, batch_size: int, dtype: str, query_prefix: str = "",
                    document_prefix: str = "", progress=None) -> EncodedDataset:
     """Embed a dataset's queries and corpus (float32 on the CPU) with ``model`` (bfloat16 autocast if asked)."""
-    from ragcun.evaluation.beir_eval import _torch_dtype
+    from ragcun.evaluation.beir_eval import resolve_autocast
     from ragcun.encoding import encode
     from ragcun.model import corpus_texts
 
-    autocast = _torch_dtype(dtype)
+    autocast = resolve_autocast(dtype)
     query_ids = sorted(dataset.queries)
     doc_ids = sorted(dataset.corpus)
     start = progress or (lambda description, total: None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ragcun.cli.options import echo_json, format_option, set_option
+from ragcun.cli.options import echo_json, format_option, model_settings, set_option
 
 
 class EvaluatorGroup(click.Group):
@@ -149,23 +149,20 @@ def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: st
       ragcun eval beir --model all-minilm-l6-v2 --datasets scifact,nfcorpus --output results.json
       torchrun --nproc-per-node=2 $(which ragcun) eval beir --model runs/ckpt --datasets all
     """
-    from ragcun.evaluation.beir_eval import evaluate_beir, init_distributed_from_env
-    from ragcun.distributed import world
-    from ragcun.spec import settings_from_options
+    from ragcun.distributed import setup, teardown
+    from ragcun.evaluation.beir_eval import evaluate_beir
 
-    started = init_distributed_from_env()
-    rank = world()[0]
+    settings = model_settings("ragcun eval beir", set_options, [model_spec], distance=distance)  # before setup
+    ctx = setup(device)  # torchrun's process group, on --device (gloo on the CPU); one process otherwise
+    rank = ctx.rank
     try:
         report = evaluate_beir(model_spec, datasets, data_dir, split, k=k, batch_size=batch_size, dtype=dtype,
                                distance=distance, query_prefix=query_prefix, document_prefix=document_prefix,
                                ignore_identical_ids=ignore_identical_ids, search=search,
                                per_query=per_query or save_run is not None, return_results=save_run is not None,
-                               download=download, device=device, settings=settings_from_options(set_options))
+                               download=download, device=device, settings=settings)
     finally:
-        if started:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        teardown(ctx)  # only if setup started the group
     if rank != 0:
         return  # every rank computed the same report; rank 0 speaks
     if save_run:

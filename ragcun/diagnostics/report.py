@@ -236,8 +236,6 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
     Models loaded from strings are moved to ``device`` (default: CUDA when available, else the CPU); model
     objects are used where they are. The metrics are computed on the CPU in float64.
     """
-    import torch
-
     from ragcun import __version__
 
     if not models:
@@ -257,10 +255,11 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
     results, clouds = [], []
     for spec, label, model in zip(specs, labels, models):
         if isinstance(model, str):
+            from ragcun.distributed import pick_device
             from ragcun.resolve import resolve_model
 
             model = resolve_model(model, settings=settings, seed=seed)
-            model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            model.to(pick_device(device))
         started = time.perf_counter()
         docs = _embed(model, [model.document_prefix + t for t in data.doc_texts], batch_size, progress,
                       f"{label}: documents")

@@ -76,12 +76,19 @@ def select_datasets(names: Sequence[str], data_dir: Path, split: str, *, downloa
     return unique, skipped
 
 
-def _torch_dtype(dtype: str):
+def resolve_autocast(dtype: str, device=None):
+    """The autocast dtype of evaluation's ``--dtype`` (one of :data:`DTYPES`): None for float32 and
+    bfloat16-weights (no autocast), else bfloat16/float16, resolved and checked against ``device`` by
+    :func:`ragcun.precision.resolve_dtype` (``device=None``: the name only)."""
     import torch
 
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "bfloat16-weights": None}[dtype]
+    from ragcun.precision import check_dtype_name, resolve_dtype
+
+    check_dtype_name(dtype, DTYPES)
+    if dtype == "bfloat16-weights":
+        return None
+    resolved = resolve_dtype(dtype, device)
+    return None if resolved is torch.float32 else resolved
 
 
 def _inference_copy(model, dtype: str):
@@ -102,22 +109,6 @@ def _inference_copy(model, dtype: str):
         if isinstance(module, torch.nn.Linear):
             module.to(half)
     return fast
-
-
-def init_distributed_from_env() -> bool:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1) start the process group if nobody has: NCCL with one GPU per
-    rank when CUDA is there, else gloo. Returns True when this call started it (the caller ends it)."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
-    return True
 
 
 def _resolve(model_or_spec, distance: str | None, settings):
@@ -259,7 +250,8 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
         raise ValueError(f"corpus_chunk_size must be positive, got {corpus_chunk_size}")
     if search not in ("exact", "faiss"):
         raise ValueError(f"--search must be exact or faiss, got {search!r}")
-    autocast_dtype = _torch_dtype(dtype)
+    target = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    autocast_dtype = resolve_autocast(dtype, target)
     k_values = sorted(set(k_values)) if k_values else k_values_for(k)
     k = max(k_values)
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
@@ -268,12 +260,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
 
     t_load = time.perf_counter()
     model, model_name = _resolve(model, distance, settings)
-    target = torch.device(device) if device is not None else pick_device(None, int(os.environ.get("LOCAL_RANK", "0")))
     model.to(target)
-    if autocast_dtype is torch.bfloat16 and target.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("--dtype bfloat16: this GPU does not support bfloat16; use float32 or float16")
-    if autocast_dtype is torch.float16 and target.type == "cpu":
-        raise ValueError("--dtype float16 autocast is for GPUs; on a CPU use bfloat16")
     model_load_s = time.perf_counter() - t_load
     encoder_model = _inference_copy(model, dtype)
     q_prefix = model.query_prefix if query_prefix is None else query_prefix

@@ -58,7 +58,7 @@ def calibrate(model, loss_module, texts: list[str], ctx) -> Calibration | None:
     Every rank computes the same probe; the result is averaged over ranks so that all hold identical weights
     and temperatures even where floating-point reductions differ between devices.
     """
-    from ragcun.training import distributed as D
+    import ragcun.distributed as D
 
     head = model.head
     if not getattr(head, "calibrates", False):

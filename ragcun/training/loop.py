@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+import ragcun.distributed as D
 from ragcun.training import checkpoint as ckpt
-from ragcun.training import distributed as D
 from ragcun.training.callbacks import Callback, CtrlC, TrainingState, check_callbacks
 from ragcun.training.config import TrainConfig
 from ragcun.training.faults import LossFailed, TrainingDiverged, last_good

@@ -39,9 +39,9 @@ def mine_with_model(model, dataset, depth: int = DEFAULT_DEPTH, relevant: dict[s
 
 def mined_negatives_for(config, model, ctx) -> dict[str, list[str]]:
     """Negatives for the run's BEIR training data; rank 0 mines and caches, the other ranks read the cache."""
+    import ragcun.distributed as D
     from ragcun.data.beir import find_dataset, load_beir
     from ragcun.data.training import parse_data_spec
-    from ragcun.training import distributed as D
 
     spec = parse_data_spec(config.train_data)
     if spec.kind != "beir":

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ragcun.precision import resolve_dtype
 from ragcun.training.config import TrainConfig
 
 
@@ -22,26 +23,14 @@ class Precision:
 
 
 def precision(name: str, device: torch.device) -> Precision:
-    """The run's compute precision: autocast for bfloat16/float16, a gradient scaler for float16."""
+    """The run's compute precision (``name`` resolved by :func:`ragcun.precision.resolve_dtype`): autocast for
+    bfloat16/float16, a gradient scaler for float16."""
     dtype = resolve_dtype(name, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Precision(dtype, torch.autocast(device.type, dtype=dtype) if dtype is not torch.float32 else None,
                      torch.amp.GradScaler("cuda") if dtype is torch.float16 else None)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError("--dtype float16 needs a CUDA device (loss scaling); on a CPU use bfloat16 or float32")
-    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("--dtype bfloat16: this GPU does not support bfloat16; use float16 or float32")
-    return dtype
 
 
 def seed_everything(seed: int) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
+import ragcun.distributed as D
 from ragcun.training import checkpoint as ckpt
-from ragcun.training import distributed as D
 from ragcun.training.config import TrainConfig
 
 

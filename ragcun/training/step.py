@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ragcun.training import distributed as D
+import ragcun.distributed as D
 from ragcun.training.setup import as_output
 
 

@@ -43,14 +43,6 @@ print("ok")
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check_environment() -> list[Check]:
     import platform
 
@@ -68,6 +60,8 @@ def check_devices() -> list[Check]:
     import torch
     import torch.distributed as dist
 
+    from ragcun.distributed import free_port
+
     checks = []
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
@@ -83,7 +77,7 @@ def check_devices() -> list[Check]:
         backend = "gloo"
     if backend:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _PG_CHECK, backend, str(_free_port())], capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", _PG_CHECK, backend, str(free_port())], capture_output=True,
                               text=True, timeout=180, check=False)
         ok = proc.returncode == 0 and "ok" in proc.stdout
         detail = (f"{backend} process group initialized and all-reduced in {time.perf_counter() - t0:.1f}s" if ok

@@ -1,0 +1,51 @@
+"""Compute precision by name: the one place a ``--dtype`` string becomes a torch dtype, checked against the device.
+
+Training (:mod:`ragcun.training.optim`) and evaluation (:mod:`ragcun.evaluation.beir_eval`, which adds its own
+``bfloat16-weights`` choice on top) both resolve their ``--dtype`` here, so the names and the errors agree:
+
+* ``auto``: bfloat16 on a CUDA device that supports it, float32 everywhere else;
+* ``float16`` needs a CUDA device;
+* ``bfloat16`` on a CUDA device needs one that supports it (on a CPU it always works).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported on use: the names and their check serve light modules (the CLI's config)
+    import torch
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_dtype_name(name: str, choices: Sequence[str] = DTYPES, *, flag: str = "--dtype") -> str:
+    """``name`` itself when it is one of ``choices``; a ValueError naming ``flag`` and the choices otherwise."""
+    if name not in choices:
+        raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {name!r}")
+    return name
+
+
+def resolve_dtype(name: str, device: torch.device | str | None, *, flag: str = "--dtype") -> torch.dtype:
+    """The torch dtype ``name`` (one of :data:`DTYPES`) means on ``device``; a ValueError naming ``flag`` when
+    the device cannot compute in it. ``device=None`` (not known yet) checks the name only; ``auto`` then fails,
+    as it depends on the device."""
+    import torch
+
+    check_dtype_name(name, DTYPES, flag=flag)
+    torch_dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if device is None:
+        if name == "auto":
+            raise ValueError(f"{flag} auto: the device must be known to choose a dtype")
+        return torch_dtypes[name]
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if name == "auto":
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch_dtypes[name]
+    if dtype is torch.float16 and not cuda:
+        raise ValueError(f"{flag} float16 needs a CUDA device (this one is {device}); on a CPU use bfloat16 or "
+                         "float32")
+    if dtype is torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"{flag} bfloat16: this GPU ({device}) does not support bfloat16; use float16 or float32")
+    return dtype

@@ -1,0 +1,96 @@
+"""ragcun.precision: the one place a --dtype name becomes a torch dtype, and its errors (no GPU needed: CUDA
+support is faked where a test needs a GPU's answer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragcun.precision import DTYPES, check_dtype_name, resolve_dtype
+
+
+@pytest.fixture
+def bf16_gpu(monkeypatch):
+    """Pretend the CUDA device supports bfloat16 (``True``) or not (``False``)."""
+    def fake(supported: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    return fake
+
+
+def test_auto_on_the_cpu_is_float32():
+    assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
+    assert resolve_dtype("auto", "cpu") is torch.float32
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_the_cpu_computes_in_float32_and_bfloat16(name, dtype):
+    assert resolve_dtype(name, torch.device("cpu")) is dtype
+
+
+def test_an_unknown_name_lists_the_choices_and_names_the_flag():
+    with pytest.raises(ValueError, match=r"^--dtype must be one of auto, float32, bfloat16, float16, got 'fp8'$"):
+        resolve_dtype("fp8", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"^--eval-dtype must be one of"):
+        resolve_dtype("fp8", torch.device("cpu"), flag="--eval-dtype")
+
+
+def test_check_dtype_name_takes_other_choices():
+    assert check_dtype_name("bfloat16-weights", (*DTYPES, "bfloat16-weights")) == "bfloat16-weights"
+    with pytest.raises(ValueError, match=r"^--dtype must be one of float32, bfloat16, got 'auto'$"):
+        check_dtype_name("auto", ("float32", "bfloat16"))
+
+
+def test_float16_needs_cuda():
+    with pytest.raises(ValueError, match=r"^--dtype float16 needs a CUDA device \(this one is cpu\); on a CPU use "
+                                         r"bfloat16 or float32$"):
+        resolve_dtype("float16", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"^--train-dtype float16 needs a CUDA device"):
+        resolve_dtype("float16", "cpu", flag="--train-dtype")
+    assert resolve_dtype("float16", torch.device("cuda", 0)) is torch.float16
+
+
+def test_bfloat16_on_a_gpu_without_it(bf16_gpu):
+    bf16_gpu(False)
+    with pytest.raises(ValueError, match=r"^--dtype bfloat16: this GPU \(cuda:0\) does not support bfloat16; "
+                                         r"use float16 or float32$"):
+        resolve_dtype("bfloat16", torch.device("cuda", 0))
+    assert resolve_dtype("auto", torch.device("cuda", 0)) is torch.float32
+
+
+def test_auto_on_a_gpu_with_bfloat16(bf16_gpu):
+    bf16_gpu(True)
+    assert resolve_dtype("auto", torch.device("cuda", 0)) is torch.bfloat16
+    assert resolve_dtype("bfloat16", "cuda:0") is torch.bfloat16
+
+
+def test_without_a_device_only_the_name_is_checked():
+    assert resolve_dtype("float16", None) is torch.float16
+    assert resolve_dtype("bfloat16", None) is torch.bfloat16
+    with pytest.raises(ValueError, match=r"^--dtype auto: the device must be known"):
+        resolve_dtype("auto", None)
+    with pytest.raises(ValueError, match=r"^--dtype must be one of"):
+        resolve_dtype("half", None)
+
+
+def test_evaluation_autocast_is_built_on_it():
+    from ragcun.evaluation.beir_eval import DTYPES as EVAL_DTYPES
+    from ragcun.evaluation.beir_eval import resolve_autocast
+
+    cpu = torch.device("cpu")
+    assert resolve_autocast("float32", cpu) is None
+    assert resolve_autocast("bfloat16-weights", cpu) is None
+    assert resolve_autocast("bfloat16", cpu) is torch.bfloat16
+    assert resolve_autocast("float16") is torch.float16  # no device yet: the name only
+    with pytest.raises(ValueError, match=r"^--dtype float16 needs a CUDA device"):
+        resolve_autocast("float16", cpu)
+    with pytest.raises(ValueError, match=rf"^--dtype must be one of {', '.join(EVAL_DTYPES)}, got 'auto'$"):
+        resolve_autocast("auto", cpu)
+
+
+def test_training_precision_uses_it():
+    from ragcun.training.optim import precision
+
+    p = precision("auto", torch.device("cpu"))
+    assert p.dtype is torch.float32 and p.autocast is None and p.scaler is None
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        precision("float16", torch.device("cpu"))
