@@ -161,10 +161,17 @@ def merge_settings(base: Settings, kind: str, name: str, param: str, value: Any)
     return base
 
 
-def settings_from_options(options: Iterable[str], base: Settings | None = None) -> Settings:
+def settings_from_options(options: Iterable[str], base: Settings | None = None, *, origins: dict | None = None,
+                          command: str | None = None) -> Settings:
+    """``--set`` options merged into ``base`` (later ones win). ``origins``, when given, receives
+    ``(kind, name, param) -> "[COMMAND ]--set OPTION"`` for error messages (``command``: e.g. ``"ragcun eval beir"``),
+    the form :func:`ragcun.components.check_settings` starts its errors with."""
     settings = base if base is not None else empty_settings()
     for option in options:
-        merge_settings(settings, *parse_set_option(option))
+        kind, name, param, value = parse_set_option(option)
+        merge_settings(settings, kind, name, param, value)
+        if origins is not None:
+            origins[(kind, name, param)] = f"{command} --set {option}" if command else f"--set {option}"
     return settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ragcun.cli.options import echo_json, format_option, set_option
+from ragcun.cli.options import echo_json, format_option, model_settings, set_option
 
 DEFAULT_TEXTS = ("A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
                  "A man is riding a horse.")
@@ -20,11 +20,10 @@ DEFAULT_TEXTS = ("A man is eating food.", "A man is eating a piece of bread.", "
 def encode_command(texts: tuple[str, ...], model_spec: str, distance: str | None, set_options: tuple[str, ...],
                    output_format: str) -> None:
     """Embed TEXTS (default: four example sentences) and print the distance between every pair."""
-    from ragcun.encode import pairwise_report
-    from ragcun.spec import settings_from_options
+    from ragcun.pairwise import pairwise_report
 
-    report = pairwise_report(list(texts or DEFAULT_TEXTS), model_spec, distance=distance,
-                             settings=settings_from_options(set_options))
+    settings = model_settings("ragcun encode", set_options, [model_spec], distance=distance)
+    report = pairwise_report(list(texts or DEFAULT_TEXTS), model_spec, distance=distance, settings=settings)
     if output_format == "json":
         echo_json(report)
         return

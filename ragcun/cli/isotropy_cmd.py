@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ragcun.cli.options import echo_json, format_option, set_option
+from ragcun.cli.options import echo_json, format_option, model_settings, set_option
 
 
 @click.group("isotropy")
@@ -51,11 +51,11 @@ def report_command(models: tuple[str, ...], dataset: str, data_dir: str | None, 
           --dataset scifact --data-dir /data/beir --sample 2000
     """
     from ragcun.diagnostics.report import isotropy_report
-    from ragcun.spec import settings_from_options
 
+    settings = model_settings("ragcun isotropy report", set_options, models)
     report = isotropy_report(list(models), dataset, data_dir, split=split, sample=sample,
                              query_sample=query_sample, seed=seed, output_dir=output_dir, batch_size=batch_size,
-                             num_slices=num_slices, settings=settings_from_options(set_options), plots=plots,
+                             num_slices=num_slices, settings=settings, plots=plots,
                              device=device)
     if output_format == "json":
         echo_json(report)

@@ -1,11 +1,13 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, and the helpers that turn what a user typed into library arguments."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 import click
+
+from ragcun.training.config import config_default  # the standard library only: no torch at import
 
 format_option = click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
                              show_default=True, help="table for people (rich), json for machines")
@@ -16,3 +18,58 @@ set_option = click.option("--set", "set_options", multiple=True, metavar="KIND.N
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def config_option(*param_decls: str, **attrs: Any):
+    """A click option for a TrainConfig field (the option's parameter name, ``--batch-size`` -> ``batch_size``)
+    whose default is the dataclass's, shown in ``--help``: the dataclass is the one place defaults are written."""
+    names = [d for d in param_decls if not d.startswith("-")]
+    name = names[0] if names else max(param_decls, key=len).lstrip("-").replace("-", "_")
+    attrs.setdefault("default", config_default(name))
+    attrs.setdefault("show_default", True)
+    return click.option(*param_decls, **attrs)
+
+
+def given_options(ctx: click.Context) -> set[str]:
+    """The parameters the user gave (on the command line or through an environment variable), not defaults."""
+    from click.core import ParameterSource
+
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+
+
+def config_flags(ctx: click.Context, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """``{TrainConfig field: value}`` of the options the user gave whose name is a TrainConfig field, for
+    :func:`ragcun.training.config.build_config` (``exclude``: options that share a field's name but mean
+    something else in this command)."""
+    from dataclasses import fields
+
+    from ragcun.training.config import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)} - set(exclude) - {"settings"}
+    return {name: ctx.params[name] for name in given_options(ctx) if name in known}
+
+
+def model_settings(command: str, set_options: Iterable[str], models: Iterable[str], *,
+                   distance: str | None = None):
+    """The ``--set`` settings of a command that embeds with ``--model`` (encode, eval beir, isotropy report),
+    checked before anything is loaded by the one check, :func:`ragcun.components.check_settings`: each names
+    a registered component, a constructor argument of the right type, and a component the command builds; a
+    setting it would ignore is an error (``ValueError``, exit 1) naming the command and the key."""
+    from ragcun.spec import settings_from_options
+
+    set_options = tuple(set_options)
+    origins: dict = {}
+    settings = settings_from_options(set_options, origins=origins, command=command)
+    if set_options:
+        from ragcun.components import check_settings
+
+        from ragcun.resolve import components_built_for
+
+        in_use, checkpoints = components_built_for(models, distance=distance)
+        if checkpoints:
+            note = (f" (--model {', '.join(checkpoints)}: a ragcun checkpoint, loaded with the settings it was "
+                    "saved with)")
+            origins = {key: where + note for key, where in origins.items()}
+        check_settings(settings, in_use, origins=origins)
+    return settings

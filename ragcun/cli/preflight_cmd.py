@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ragcun.cli.options import echo_json, format_option, set_option
+from ragcun.cli.options import config_flags, config_option, echo_json, format_option, set_option
 
 
 @click.command("preflight")
@@ -14,18 +14,19 @@ from ragcun.cli.options import echo_json, format_option, set_option
 @click.option("--eval-data", default=None, metavar="SPEC", help="a BEIR split for the tiny evaluation, e.g. beir:scifact:test")
 @click.option("--data-dir", default=None, envvar="RAGCUN_DATA", show_envvar=True)
 @click.option("--output-dir", default="runs", show_default=True, help="where the real run will write (disk check)")
-@click.option("--encoder", default="all-minilm-l6-v2", show_default=True)
-@click.option("--head", default="gaussian", show_default=True)
-@click.option("--distance", default="euclidean", show_default=True)
-@click.option("--loss", default="contrastive+isotropy", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@config_option("--encoder")
+@config_option("--head")
+@config_option("--distance")
+@config_option("--loss")
+@config_option("--batch-size", type=int)
 @click.option("--steps", type=int, default=3, show_default=True, help="real training steps to try")
-@click.option("--grad-cache-chunk", type=int, default=None)
-@click.option("--dtype", default="auto", show_default=True)
-@click.option("--device", default=None)
+@config_option("--grad-cache-chunk", type=int)
+@config_option("--dtype")
+@config_option("--device")
 @set_option
 @format_option
-def preflight_command(**params: Any) -> None:
+@click.pass_context
+def preflight_command(ctx: click.Context, **params: Any) -> None:
     """Check that an expensive run will start and work, in a few minutes: environment, GPUs and NCCL,
     data present, disk space, a few real training steps and a tiny evaluation end to end.
 
@@ -33,19 +34,16 @@ def preflight_command(**params: Any) -> None:
       ragcun preflight --train-data beir:scifact:train --eval-data beir:scifact:test
     """
     from ragcun.console import stderr, stdout
-    from ragcun.spec import settings_from_options
-    from ragcun.training.config import TrainConfig
+    from ragcun.training.config import build_config
     from ragcun.workflows.preflight import preflight
 
     if params["steps"] < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--steps")
-    settings = settings_from_options(params["set_options"])
-    config = TrainConfig(output_dir=params["output_dir"], train_data=params["train_data"], data_dir=params["data_dir"],
-                         encoder=params["encoder"], head=params["head"], distance=params["distance"],
-                         loss=params["loss"], settings={k: v for k, v in settings.items() if v},
-                         batch_size=params["batch_size"], steps=params["steps"],
-                         grad_cache_chunk=params["grad_cache_chunk"], dtype=params["dtype"], device=params["device"],
-                         show_progress=False).validate()
+    # --output-dir and --steps have preflight's own defaults (the disk checked, the steps tried), so they are
+    # always passed; --eval-data is the tiny evaluation's, not the run's periodic evaluation
+    flags = {**config_flags(ctx, exclude=("eval_data",)), "output_dir": params["output_dir"],
+             "steps": params["steps"], "show_progress": False}
+    config = build_config(settings=params["set_options"], flags=flags, command="ragcun preflight")
     table_mode = params["output_format"] == "table"
 
     def report(check) -> None:

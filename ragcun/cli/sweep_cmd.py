@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ragcun.cli.options import echo_json, format_option, set_option
+from ragcun.cli.options import config_flags, config_option, echo_json, format_option, set_option
 
 
 @click.command("sweep")
@@ -14,31 +14,32 @@ from ragcun.cli.options import echo_json, format_option, set_option
 @click.option("--eval-data", required=True, metavar="SPEC", help="BEIR split evaluated at the end, e.g. beir:scifact:test")
 @click.option("--data-dir", default=None, envvar="RAGCUN_DATA", show_envvar=True, help="folder holding the BEIR datasets")
 @click.option("--output-dir", required=True, help="the runs go in OUTPUT_DIR/baseline, /isotropy, /frozen")
-@click.option("--encoder", default="all-minilm-l6-v2", show_default=True)
-@click.option("--head", default="gaussian", show_default=True)
-@click.option("--distance", default="euclidean", show_default=True)
+@config_option("--encoder")
+@config_option("--head")
+@config_option("--distance")
 @click.option("--isotropy-weight", type=float, default=1.0, show_default=True, help="W in contrastive+W*isotropy")
 @click.option("--runs", default="baseline,isotropy,frozen", show_default=True, help="which of the three to run")
-@click.option("--steps", type=int, default=None, help="optimizer steps per run")
-@click.option("--epochs", type=float, default=None, help="passes over the data per run (instead of --steps)")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="per process")
-@click.option("--lr", type=float, default=2e-5, show_default=True)
-@click.option("--head-lr", type=float, default=None, help="[default: --lr; 1e-3 for the frozen run]")
-@click.option("--warmup", type=float, default=0.1, show_default=True)
-@click.option("--negatives", type=int, default=0, show_default=True, help="hard negatives per query")
-@click.option("--mine-negatives", default=None, help="bm25 or model")
-@click.option("--grad-cache-chunk", type=int, default=None)
-@click.option("--dtype", default="auto", show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--save-every", type=int, default=500, show_default=True)
-@click.option("--eval-batch-size", type=int, default=64, show_default=True)
+@config_option("--steps", type=int, help="optimizer steps per run")
+@config_option("--epochs", type=float, help="passes over the data per run (instead of --steps)")
+@config_option("--batch-size", type=int, help="per process")
+@config_option("--lr", type=float)
+@config_option("--head-lr", type=float, help="[default: --lr; 1e-3 for the frozen run]")
+@config_option("--warmup", type=float)
+@config_option("--negatives", type=int, help="hard negatives per query")
+@config_option("--mine-negatives", help="bm25 or model")
+@config_option("--grad-cache-chunk", type=int)
+@config_option("--dtype")
+@config_option("--seed", type=int)
+@config_option("--save-every", type=int)
+@config_option("--eval-batch-size", type=int, help="for the final evaluation")
 @click.option("--resume", is_flag=True, help="continue unfinished runs from their checkpoints")
 @click.option("--parallel", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="auto: in parallel when there is a GPU per run, else one after another; yes: always in "
                    "parallel (on a CPU, one process per run sharing the cores); no: one after another")
 @set_option
 @format_option
-def sweep_command(**params: Any) -> None:
+@click.pass_context
+def sweep_command(ctx: click.Context, **params: Any) -> None:
     """Train and evaluate the recommended ablation, then print one comparison table.
 
     \b
@@ -54,23 +55,16 @@ def sweep_command(**params: Any) -> None:
       ragcun sweep --train-data beir:scifact:train --eval-data beir:scifact:test --output-dir runs/sweep --epochs 1
     """
     from ragcun.console import stderr, stdout
-    from ragcun.spec import settings_from_options
-    from ragcun.training.config import TrainConfig
+    from ragcun.training.config import build_config
     from ragcun.workflows.sweep import evaluate_sweep, run_sweep, sweep_configs
 
-    settings = settings_from_options(params["set_options"])
-    base = TrainConfig(output_dir=params["output_dir"], train_data=params["train_data"], data_dir=params["data_dir"],
-                       encoder=params["encoder"], head=params["head"], distance=params["distance"],
-                       settings={k: v for k, v in settings.items() if v}, steps=params["steps"],
-                       epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
-                       head_lr=params["head_lr"], warmup=params["warmup"], negatives=params["negatives"],
-                       mine_negatives=params["mine_negatives"], grad_cache_chunk=params["grad_cache_chunk"],
-                       dtype=params["dtype"], seed=params["seed"], save_every=params["save_every"],
-                       show_progress=params["output_format"] == "table")
     runs = [r.strip() for r in params["runs"].split(",") if r.strip()]
+    # --eval-data and --eval-batch-size are the final evaluation's, not the runs' periodic evaluation
+    flags = {**config_flags(ctx, exclude=("eval_data", "eval_batch_size")),
+             "show_progress": params["output_format"] == "table"}
+    expand = lambda config: sweep_configs(config, params["isotropy_weight"], runs).values()  # noqa: E731
+    base = build_config(settings=params["set_options"], flags=flags, command="ragcun sweep", expand=expand)
     configs = sweep_configs(base, params["isotropy_weight"], runs)
-    for config in configs.values():
-        config.validate()
     show = lambda text: stderr.print(text, highlight=False)  # noqa: E731
     run_sweep(configs, resume=params["resume"], parallel=params["parallel"], show=show)
     rows = evaluate_sweep(configs, params["eval_data"], data_dir=params["data_dir"],

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
+
+from ragcun.precision import check_dtype_name
 
 CONFIG_FILE = "train_config.json"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("linear", "cosine", "constant")
 # Settings a resumed run may change without changing what it computes.
 # Optimizer-side settings a resumed run may change (the model's shape stays): they are applied to the restored
@@ -100,8 +101,7 @@ class TrainConfig:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"--max-grad-norm must be positive (--max-grad-norm 0 disables clipping; omitted, it is "
                              f"1.0), got {self.max_grad_norm}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_dtype_name(self.dtype)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.mine_negatives not in (None, "bm25", "model"):
@@ -154,6 +154,126 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a
                 if k not in ignore and a[k] != b[k] and _comparable(k, a[k]) != _comparable(k, b[k])}
+
+
+def config_default(name: str) -> Any:
+    """TrainConfig's default for the field ``name``: the dataclass is the one place the defaults are written
+    (the command-line options of ``ragcun train``, ``sweep`` and ``preflight`` read theirs from here).
+
+    >>> config_default("lr"), config_default("steps")
+    (2e-05, None)
+    """
+    for f in fields(TrainConfig):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            raise KeyError(f"TrainConfig.{name} has no default")
+    raise KeyError(f"TrainConfig has no field {name!r}")
+
+
+def build_config(*, config_file: str | Path | None = None, settings: Iterable[str] = (),
+                 flags: Mapping[str, Any] | None = None, resume: bool = False, command: str | None = None,
+                 expand: Callable[[TrainConfig], Iterable[TrainConfig]] | None = None) -> TrainConfig:
+    """The run's :class:`TrainConfig`, validated; each value comes from the first of these that gives it:
+
+    1. ``flags``: the command-line options the user gave, as ``{TrainConfig field: value}``. Only those given:
+       an option left at its default (click's ``ParameterSource.DEFAULT``) must not be here, or it would
+       override the config file. ``max_grad_norm=0`` means no clipping (``None``).
+    2. ``settings``: ``--set KIND.NAME.PARAM=VALUE`` strings, the component settings. (Flags and ``--set``
+       address different things; where a spec's argument and a setting name the same parameter, e.g.
+       ``--encoder hf:PATH`` and ``--set encoder.hf.path=...``, the spec wins when the component is built.)
+    3. ``config_file``: a TOML file (a ``[train]`` table of TrainConfig fields, ``-`` or ``_`` in the keys,
+       and ``[KIND.NAME]`` tables of component settings) or a ``train_config.json``.
+    4. With ``resume``, the saved ``train_config.json`` of the run in ``flags["output_dir"]``.
+    5. The dataclass defaults.
+
+    An unknown key, a value of the wrong type or a setting for a component the run does not build is a
+    ``ValueError`` naming where it came from (the file and table, or ``COMMAND --set KEY=VALUE``; ``command``
+    is the command line's name for itself, e.g. ``"ragcun train"``). ``expand`` gives the configs that
+    actually run, when they are derived from this one (``ragcun sweep``'s three runs): each is validated and
+    the settings are checked against the components of them all.
+    """
+    from ragcun.spec import load_toml, settings_from_mapping, settings_from_options
+
+    flags = dict(flags or {})
+    if "settings" in flags:
+        raise ValueError("build_config: component settings go in settings= (KIND.NAME.PARAM=VALUE), not in flags")
+    base: dict[str, Any] = TrainConfig().to_dict()
+    origins: dict[tuple[str, str, str], str] = {}  # (kind, name, param) -> where the setting came from
+    if resume:
+        output_dir = flags.get("output_dir")
+        if not output_dir:
+            raise ValueError("--resume needs --output-dir (the run to continue)")
+        if not (Path(output_dir) / CONFIG_FILE).is_file():
+            raise ValueError(f"--resume: {output_dir} has no {CONFIG_FILE}; it is not a ragcun training run")
+        base = TrainConfig.load(output_dir).to_dict()
+        for kind, names in (base.get("settings") or {}).items():
+            for name, values in names.items():
+                for param in values:
+                    origins[(kind, name, param)] = f"{Path(output_dir) / CONFIG_FILE} (settings.{kind}.{name})"
+    if config_file:
+        if str(config_file).endswith(".json"):
+            try:
+                data = json.loads(Path(config_file).read_text())
+            except FileNotFoundError:
+                raise ValueError(f"--config {config_file} does not exist") from None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--config {config_file}: not valid JSON ({exc})") from None
+            base.update(TrainConfig.from_dict(data, str(config_file)).to_dict())
+        else:
+            data = load_toml(config_file)
+            table = {k.replace("-", "_"): v for k, v in dict(data.get("train", {})).items()}
+            unknown = set(table) - set(base) - {"settings"}
+            if unknown:
+                TrainConfig.from_dict(table, f"{config_file} [train]")  # raises with a did-you-mean
+            _check_field_types(table, f"{config_file} [train]")
+            base.update(table)
+            components = settings_from_mapping(data, str(config_file), other_tables=("train",), origins=origins)
+            merged = base.get("settings") or {}
+            for kind, names in components.items():
+                for name, values in names.items():
+                    merged.setdefault(kind, {}).setdefault(name, {}).update(values)
+            base["settings"] = merged
+    base.update(flags)
+    if base.get("max_grad_norm") == 0:
+        base["max_grad_norm"] = None
+    merged = {k: {n: dict(v) for n, v in names.items()} for k, names in (base.get("settings") or {}).items()}
+    merged = settings_from_options(settings, merged, origins=origins, command=command)
+    base["settings"] = {k: v for k, v in merged.items() if v}
+    config = TrainConfig.from_dict(base)
+    config.validate()
+    runs = [config] if expand is None else list(expand(config))
+    for run in runs:
+        run.validate()
+    # every setting names a registered component, a constructor argument of the right type, and a component
+    # this run builds; checked here so a typo fails before anything runs (and once, not on every rank)
+    from ragcun.components import check_settings, components_in_use
+
+    in_use: dict[str, list[str]] = {}
+    for run in runs:
+        for kind, names in components_in_use({"encoder": run.encoder, "head": run.head, "distance": run.distance,
+                                               "loss": run.loss}).items():
+            used = in_use.setdefault(kind, [])
+            used += [n for n in names if n not in used]
+    check_settings(config.settings, in_use, origins=origins)
+    return config
+
+
+def _check_field_types(table: dict[str, Any], source: str) -> None:
+    """A [train] table's values have the types of TrainConfig's fields (``lr = "fast"`` fails here, named)."""
+    import inspect
+
+    from ragcun.spec import check_value_type
+
+    parameters = inspect.signature(TrainConfig).parameters
+    for key, value in table.items():
+        if key in parameters and key != "settings":
+            try:
+                check_value_type(parameters[key], value, key)
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
 
 
 def record_history(folder: str | Path, config: TrainConfig, *, previous: TrainConfig | None, step: int,

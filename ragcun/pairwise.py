@@ -11,17 +11,14 @@ def pairwise_report(texts: list[str], model_spec: str, *, distance: str | None =
                     settings: Settings | None = None) -> dict[str, Any]:
     """Distances (or similarities, for cosine/dot) between every pair of ``texts`` under the model's distance,
     computed exactly (``Distance.exact_similarity``, float64)."""
-    from ragcun.resolve import resolve_model
+    from ragcun.components import check_settings
+    from ragcun.resolve import components_built_for, resolve_model
 
     if not texts:
         raise ValueError("give at least one text to encode")
+    if settings:  # a setting the model would not use is an error, checked before anything loads
+        check_settings(settings, components_built_for([model_spec], distance=distance)[0])
     model = resolve_model(model_spec, distance=distance, settings=settings)
-    from ragcun.components import check_settings
-
-    check_settings(settings, {kind: [getattr(part, "_ragcun_entry").name]
-                              for kind, part in (("encoder", model.encoder), ("head", model.head),
-                                                 ("distance", model.distance))
-                              if getattr(part, "_ragcun_entry", None) is not None})
     emb = model.encode_embeddings(texts)
     dist = model.distance
     # float64 from direct differences: an identical text is at distance exactly 0 (the float32 expansion
