@@ -84,3 +84,16 @@ def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
             for j in rng.sample(range(n_docs), 3):
                 fh.write(f"{qid}\td{j}\t{rng.randint(0, 2)}\n")
     return folder
+
+
+def write_distribution(root: Path, dist: str, module: str, source: str, entry_name: str | None = None) -> None:
+    """A fake installed distribution ``dist`` (version 1.2.3) whose ``ragcun`` entry point names ``module``,
+    written as ``root/module.py`` from ``source`` (put ``root`` on sys.path to "install" it)."""
+    import textwrap
+
+    entry_name = entry_name or module
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[ragcun]\n{entry_name} = {module}\n")
+    (root / f"{module}.py").write_text(textwrap.dedent(source))

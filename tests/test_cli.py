@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from ragcun.cli.root import build_cli
@@ -48,6 +49,7 @@ def test_list_bad_kind_is_a_usage_error():
     assert result.exit_code == 2 and "choose one of" in result.output
 
 
+@pytest.mark.needs_plugins("ragcun-mlp")  # the installed example plugin, listed by `ragcun plugins`
 def test_plugins_json_lists_the_example_plugin():
     result = invoke("plugins", "--format", "json")
     assert result.exit_code == 0, result.output
@@ -56,6 +58,7 @@ def test_plugins_json_lists_the_example_plugin():
     assert "head:mlp" in rows["mlp"]["components"]
 
 
+@pytest.mark.needs_plugins("ragcun-mlp")  # the installed example plugin (its `params` command)
 def test_help_lists_plugin_commands_and_groups():
     result = invoke("--help")
     assert result.exit_code == 0

@@ -9,6 +9,8 @@ from ragcun.data.training import TrainingBatch
 from ragcun.losses.base import LossInputs
 from ragcun.training.grad_cache import GradCache, forward_texts
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # one torch thread, restored after the module
+
 TEXTS = ["what causes rain", "how do vaccines work", "tallest mountain on earth", "who wrote hamlet",
          "speed of light in vacuum", "boiling point of water", "largest ocean", "capital of australia"]
 
@@ -41,7 +43,6 @@ def cached_grads(model, loss, batch, chunk, step=3):
 def setup(tiny_model):
     from ragcun.losses.composite import build_loss
 
-    torch.set_num_threads(1)
     loss = build_loss("contrastive+0.5*isotropy+0.1*norm", {"loss": {"isotropy": {"num_slices": 64}}},
                       distance=tiny_model.distance)
     return tiny_model, loss
@@ -89,7 +90,6 @@ def test_logvar_head_without_logvar_loss(tiny_model_dir):
     from ragcun.losses.composite import build_loss
     from ragcun.model import EmbeddingModel
 
-    torch.set_num_threads(1)
     model = EmbeddingModel.build(f"hf:{tiny_model_dir}", "gaussian", "euclidean",
                                  {"head": {"gaussian": {"out_dim": 8, "logvar": True}}})
     model.eval()

@@ -159,6 +159,7 @@ def test_hf_encoder_rejects_non_model_folders(tmp_path):
         EmbeddingModel.build(f"hf:{tmp_path / 'missing'}", "identity", "cosine")
 
 
+@pytest.mark.needs_plugins("ragcun-mlp")  # the example plugin, installed (then disabled below)
 def test_missing_component_messages_say_what_is_true(tiny_model, tmp_path, monkeypatch):
     """Issue 14 point 10: no `pip install ragcun` for a head ragcun lacks; installed-but-disabled plugins are
     not called "not installed"."""

@@ -2,21 +2,12 @@
 (importlib.metadata discovers them exactly as it discovers pip-installed ones)."""
 
 import inspect
-import textwrap
 
 import pytest
+from _training_helpers import write_distribution
 
 from ragcun import hookspecs
 from ragcun.plugins import PluginHost
-
-
-def write_distribution(root, dist, module, source, entry_name=None):
-    entry_name = entry_name or module
-    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[ragcun]\n{entry_name} = {module}\n")
-    (root / f"{module}.py").write_text(textwrap.dedent(source))
 
 
 GOOD = """
@@ -104,6 +95,7 @@ def test_block_list_by_entry_point_or_distribution(fake_plugins, monkeypatch):
     assert all(r.error is None for r in records.values())
 
 
+@pytest.mark.needs_plugins("ragcun-mlp")  # the installed example plugin
 def test_example_plugin_loads_through_its_installed_entry_point(monkeypatch):
     monkeypatch.delenv("RAGCUN_LOAD_PLUGINS", raising=False)
     monkeypatch.delenv("RAGCUN_DISABLE_PLUGINS", raising=False)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from _training_helpers import write_pairs
 
 from ragcun.training import checkpoint as ckpt
@@ -42,6 +43,7 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+@pytest.mark.slow  # three training subprocesses: ~21 s
 def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     data = write_pairs(tmp_path / "pairs.jsonl", 20)  # 5 batches per epoch: the run crosses epochs
     script = tmp_path / "run.py"

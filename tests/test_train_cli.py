@@ -140,6 +140,7 @@ def test_sweep_placement_refuses_to_share_gpus():
         plan_placement(2, 3, "yes")
 
 
+@pytest.mark.slow  # parallel torchrun-style processes: ~14 s
 def test_sweep_runs_in_parallel_processes(runner, tiny_model_dir, data_dir, tmp_path):
     """The parallel launch (one torchrun per run, as on a GPU node) exercised with CPU processes."""
     out = tmp_path / "sweep"
@@ -199,6 +200,7 @@ def test_sweep_end_to_end_on_a_tiny_model(runner, tiny_model_dir, data_dir, tmp_
     assert again.exit_code == 0 and "already finished" in again.output
 
 
+@pytest.mark.slow  # the example script in a subprocess: ~5.5 s
 def test_train_then_evaluate_example_runs(tiny_model_dir, data_dir, tmp_path):
     """examples/train_then_evaluate.py (the Python API end to end) on a tiny model and nq-utd."""
     import os

@@ -11,13 +11,13 @@ from click.testing import CliRunner
 
 from ragcun.cli.root import build_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]  # restores the thread count
 
 
 def test_short_real_run_on_minilm_and_scifact(data_dir, tmp_path):
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # single_thread (above) puts the original count back after the module
     out = tmp_path / "minilm-scifact"
     args = ["train", "--head", "gaussian", "--loss", "contrastive+isotropy", "--encoder", "all-minilm-l6-v2",
             "--train-data", "beir:scifact:train", "--data-dir", str(data_dir), "--output-dir", str(out),

@@ -18,6 +18,8 @@ from ragcun.training import checkpoint as ckpt
 from ragcun.training.config import TrainConfig
 from ragcun.training.loop import TrainingDiverged, train
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # one torch thread, restored after the module
+
 
 @pytest.fixture()
 def pairs(tmp_path):
@@ -25,7 +27,6 @@ def pairs(tmp_path):
 
 
 def test_short_run_losses_fall_and_files_are_written(tiny_model_dir, tmp_path, pairs):
-    torch.set_num_threads(1)
     config = tiny_config(tiny_model_dir, tmp_path / "run", pairs, steps=12, batch_size=8, negatives=1,
                          save_every=4, keep_checkpoints=2)
     result = train(config)
@@ -52,7 +53,6 @@ def test_short_run_losses_fall_and_files_are_written(tiny_model_dir, tmp_path, p
 def test_frozen_encoder_trains_only_the_head(tiny_model_dir, tmp_path, pairs):
     from ragcun.model import load
 
-    torch.set_num_threads(1)
     config = tiny_config(tiny_model_dir, tmp_path / "frozen", pairs, steps=3, freeze_encoder=True, save_every=100)
     train(config)
     trained = load(tmp_path / "frozen")
@@ -68,7 +68,6 @@ def test_nan_stops_with_a_clear_message_and_the_last_good_checkpoint_intact(tiny
     from ragcun.losses.composite import build_loss
     from ragcun.model import load
 
-    torch.set_num_threads(1)
     config = tiny_config(tiny_model_dir, tmp_path / "nan", pairs, steps=8, save_every=2)
     loss = NaNAtStep(build_loss("contrastive+isotropy"), step=4)
     with pytest.raises(TrainingDiverged, match=r"the loss is nan at step 4.*step-00000002.*--resume"):
@@ -81,7 +80,6 @@ def test_nan_stops_with_a_clear_message_and_the_last_good_checkpoint_intact(tiny
 
 
 def test_existing_run_is_never_overwritten(tiny_model_dir, tmp_path, pairs):
-    torch.set_num_threads(1)
     config = tiny_config(tiny_model_dir, tmp_path / "run", pairs, steps=1)
     train(config)
     with pytest.raises(ValueError, match="already holds a training run; pass --resume"):
@@ -91,6 +89,7 @@ def test_existing_run_is_never_overwritten(tiny_model_dir, tmp_path, pairs):
         train(changed, resume=True)
 
 
+@pytest.mark.slow  # a training subprocess, interrupted: ~4.5 s
 def test_sigint_saves_and_exits_cleanly(tiny_model_dir, tmp_path, pairs):
     """Ctrl-C: the step finishes, a checkpoint is written, exit code 130, and --resume continues."""
     out = tmp_path / "sigint"
@@ -120,7 +119,6 @@ def test_sigint_saves_and_exits_cleanly(tiny_model_dir, tmp_path, pairs):
 def test_learnable_temperature_is_trained_and_checkpointed(tiny_model_dir, tmp_path, pairs):
     import math as _math
 
-    torch.set_num_threads(1)
     config = tiny_config(tiny_model_dir, tmp_path / "temp", pairs, steps=3, save_every=3, lr=1e-2,
                          settings={"head": {"gaussian": {"out_dim": 16}},
                                    "loss": {"contrastive": {"learnable_temperature": True},
@@ -135,7 +133,6 @@ def test_mined_negatives_grad_accum_and_grad_cache_together(tiny_model_dir, tmp_
     """BEIR pairs with BM25 negatives, 2 micro-batches per step, GradCache chunks of 3: runs and logs."""
     pytest.importorskip("bm25s")
     monkeypatch.setenv("RAGCUN_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
     config = tiny_config(tiny_model_dir, tmp_path / "mined", "beir:nq-utd:test", data_dir=str(data_dir), steps=2,
                          negatives=2, mine_negatives="bm25", grad_accum=2, grad_cache_chunk=3, qrels_threshold=2)
     result = train(config)
@@ -149,7 +146,6 @@ def test_tensorboard_gets_the_same_scalars_as_the_jsonl(tiny_model_dir, tmp_path
     pytest.importorskip("tensorboard", reason="the test extra installs tensorboard; pip install -e '.[test]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    torch.set_num_threads(1)
     run = tmp_path / "tb"
     train(tiny_config(tiny_model_dir, run, pairs, steps=3, save_every=100))
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

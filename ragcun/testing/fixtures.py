@@ -1,4 +1,18 @@
-"""pytest fixtures for ragcun and plugin authors (``pytest_plugins = ["ragcun.testing.fixtures"]``)."""
+"""pytest fixtures for ragcun and plugin authors: ``tiny_model_dir``, ``tiny_model``, ``data_dir``,
+``minilm_model`` and ``single_thread``.
+
+They are opt-in (installing ragcun does not inject them into every pytest run). Enable them in one of
+these ways:
+
+* on the command line: ``pytest -p ragcun.testing.fixtures``;
+* in a top-level ``conftest.py`` (one pytest loads at startup: in the rootdir, in a folder named on the
+  command line or in ``testpaths``): ``pytest_plugins = ["ragcun.testing.fixtures"]``; ragcun's own
+  ``tests/conftest.py`` does this;
+* in any other ``conftest.py`` (pytest refuses ``pytest_plugins`` in a conftest it only finds while
+  collecting, e.g. ``plugins/<name>/tests/conftest.py`` when pytest runs from the repository root):
+  ``from ragcun.testing.fixtures import *  # noqa: F401,F403``, which brings the fixtures named in
+  ``__all__``; ragcun's example plugins do this.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +22,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# what ``from ragcun.testing.fixtures import *`` brings into a conftest.py: the fixtures, nothing else
+__all__ = ["data_dir", "tiny_model_dir", "tiny_model", "minilm_model", "single_thread"]
 
 
 def beir_data_dir() -> Path | None:

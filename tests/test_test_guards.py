@@ -1,0 +1,103 @@
+"""The guards of tests/conftest.py: no network, only the built-in plugins (unless a test opts in)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+REMOTE = ("93.184.216.34", 80)  # example.com's old address; nothing is ever sent to it
+
+
+def test_a_remote_connection_is_blocked_with_a_clear_message(network_guard):
+    with network_guard.expected():  # the attempts below are the point of this test: they must not fail it
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            with pytest.raises(network_guard.Error, match=r"must not use the network: socket.connect to "
+                                                          r"93\.184\.216\.34:80"):
+                sock.connect(REMOTE)
+            with pytest.raises(network_guard.Error, match="93.184.216.34"):
+                sock.connect_ex(REMOTE)
+        finally:
+            sock.close()
+        with pytest.raises(network_guard.Error, match=r"create_connection to 93\.184\.216\.34:80"):
+            socket.create_connection(REMOTE, timeout=1)
+        with pytest.raises(network_guard.Error, match="create_connection to example.com:443"):  # before any DNS
+            socket.create_connection(("example.com", 443), timeout=1)
+        with pytest.raises(network_guard.Error, match="getaddrinfo of 'example.com'"):  # no DNS query either
+            socket.getaddrinfo("example.com", 443)
+        with pytest.raises(network_guard.Error):
+            socket.create_connection(("::ffff:93.184.216.34", 80), timeout=1)
+
+
+def test_an_attempt_that_the_code_swallows_still_fails_the_test(network_guard):
+    """A library that catches the error (and carries on "offline") does not hide the attempt: the hooks call
+    ``check`` after each phase, which fails the test."""
+    try:
+        socket.create_connection(REMOTE, timeout=1)
+    except Exception:
+        pass
+    with pytest.raises(pytest.fail.Exception, match=r"tried to use the network.*93\.184\.216\.34:80"):
+        network_guard.check()
+    network_guard.check()  # checked once: the record is cleared, this test passes
+
+
+def test_localhost_and_unix_sockets_are_let_through(tmp_path):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    accepted = threading.Thread(target=lambda: server.accept()[0].close())
+    accepted.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
+        accepted.join(timeout=10)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+            assert isinstance(client.connect_ex(("localhost", port)), int)  # an errno at worst, never blocked
+    finally:
+        server.close()
+    assert socket.getaddrinfo("localhost", port)
+    try:  # this machine's own name (torch.distributed uses it) is not blocked; it may not resolve everywhere
+        socket.getaddrinfo(socket.gethostname(), port)
+    except socket.gaierror:
+        pass
+    if socket.has_ipv6:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as client:
+            assert isinstance(client.connect_ex(("::1", port)), int)
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix_server:
+        unix_server.bind(path)
+        unix_server.listen(1)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+
+
+def test_only_the_builtin_plugins_load_by_default():
+    from ragcun.plugins import get_host
+
+    assert os.environ["RAGCUN_LOAD_PLUGINS"] == ""  # inherited by the subprocesses a test starts
+    assert all(record.builtin for record in get_host().plugin_records())
+    assert ("head", "gaussian") in get_host().registry
+
+
+@pytest.mark.needs_plugins("ragcun-mlp")  # opts in: the installed example plugin loads
+def test_a_test_that_needs_the_example_plugin_opts_in():
+    from ragcun.plugins import get_host
+
+    from ragcun.cli.root import build_cli
+
+    assert "RAGCUN_LOAD_PLUGINS" not in os.environ
+    assert get_host().registry.get("head", "mlp").provider == "ragcun-mlp"
+    assert "params" in build_cli().commands  # the plugin's command, in the (cached) click group too
+
+
+def test_after_the_opt_in_the_next_test_is_isolated_again():
+    from ragcun.plugins import get_host
+
+    from ragcun.cli.root import build_cli
+
+    assert ("head", "mlp") not in get_host().registry
+    assert "params" not in build_cli().commands and "train" in build_cli().commands
