@@ -31,12 +31,16 @@ class atomic_path:  # noqa: N801 (used as a context manager, like open)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return
+        try:
             with self.tmp.open("rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(self.tmp, self.target)
-        else:
+        except BaseException:  # a failed rename (or a kill right then) must not leave the temporary file
             self.tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, skip_unchanged: bool = False) -> None:
@@ -49,3 +53,29 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, skip_unchanged: boo
     with atomic_path(path) as tmp:
         tmp.write_text(text)
         tmp.chmod(0o666 & ~current_umask())
+
+
+def ignored_by_git(path: str | os.PathLike) -> str | None:
+    """The ``.gitignore`` rule that would keep ``path`` out of a commit (``"FILE:LINE:PATTERN"``), or None when
+    git would track it, the path is outside a git work tree, or git is not installed.
+
+    Results meant to be committed (an ablation's finished runs, which let another machine resume the plan) are
+    silently lost when a broad pattern such as ``runs/`` matches them; callers warn with the rule this names.
+    """
+    import shutil
+    import subprocess
+
+    path = Path(path).absolute()
+    probe_dir = path if path.is_dir() else path.parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if shutil.which("git") is None:
+        return None
+    try:
+        found = subprocess.run(["git", "check-ignore", "-v", "--no-index", str(path)], cwd=probe_dir,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if found.returncode != 0 or not found.stdout.strip():  # 1: not ignored; 128: not a work tree
+        return None
+    return found.stdout.split("\t", 1)[0]

@@ -191,7 +191,7 @@ def test_build_loss_canonical_names_settings_and_needs():
     assert isinstance(loss, CompositeLoss)
     assert loss.spec == "contrastive+0.05*isotropy+0.01*norm"
     assert loss.losses["isotropy"].num_slices == 8
-    assert type(loss.losses["contrastive"].distance).__name__ == "CosineSimilarity"
+    assert type(loss.losses["contrastive"].distance).__name__ == "CosineDistance"
     assert loss.needs == {"mean"}
     assert build_loss("contrastive+gaussian-kl").needs == {"mean", "logvar"}
     assert build_loss("contrastive", distance=build("distance", "w2")).needs == {"mean", "logvar"}

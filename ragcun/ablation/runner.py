@@ -62,6 +62,19 @@ class PlanRunner:
                                                   "train": plan.train, "dtype": plan.dtype, "k": plan.k})
         self.show(f"dev split: {info['dev_queries']} of {info['train_queries'] + info['dev_queries']} "
                   f"{plan.train_data} train queries (training uses the other {info['train_queries']})")
+        self.warn_if_results_ignored()
+
+    def warn_if_results_ignored(self) -> None:
+        """Finished runs are what lets another machine resume the plan, but only once they are committed: say so
+        when a .gitignore rule would leave them out of every commit."""
+        from ragcun.files import ignored_by_git
+
+        probe = run_dir(self.plan, next(iter(self.plan.arms.values())), 1) / RESULT_FILE
+        rule = ignored_by_git(probe)
+        if rule:
+            self.show(f"warning: git ignores the finished results under {self.plan.results / 'runs'} (rule {rule}); "
+                      "they will not be committed, so another machine cannot resume this plan from them: "
+                      "change that rule, or choose another results folder")
 
     def dataset(self, name: str):
         if name not in self._datasets:
@@ -297,14 +310,15 @@ class PlanRunner:
 
 
 def _records(folder: Path) -> list[dict]:
+    """The run's metrics.jsonl records (the one reader: a torn last line is dropped, a corrupt middle line is an
+    error naming the file and line, since the calibration record read from it goes into the result)."""
+    from ragcun.training.logs import read_metrics
+
     path = folder / "metrics.jsonl"
-    out = []
-    for line in (path.read_text().splitlines() if path.is_file() else []):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line of a killed run
-            continue
-    return out
+    if not path.is_file():
+        return []
+    return [record for _, record in read_metrics(path, hint="fix or remove that line, or delete the run folder "
+                                                          "to train it again")]
 
 
 def _calibration(folder: Path) -> dict | None:

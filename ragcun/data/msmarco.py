@@ -13,6 +13,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ragcun.files import atomic_path
+
 TRIPLES_URL = "https://msmarco.z22.web.core.windows.net/msmarcoranking/triples.train.small.tar.gz"
 TRIPLES_FILE = "triples.train.small.tsv"
 ARCHIVE = "triples.train.small.tar.gz"
@@ -42,26 +44,23 @@ def download_msmarco_triples(data_dir: str | os.PathLike, *, progress: Callable[
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / ARCHIVE
     if not archive.is_file():
-        partial = archive.with_suffix(".gz.part")
         try:
-            with urllib.request.urlopen(TRIPLES_URL, timeout=timeout) as response, partial.open("wb") as out:
+            with atomic_path(archive) as partial, urllib.request.urlopen(TRIPLES_URL, timeout=timeout) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 done = 0
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
-            if total is not None and partial.stat().st_size != total:
-                raise OSError(f"got {partial.stat().st_size} of {total} bytes")
-            partial.replace(archive)
+                with partial.open("wb") as out:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, total)
+                if total is not None and partial.stat().st_size != total:
+                    raise OSError(f"got {partial.stat().st_size} of {total} bytes")
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            partial.unlink(missing_ok=True)
             raise ValueError(f"could not download {TRIPLES_URL} ({type(exc).__name__}: {exc}); "
                              + manual_instructions(folder)) from None
-    tmp = target.with_suffix(".tsv.part")
     try:
-        with tarfile.open(archive, "r|gz") as tar:  # streamed: one pass, constant memory
+        with atomic_path(target) as tmp, tarfile.open(archive, "r|gz") as tar:  # streamed: one pass, constant memory
             for member in tar:
                 if member.isfile() and Path(member.name).name == TRIPLES_FILE:
                     with tar.extractfile(member) as src, tmp.open("wb") as dst:
@@ -70,8 +69,6 @@ def download_msmarco_triples(data_dir: str | os.PathLike, *, progress: Callable[
             else:
                 raise ValueError(f"{archive} does not contain {TRIPLES_FILE}; " + manual_instructions(folder))
     except (tarfile.TarError, OSError, EOFError) as exc:
-        tmp.unlink(missing_ok=True)
         raise ValueError(f"{archive} is damaged ({exc}); delete it and run the command again, or "
                          + manual_instructions(folder)) from None
-    tmp.replace(target)
     return target

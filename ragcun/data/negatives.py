@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ragcun.data.beir import CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, available_splits, document_text, load_qrels
+from ragcun.files import write_text_atomic
 
 CACHE_ENV = "RAGCUN_CACHE"
 DEFAULT_DEPTH = 30
@@ -112,8 +113,5 @@ def load_or_mine(method: str, dataset, *, miner=None, depth: int = DEFAULT_DEPTH
     else:
         raise ValueError(f"--mine-negatives must be bm25 or model, got {method!r}")
     if write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(mined))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(mined))
     return mined, path, False

@@ -1,3 +1,5 @@
+"""Built-in distances (see ragcun/distances/), registered through the same hook as a plugin's."""
+
 from ragcun.hookspecs import hookimpl
 
 
@@ -7,9 +9,9 @@ def register_distances(register):
              summary="||q - d||, searchable as [q, 1] . [2d, -||d||^2]")
     register("sqeuclidean", "ragcun.distances.sqeuclidean:SquaredEuclideanDistance",
              aliases=("sq-euclidean", "squared-euclidean"), needs=("mean",), summary="||q - d||^2")
-    register("cosine", "ragcun.distances.cosine:CosineSimilarity", aliases=("cos", "cos-sim"), needs=("mean",),
+    register("cosine", "ragcun.distances.cosine:CosineDistance", aliases=("cos", "cos-sim"), needs=("mean",),
              summary="cosine similarity (sentence-transformers' default)")
-    register("dot", "ragcun.distances.dot:DotProduct", aliases=("inner-product", "ip"), needs=("mean",),
+    register("dot", "ragcun.distances.dot:DotProductDistance", aliases=("inner-product", "ip"), needs=("mean",),
              summary="inner product")
     register("wasserstein", "ragcun.distances.wasserstein:WassersteinDistance", aliases=("w2",),
              needs=("mean", "logvar"),

@@ -1,3 +1,5 @@
+"""Built-in encoders (see ragcun/encoders/), registered through the same hook as a plugin's."""
+
 from ragcun.hookspecs import hookimpl
 
 

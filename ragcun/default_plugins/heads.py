@@ -1,3 +1,5 @@
+"""Built-in heads (see ragcun/heads/), registered through the same hook as a plugin's."""
+
 from ragcun.hookspecs import hookimpl
 
 

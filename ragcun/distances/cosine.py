@@ -7,7 +7,7 @@ from ragcun.distances.base import Distance
 from ragcun.embedding import Embedding
 
 
-class CosineSimilarity(Distance):
+class CosineDistance(Distance):
     """Cosine similarity of the mean vectors (sentence-transformers' default); ``distance = 1 - cos``."""
 
     homogeneity = 0

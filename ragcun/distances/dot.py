@@ -6,7 +6,7 @@ from ragcun.distances.base import Distance
 from ragcun.embedding import Embedding
 
 
-class DotProduct(Distance):
+class DotProductDistance(Distance):
     """Inner product of the mean vectors; ``distance = -dot`` (not a metric)."""
 
     homogeneity = 2

@@ -53,8 +53,8 @@ def mean_only_loss(distance: Any) -> str:
 
 def similarity_for(distance: Any, *, mean_only: bool = False) -> tuple[str, str | None]:
     """``(similarity_fn_name, what is lost or None)``; a ValueError naming the flag when there is no match."""
-    from ragcun.distances.cosine import CosineSimilarity
-    from ragcun.distances.dot import DotProduct
+    from ragcun.distances.cosine import CosineDistance
+    from ragcun.distances.dot import DotProductDistance
     from ragcun.distances.euclidean import EuclideanDistance
     from ragcun.distances.sqeuclidean import SquaredEuclideanDistance
 
@@ -74,7 +74,7 @@ def similarity_for(distance: Any, *, mean_only: bool = False) -> tuple[str, str 
                              f"{', '.join(ST_SIMILARITIES)}")
         return declared, None
     for cls, similarity in ((EuclideanDistance, "euclidean"), (SquaredEuclideanDistance, "euclidean"),
-                            (CosineSimilarity, "cosine"), (DotProduct, "dot")):
+                            (CosineDistance, "cosine"), (DotProductDistance, "dot")):
         if isinstance(distance, cls):
             return similarity, None
     raise ValueError(f"distance {name!r} has no sentence-transformers similarity (cosine, dot, euclidean, "

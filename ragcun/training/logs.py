@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ragcun.files import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -22,15 +24,7 @@ class MetricsLog:
         if resume_step is not None and self.path.is_file():  # drop records the resumed run will redo
             kept = [line for line, record in self._records() if record.get("step", 0) <= resume_step]
             # written aside and renamed: a kill at any moment leaves the old file or the new one, never less
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            try:
-                with tmp.open("w") as fh:
-                    fh.write("".join(line + "\n" for line in kept))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
