@@ -4,13 +4,18 @@ SciFact corpus sample under the base encoder (unit vectors), an uncalibrated ort
 `ragcun train` does), with the factor found. Rankings are unchanged by construction (tests/test_calibration.py).
 
     python benchmarks/bench_calibration.py --sample 2000
+    python benchmarks/bench_calibration.py --quick     # 100 documents, 32 probe texts, float32 (CI: keeps it working)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -20,17 +25,23 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--probe-texts", type=int, default=None, help="calibration texts (default: ragcun train's)")
+    parser.add_argument("--quick", action="store_true", help="--sample 100 --probe-texts 32 --dtype float32, offline")
     args = parser.parse_args()
+    if args.quick:
+        args.sample, args.probe_texts, args.dtype = 100, 32, "float32"
+        if args.data_dir is None and not os.environ.get("RAGCUN_DATA"):
+            args.data_dir = str(REPO.parent / "shared" / "data" / "beir")
 
     import torch
 
     from ragcun.data.beir import document_text, find_dataset, load_corpus
     from ragcun.data.training import open_source
     from ragcun.diagnostics.report import population_metrics
+    from ragcun.distributed import DistributedContext
     from ragcun.encoding import encode
     from ragcun.model import EmbeddingModel
-    from ragcun.training.calibration import calibrate, probe_texts
-    from ragcun.training.distributed import DistributedContext
+    from ragcun.training.calibration import PROBE_TEXTS, calibrate, probe_texts
 
     corpus = load_corpus(find_dataset(args.dataset, args.data_dir, download=False))
     ids = sorted(corpus)
@@ -48,8 +59,8 @@ def main() -> None:
     loss = build_loss("contrastive+isotropy", distance=model.distance)
     with torch.no_grad():
         uncalibrated = model.head(features).mean.clone()
-    calibration = calibrate(model, loss, probe_texts(open_source(args.train_data, data_dir=args.data_dir)),
-                            DistributedContext())
+    probes = probe_texts(open_source(args.train_data, data_dir=args.data_dir), args.probe_texts or PROBE_TEXTS)
+    calibration = calibrate(model, loss, probes, DistributedContext())
     with torch.no_grad():
         calibrated = model.head(features).mean
 

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_eval_beir.py --dataset scifact              # the full SciFact test split
     python benchmarks/bench_eval_beir.py --dataset scifact --limit 500  # a quick run on 500 documents
+    python benchmarks/bench_eval_beir.py --quick    # nq-utd cut to 200 documents, batch 32 (CI: keeps it working)
 
 Each contender retrieves the top 1000 for every test query with the same model (all-MiniLM-L6-v2, the copy
 packaged with ragcun), the same batch size and the same number of threads, and is scored with beir's
@@ -139,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip", default="", help="comma list of contenders to skip: st,f32,bf16,bf16w")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--quick", action="store_true", help="--dataset nq-utd --limit 200 --batch-size 32")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.dataset, args.limit, args.batch_size = "nq-utd", 200, 32
 
     import torch
 

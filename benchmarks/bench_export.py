@@ -6,6 +6,8 @@ with the folder's own ``similarity_fn_name``), give the metrics ``ragcun eval be
     ragcun eval beir --model /tmp/export-run --datasets nq-utd --output /tmp/export-run/eval.json
     ragcun export /tmp/export-run /tmp/export-run-st
     python benchmarks/bench_export.py --run /tmp/export-run --export /tmp/export-run-st --dataset nq-utd
+    python benchmarks/bench_export.py --quick   # makes a 2-step run of a tiny random BERT and its export in a
+                                                # temp dir, then compares them on nq-utd (CI: keeps it working)
 
 beir's exact search knows only ``cos_sim`` and ``dot``; for a ``euclidean`` folder the loaded model's own
 ``similarity`` (negative L2 distance, what ``similarity_fn_name`` selects) is registered as its score function,
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,15 +60,41 @@ def sentence_transformers_metrics(export: str, dataset: str, data_dir: Path, bat
     return {**ndcg, **_map, **recall, **precision, "similarity_fn_name": similarity}
 
 
+def make_quick_run(work: Path, data_dir: Path) -> tuple[str, str]:
+    """A 2-step ``ragcun train`` of a tiny random BERT (gaussian head, euclidean) on SciFact train pairs, and its
+    sentence-transformers export: (run folder, export folder)."""
+    import ragcun
+    from ragcun.testing.tiny import make_tiny_bert
+    from ragcun.training.config import TrainConfig
+
+    tiny = make_tiny_bert(work / "tiny")
+    config = TrainConfig(output_dir=str(work / "run"), train_data="beir:scifact:train", data_dir=str(data_dir),
+                         encoder=f"hf:{tiny}", settings={"head": {"gaussian": {"out_dim": 16}}}, batch_size=4,
+                         steps=2, warmup=0.0, save_every=2, log_every=1, dtype="float32", show_progress=False, seed=0)
+    ragcun.train(config)
+    ragcun.export(str(work / "run"), str(work / "run-st"))
+    return str(work / "run"), str(work / "run-st")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="the ragcun checkpoint or run folder")
-    parser.add_argument("--export", required=True, help="its `ragcun export` folder")
+    parser.add_argument("--run", help="the ragcun checkpoint or run folder")
+    parser.add_argument("--export", help="its `ragcun export` folder")
     parser.add_argument("--dataset", default="nq-utd")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="make a tiny 2-step run and its export in a temp dir")
     args = parser.parse_args(argv)
+    if args.quick:
+        with tempfile.TemporaryDirectory(prefix="bench-export-") as work:
+            args.run, args.export = make_quick_run(Path(work), args.data_dir)
+            return compare(args)
+    if not (args.run and args.export):
+        parser.error("--run and --export are required (or --quick)")
+    return compare(args)
 
+
+def compare(args) -> int:
     t0 = time.perf_counter()
     ours = ragcun_metrics(args.run, args.dataset, args.data_dir, args.batch_size)
     t1 = time.perf_counter()

@@ -2,6 +2,7 @@
 the optimizer step and the padding, measured on the packaged MiniLM and the pairs bench_train.py uses.
 
     python benchmarks/bench_optimizer.py              # about a minute
+    python benchmarks/bench_optimizer.py --quick      # 2 steps each, 32 documents (CI: keeps it working)
 
 1. AdamW over all-MiniLM-L6-v2's parameters, one step, one thread: torch's default on a CPU (the per-tensor
    loop, which ``SentenceTransformer.fit`` uses), ``foreach=True``, and ``fused=True`` (what ragcun uses).
@@ -71,7 +72,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--documents", type=int, default=320)
     parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--quick", action="store_true", help="--repeats 2 --documents 32")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.documents = 2, 32
     import torch
 
     torch.set_num_threads(1)

