@@ -218,9 +218,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     wall = report.get("wall_s")
     if wall:
         lines += ["", "Time (wall, this machine, as measured by the runs themselves; a run is its training and its "
-                  f"evaluation): finished runs {wall['runs'] / 60:.1f} min in all, the lambda selection included (it runs "
-                  f"inside the selected arm's first run: {wall['selection_training'] / 60:.1f} min of it train the "
-                  "candidates); mean per run: " + "; ".join(
+                  f"evaluation): finished runs {wall['runs'] / 60:.1f} min in all; the lambda selection trained its "
+                  f"candidates for {wall['selection_training'] / 60:.1f} min when it ran (selection/; that time is inside "
+                  "the selected arm's first run when both ran in one invocation, see run_log.jsonl); mean per run: "
+                  + "; ".join(
                       f"`{r['arm']}` {np.mean(r['wall_s']) / 60:.1f} min" for r in report["arms"] if r["wall_s"]) + "."]
     lines.append("")
     lines.append("What each arm is: " + "; ".join(f"`{r['arm']}`: {r['what'] or r['loss'] or 'training-free'}"
