@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ragcun.model import EmbeddingModel
     from ragcun.registry import Registry
 
-__all__ = ["__version__", "hookimpl", "load", "build_model", "train", "export", "get_registry", "list_components"]
+__all__ = ["__version__", "hookimpl", "load", "build_model", "train", "evaluate_beir", "isotropy_report", "export",
+           "get_registry", "list_components"]
 
 
 def load(path: str, **kwargs: Any) -> "EmbeddingModel":
@@ -40,6 +41,22 @@ def train(config: Any, *, resume: bool = False, **kwargs: Any) -> Any:
     from ragcun.workflows.run import train as _train
 
     return _train(config, resume=resume, **kwargs)
+
+
+def evaluate_beir(model: Any, datasets: Any = "all", data_dir: Any = None, **kwargs: Any) -> dict:
+    """``ragcun eval beir`` from Python: retrieve with ``model`` (a model object or a ``--model`` spec) on BEIR
+    datasets and score with beir's metrics (:func:`ragcun.evaluation.beir_eval.evaluate_beir`)."""
+    from ragcun.evaluation.beir_eval import evaluate_beir as _evaluate
+
+    return _evaluate(model, datasets, data_dir, **kwargs)
+
+
+def isotropy_report(models: Any, dataset: str, data_dir: Any = None, **kwargs: Any) -> dict:
+    """``ragcun isotropy report`` from Python: isotropy metrics of each model's embeddings of a dataset sample,
+    side by side, with report.json and plots (:func:`ragcun.diagnostics.report.isotropy_report`)."""
+    from ragcun.diagnostics.report import isotropy_report as _report
+
+    return _report(models, dataset, data_dir, **kwargs)
 
 
 def export(model_or_path: Any, out: str, to: str = "sentence-transformers", *, mean_only: bool = False,

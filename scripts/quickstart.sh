@@ -14,9 +14,11 @@ OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing i
 # Before step 1, train calibrates the gaussian head from 256 training texts (MiniLM outputs unit vectors:
 # x ~24 so SIGReg sees unit-scale coordinates; the temperature follows, so the initial ranking and logits are
 # the same); benchmarks/ablation/ has the measured effect of the isotropy term.
-ragcun train --head gaussian --loss contrastive+isotropy --train-data beir:scifact:train \
-  --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15
-ragcun eval beir --model "$OUT/model" --datasets scifact --split test --dtype bfloat16 --output "$OUT/eval.json"
-ragcun isotropy report --model all-minilm-l6-v2 --model "$OUT/model" --dataset scifact --sample 1000 \
-  --output-dir "$OUT/isotropy"
-echo "done: $OUT/eval.json, $OUT/isotropy/report.html"
+# each phase prints its label, then its wall time and peak memory (scripts/phase.py)
+python scripts/phase.py "1/3 train" ragcun train --head gaussian --loss contrastive+isotropy \
+  --train-data beir:scifact:train --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15
+python scripts/phase.py "2/3 eval beir" ragcun eval beir --model "$OUT/model" --datasets scifact --split test \
+  --dtype bfloat16 --output "$OUT/eval.json"
+python scripts/phase.py "3/3 isotropy report" ragcun isotropy report --model all-minilm-l6-v2 --model "$OUT/model" \
+  --dataset scifact --sample 1000 --output-dir "$OUT/isotropy"
+echo "done in $SECONDS s: $OUT/eval.json, $OUT/isotropy/report.html"
