@@ -161,13 +161,13 @@ def test_bad_flags():
 
 def test_cli_flags_given_beat_the_toml_and_defaults_do_not(toml):
     """Through click: an option left at its (dataclass) default does not override the file; one given does."""
-    from ragcun.cli.train_cmd import _explicit, resolve_config, train_command
+    from ragcun.cli.train_cmd import resolve_config, train_command
 
     path = toml('[train]\ntrain-data = "x.jsonl"\nsteps = 3\nlr = 1e-3\nbatch-size = 8\n\n'
                 '[loss.isotropy]\nnum_slices = 32\n')
     ctx = train_command.make_context("train", ["--config", str(path), "--batch-size", "4", "--set",
                                                "loss.isotropy.num_slices=64", "--no-progress"])
-    config = resolve_config(ctx.params, _explicit(ctx))
+    config = resolve_config(ctx)
     assert ctx.params["lr"] == config_default("lr")  # click's value is the default ...
     assert config.lr == 1e-3  # ... so the file's wins
     assert config.batch_size == 4 and config.steps == 3 and config.show_progress is False

@@ -334,13 +334,13 @@ def test_model_card(tiny_model_dir, tmp_path, monkeypatch):
     assert "ragcun train --config ragcun_train_config.json" in body
 
     # the command in the card gives back the run's settings
-    from ragcun.cli.train_cmd import _explicit, resolve_config, train_command
+    from ragcun.cli.train_cmd import resolve_config, train_command
     from ragcun.training.config import TrainConfig
 
     command = next(line for line in body.splitlines() if line.startswith("ragcun train "))
     monkeypatch.delenv("RAGCUN_DATA", raising=False)
     ctx = train_command.make_context("train", shlex.split(command)[2:])
-    assert resolve_config(ctx.params, _explicit(ctx)).to_dict() == TrainConfig.load(model_dir).to_dict()
+    assert resolve_config(ctx).to_dict() == TrainConfig.load(model_dir).to_dict()
 
 
 def test_reports_and_settings_are_matched_to_the_model(tmp_path):

@@ -14,8 +14,8 @@ import json
 import random
 from pathlib import Path
 
-from ragcun.files import write_text_atomic
 from ragcun.data.beir import BeirDataset, find_dataset, load_beir, load_qrels
+from ragcun.files import write_text_atomic
 
 QRELS_HEADER = "query-id\tcorpus-id\tscore\n"
 

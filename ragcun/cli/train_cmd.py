@@ -8,11 +8,7 @@ from typing import Any
 
 import click
 
-from ragcun.cli.options import config_option, given_options, set_option
-
-# CLI parameters that are not TrainConfig fields (every other parameter is the field of the same name)
-_NOT_CONFIG = {"resume", "config_file", "set_options", "nproc_per_node", "no_progress"}
-
+from ragcun.cli.options import config_flags, config_option, given_options, set_option
 
 def _train_options(fn):
     # defaults: TrainConfig's (config_option), shown in --help; an option the user does not give leaves the
@@ -69,26 +65,23 @@ def _train_options(fn):
     return fn
 
 
-def resolve_config(params: dict[str, Any], explicit: set[str]):
-    """TrainConfig from defaults < a saved run (with --resume) < --config < explicit flags < --set
-    (:func:`ragcun.training.config.build_config`); ``explicit``: the parameters the user gave."""
+def resolve_config(ctx: click.Context):
+    """TrainConfig from defaults < a saved run (with --resume) < --config < the flags given < --set
+    (:func:`ragcun.training.config.build_config`; the flags: options named after a TrainConfig field)."""
     from ragcun.training.config import build_config
 
-    flags = {name: params[name] for name in explicit if name not in _NOT_CONFIG}
-    if "no_progress" in explicit and params["no_progress"]:
+    params = ctx.params
+    flags = config_flags(ctx)
+    if params.get("no_progress"):
         flags["show_progress"] = False
     return build_config(config_file=params.get("config_file"), settings=params.get("set_options") or (),
                         flags=flags, resume=bool(params.get("resume")), command="ragcun train")
 
 
-def _explicit(ctx: click.Context) -> set[str]:
-    return given_options(ctx)
-
-
 def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:
     """The explicit options of this command as argv, for relaunching it (under torchrun)."""
     argv: list[str] = []
-    explicit = _explicit(ctx)
+    explicit = given_options(ctx)
     for param in ctx.command.params:
         if param.name in skip or param.name not in explicit or not isinstance(param, click.Option):
             continue
@@ -139,12 +132,12 @@ def train_command(ctx: click.Context, **params: Any) -> None:
     if nproc is not None:
         if nproc < 1:
             raise click.BadParameter("must be a positive integer", param_hint="--nproc-per-node")
-        resolve_config(params, _explicit(ctx))  # bad input fails here, once, not on every rank
+        resolve_config(ctx)  # bad input fails here, once, not on every rank
         code = launch_torchrun(nproc, _argv_without(ctx, {"nproc_per_node"}))
         if code:
             raise click.exceptions.Exit(code)
         return
-    config = resolve_config(params, _explicit(ctx))
+    config = resolve_config(ctx)
     run_training(config, resume=params["resume"])
 
 
