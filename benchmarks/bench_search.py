@@ -4,8 +4,10 @@ FAISS flat index, on the same synthetic embeddings (wall time, peak memory, grow
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_search.py --docs 10000,100000,1000000 --dims 384,512 \\
         --queries 1000 --k 100 --repeats 3   # the full grid (the defaults); one method at 1M x 512 is ~1 TFLOP
                                              # and a worker holds ~5 GB (2 GB of data, FAISS's 2 GB index)
-    python benchmarks/bench_search.py --quick       # docs 2000,5000, dim 64, 50 queries, k 10, chunks of 2000 (CI)
-    python benchmarks/bench_search.py --quick --torchrun 2   # also asks for ragcun's search over 2 gloo ranks
+    python benchmarks/bench_search.py --docs 1000000 --dims 384 --methods ragcun --torchrun 2 --repeats 3
+                                                    # ragcun's search in one process against 2 gloo ranks
+    python benchmarks/bench_search.py --quick       # docs 2000,5000, dim 64, 50 queries, k 10, chunks of 2000, and
+                                                    # the 2-rank run (CI)
 
 Data: ``--queries`` queries and ``--docs`` documents of standard normal float32 vectors (seeded), searched under
 ``ragcun.components.build("distance", "euclidean")``. The three methods, each given the raw embeddings:
@@ -20,6 +22,12 @@ Data: ``--queries`` queries and ``--docs`` documents of standard normal float32 
   results dict (included in the time; nothing is subtracted).
 * ``faiss``: ``faiss.IndexFlatIP`` over the same inner-product vectors (added chunk by chunk) + ``index.search``;
   returns arrays, no dict.
+* ``ragcun-xN`` (with ``--torchrun N``): the same ``search`` with ``shard=True`` in ``N`` gloo ranks started by
+  torchrun, each with ``T // N`` threads (at least 1), ``T`` the one-process runs' torch threads (the same cores,
+  split into processes; with ``OMP_NUM_THREADS=1`` the N ranks use N cores against one):
+  each rank searches every document for its ``1/N`` of the queries and the shares are all-gathered, so each rank
+  ends with the whole result. Timed on rank 0 from a barrier after the data is built to the gathered result;
+  its peak memory is rank 0's. The line after the table gives each rank's CPU time (the work split).
 
 Each (method, size, repeat) runs in a fresh process (this script with the hidden ``--one METHOD``): it builds the
 data, warms the method up on a slice, then times one search. Peak memory is the rise of the process's RSS
@@ -34,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import os
 import resource
@@ -47,6 +54,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ragcun", "beir", "faiss")
+SHARDED = "ragcun-sharded"  # shown as ragcun-xN
 TIE_RTOL = 1e-5  # sorted float64 distances of two top-k sets within this relative tolerance: the same up to ties
 
 
@@ -62,11 +70,16 @@ def chunks(x, size: int):
 
 
 # -- the three methods (each returns what its library returns; top_rows turns it into document rows) -----------
-def run_ragcun(distance, q, d, k: int, chunk: int, qids, dids):
+def run_ragcun(distance, q, d, k: int, chunk: int, qids, dids, shard: bool = False):
     from ragcun.embedding import Embedding
     from ragcun.evaluation.search import search
 
-    return search(distance, Embedding(q), (Embedding(c) for c in chunks(d, chunk)), k, query_ids=qids, doc_ids=dids)
+    return search(distance, Embedding(q), (Embedding(c) for c in chunks(d, chunk)), k, query_ids=qids, doc_ids=dids,
+                  shard=shard)
+
+
+def run_ragcun_sharded(distance, q, d, k: int, chunk: int, qids, dids):
+    return run_ragcun(distance, q, d, k, chunk, qids, dids, shard=True)
 
 
 def ragcun_inputs(n_queries: int, n_docs: int):
@@ -121,7 +134,7 @@ def run_faiss(distance, q, d, k: int, chunk: int):
 
 
 METHOD_RUNS = {"ragcun": (run_ragcun, ragcun_inputs), "beir": (run_beir, beir_inputs),
-               "faiss": (run_faiss, lambda n_queries, n_docs: ())}
+               "faiss": (run_faiss, lambda n_queries, n_docs: ()), SHARDED: (run_ragcun_sharded, ragcun_inputs)}
 
 
 def top_rows(result) -> list[list[int]]:
@@ -137,9 +150,15 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure_one(args) -> dict:
+def measure_one(args) -> dict | None:
+    """Time one search in this process (under torchrun: this rank's part; only rank 0 returns the row)."""
     from ragcun.components import build
 
+    sharded = args.one == SHARDED
+    if sharded:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
     distance = build("distance", "euclidean")
     q, d = make_data(args.docs, args.dim, args.queries)
     search, inputs = METHOD_RUNS[args.one]
@@ -147,26 +166,49 @@ def measure_one(args) -> dict:
     search(distance, q[:8], d[:n], min(args.k, n), args.chunk, *inputs(8, n))  # warm-up: imports, thread pools
     extra = inputs(len(q), len(d))  # the ids (and beir's corpus / queries dicts), built outside the timing
     gc.collect()
+    if sharded:
+        dist.barrier()  # every rank has its data: start together
     base, high_before = rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = search(distance, q, d, args.k, args.chunk, *extra)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    row = {"wall_s": wall, "cpu_s": cpu, "peak_extra_mib": (high - base) / 2**20, "upper_bound": high <= high_before}
+    if sharded:
+        import torch
+
+        cpus = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+        dist.all_gather(cpus, torch.tensor([cpu], dtype=torch.float64))
+        row["rank_cpu_s"] = [float(c) for c in cpus]
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank:
+            return None
     if args.ids_out:
         Path(args.ids_out).write_text(json.dumps(top_rows(result)))
-    return {"wall_s": wall, "peak_extra_mib": (high - base) / 2**20, "upper_bound": high <= high_before}
+    return row
+
+
+def rank_threads(ranks: int) -> int:
+    """Threads per rank of the sharded run: the one-process runs' threads, shared out (at least one each)."""
+    import torch
+
+    return max(1, torch.get_num_threads() // ranks)
 
 
 def run_one(method: str, docs: int, dim: int, args, ids_out: Path | None) -> dict:
     cmd = [sys.executable, __file__, "--one", method, "--docs", str(docs), "--dims", str(dim),
            "--queries", str(args.queries), "--k", str(args.k), "--chunk", str(args.chunk)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if method == SHARDED:  # torchrun's N ranks share the cores one process would use
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.torchrun)]
+        env["OMP_NUM_THREADS"] = str(rank_threads(args.torchrun))
     if ids_out is not None:
         cmd += ["--ids-out", str(ids_out)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode:
         raise SystemExit(f"{method} on {docs} x {dim} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(next(line for line in reversed(proc.stdout.strip().splitlines()) if line.startswith("{")))
 
 
 # -- agreement with FAISS -----------------------------------------------------------------------------------------
@@ -189,18 +231,6 @@ def agreement(q, d, ids: list[list[int]], reference: list[list[int]]) -> tuple[i
     return same, ties, different
 
 
-def torchrun_note(n: int) -> str:
-    from ragcun.evaluation import search as module
-
-    source = inspect.getsource(module)
-    if "torch.distributed" not in source and "all_gather" not in source:
-        return (f"--torchrun {n}: skipped: ragcun.evaluation.search does not support sharding under "
-                "torch.distributed (ExactTopK searches every document it is given in one process; under torchrun "
-                "`ragcun eval beir` splits only the encoding across ranks, and every rank searches the whole corpus)")
-    return (f"--torchrun {n}: skipped: ragcun.evaluation.search mentions torch.distributed, but this benchmark "
-            "does not know its sharding API yet")
-
-
 def fmt_mib(r: dict) -> str:
     return ("<=" if r["upper_bound"] else "") + f"{r['peak_extra_mib']:.0f}"
 
@@ -217,26 +247,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--torchrun", type=int, default=0, help="also run ragcun's search sharded over N gloo ranks")
     parser.add_argument("--quick", action="store_true",
-                        help="docs 2000,5000, dim 64, 50 queries, k 10, one repeat, chunks of 2000")
-    parser.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
+                        help="docs 2000,5000, dim 64, 50 queries, k 10, one repeat, chunks of 2000, --torchrun 2")
+    parser.add_argument("--one", choices=[*METHODS, SHARDED], help=argparse.SUPPRESS)
     parser.add_argument("--ids-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.docs, args.dims, args.queries, args.k, args.repeats, args.chunk = "2000,5000", "64", 50, 10, 1, 2000
+        args.torchrun = args.torchrun or 2  # CI keeps the sharded path working too
 
     if args.one:
         args.docs, args.dim = int(args.docs), int(args.dims)
-        print(json.dumps(measure_one(args)))
+        row = measure_one(args)
+        if row is not None:
+            print(json.dumps(row))
         return 0
 
     import faiss
     import torch
 
     methods = [m for m in args.methods.split(",") if m]
+    if args.torchrun > 1:
+        methods.append(SHARDED)
+    label = {SHARDED: f"ragcun-x{args.torchrun}"}
     docs_list, dims = [int(x) for x in args.docs.split(",")], [int(x) for x in args.dims.split(",")]
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__} "
           f"({faiss.omp_get_max_threads()} threads), {os.cpu_count()} CPUs; {args.queries} queries, top-{args.k}, "
-          f"chunks of {args.chunk}, median of {args.repeats} (interleaved, one process each)")
+          f"chunks of {args.chunk}, median of {args.repeats} (interleaved, one process each)"
+          + (f"; ragcun-x{args.torchrun}: {args.torchrun} ranks x {rank_threads(args.torchrun)} threads"
+             if args.torchrun > 1 else ""))
     rows, failed = [], False
     with tempfile.TemporaryDirectory(prefix="bench-search-") as work:
         for dim in dims:
@@ -257,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                         ids = json.loads((Path(work) / f"{m}-{docs}-{dim}.json").read_text())
                         same, ties, different = agreement(q, d, ids, reference)
                         failed |= different > 0
-                        print(f"{docs} x {dim}: {m} top-{args.k} vs faiss: same set {same}/{len(q)}, same up to ties "
-                              f"{ties}, DIFFERENT {different}" if different else
-                              f"{docs} x {dim}: {m} top-{args.k} vs faiss: same set {same}/{len(q)}, "
+                        name = label.get(m, m)
+                        print(f"{docs} x {dim}: {name} top-{args.k} vs faiss: same set {same}/{len(q)}, same up to "
+                              f"ties {ties}, DIFFERENT {different}" if different else
+                              f"{docs} x {dim}: {name} top-{args.k} vs faiss: same set {same}/{len(q)}, "
                               f"same up to ties {ties}")
                     del q, d
 
@@ -272,13 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         i = docs_list.index(r["docs"])
         prev = by_key.get((r["method"], docs_list[i - 1], r["dim"])) if i else None
         growth = f"{r['wall_s'] / prev['wall_s']:.2f} (docs x{r['docs'] / prev['docs']:g})" if prev else "-"
-        print(f"| {r['method']} | {r['docs']} | {r['dim']} | {r['wall_s']:.3f} | {fmt_mib(r['peak'])} | {ratio} | "
-              f"{growth} |")
+        print(f"| {label.get(r['method'], r['method'])} | {r['docs']} | {r['dim']} | {r['wall_s']:.3f} | "
+              f"{fmt_mib(r['peak'])} | {ratio} | {growth} |")
     print("\nragcun: search() incl. its result dict; beir: DenseRetrievalExactSearch.search incl. beir's heap merge "
           "into its results dict; faiss: IndexFlatIP add + search, arrays only. All three start from the raw "
           "embeddings (the euclidean inner-product vectors are made inside the timing).")
-    if args.torchrun:
-        print(torchrun_note(args.torchrun))
+    for r in rows:
+        if r["method"] == SHARDED:
+            one = by_key.get(("ragcun", r["docs"], r["dim"]))
+            vs = f"; {one['wall_s'] / r['wall_s']:.2f}x the one-process ragcun's speed" if one else ""
+            print(f"{label[SHARDED]} at {r['docs']} x {r['dim']}: CPU s by rank "
+                  f"{', '.join(f'{c:.2f}' for c in r['peak']['rank_cpu_s'])}{vs}")
     if failed:
         print("ERROR: a search disagrees with FAISS beyond ties", file=sys.stderr)
         return 1

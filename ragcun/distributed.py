@@ -10,7 +10,8 @@ process runs on, the DDP wrapper, and the collectives the losses, the statistics
 * **Context-level helpers** for the training loop: :func:`wrap` (DDP), :func:`barrier`, :func:`all_reduce_mean`,
   :func:`broadcast_object`.
 * **Collectives** for the losses and statistics: :func:`world`, :func:`is_distributed`, :func:`all_reduce_sum`
-  (with gradient), :func:`all_reduce_sum_no_grad`, :func:`all_gather_sizes`, :func:`gather_with_grad`.
+  (with gradient), :func:`all_reduce_sum_no_grad`, :func:`all_gather_sizes`, :func:`gather_with_grad`, and
+  :func:`all_gather_rows` (without gradient: encoded corpora, search results).
 
 Every helper is a no-op on one process (no process group, or a group of size 1), so callers never branch.
 This module imports nothing else from ragcun at import time (only :mod:`ragcun.console`, lazily, for a warning),
@@ -261,3 +262,26 @@ def gather_with_grad(t: torch.Tensor, sizes: list[int] | None = None) -> torch.T
         padded = torch.cat([t, t.new_zeros((largest - t.shape[0], *t.shape[1:]))], dim=0)
     parts = _quiet(dist_fn.all_gather, padded)  # tuple of world_size tensors (largest, ...)
     return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
+
+
+def collective_device() -> torch.device:
+    """Where the process group's tensors must live: this rank's GPU under NCCL, the CPU otherwise."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather_rows(local: torch.Tensor, counts: list[int] | None = None) -> list[torch.Tensor]:
+    """Every rank's ``local`` (``(n_r, ...)``, no gradient), by rank, on the collective's device: rows of
+    different counts are padded to the largest for the collective and trimmed again. ``counts`` (each rank's
+    ``n_r``) saves one collective when the caller knows them. ``[local]`` on one process."""
+    if not is_distributed():
+        return [local]
+    device = collective_device()
+    if counts is None:
+        counts = all_gather_sizes(local.shape[0], device=device)
+    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[:local.shape[0]] = local.to(device)
+    out = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(out, padded)
+    return [t[:n] for t, n in zip(out, counts)]

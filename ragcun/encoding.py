@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from ragcun.distributed import world
+from ragcun.distributed import all_gather_rows, world
 from ragcun.embedding import Embedding
 
 
@@ -80,7 +80,8 @@ def encode(model, texts: Sequence[str], batch_size: int = 128, *, autocast_dtype
     width = model.dim * (2 if has_logvar else 1)
     local = torch.cat(outputs) if outputs else torch.empty(0, width, device=device)
     if world_size > 1:
-        gathered = _gather(local, [sum(len(batches[b]) for b in range(r, len(batches), world_size)) for r in range(world_size)])
+        counts = [sum(len(batches[b]) for b in range(r, len(batches), world_size)) for r in range(world_size)]
+        gathered = all_gather_rows(local, counts)
         pieces, cursors = [], [0] * world_size
         for b, idx in enumerate(batches):
             r = b % world_size
@@ -95,16 +96,3 @@ def encode(model, texts: Sequence[str], batch_size: int = 128, *, autocast_dtype
     if has_logvar:
         return Embedding(result[:, :model.dim].contiguous(), result[:, model.dim:].contiguous())
     return Embedding(result)
-
-
-def _gather(local: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
-    """All-gather rows of different counts per rank (padded to the largest, then trimmed)."""
-    import torch.distributed as dist
-
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    longest = max(counts)
-    padded = torch.zeros(longest, local.shape[1], dtype=local.dtype, device=device)
-    padded[:local.shape[0]] = local.to(device)
-    out = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(out, padded)
-    return [t[:n] for t, n in zip(out, counts)]

@@ -6,7 +6,8 @@ all-MiniLM-L6-v2) and ``max_seq_length``, top-1000 exact search, identical query
 ``EvaluateRetrieval.evaluate`` for NDCG/MAP/Recall/P and ``evaluate_custom(..., "mrr")`` for MRR.
 
 Under ``torchrun`` every rank calls :func:`evaluate_beir`; corpus and query encoding is split across ranks
-(:mod:`ragcun.encoding`) and every rank returns the same result (rank 0 writes files).
+(:mod:`ragcun.encoding`), so is the search (each rank searches for its share of the queries,
+:class:`ragcun.evaluation.search.ShardedTopK`), and every rank returns the same result (rank 0 writes files).
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
     corpus = dataset.corpus
     doc_ids = sorted(corpus, key=lambda d: len(corpus[d]["title"] + corpus[d]["text"]), reverse=True)
     exclude = identical_id_positions(query_ids, doc_ids) if ignore_identical_ids else None
-    searcher = make_searcher(search_kind, model.distance, query_emb, k, exclude)
+    searcher = make_searcher(search_kind, model.distance, query_emb, k, exclude, shard=True)
     advance = start(f"{dataset.name} corpus", len(doc_ids))
     t0 = time.perf_counter()
     encode_s = 0.0
@@ -243,6 +244,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
 
     from ragcun.data.beir import default_data_dir, load_beir
     from ragcun.distributed import pick_device, world
+    from ragcun.precision import precision_warning
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
@@ -287,6 +289,13 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
         "counts": {},
         "warnings": [],
     }
+    slow = precision_warning(torch.bfloat16 if dtype.startswith("bfloat16") else None, target)
+    if slow:
+        report["warnings"].append(slow)
+        if rank == 0:  # now, not only in the report: the run it warns about is long
+            from ragcun.console import stderr
+
+            stderr.print(f"[yellow]warning:[/] {slow}", highlight=False, soft_wrap=True)
     if per_query:
         report["per_query"] = {}
     if return_results:

@@ -21,6 +21,11 @@ scores), so memory is ``O(Q * (k + margin) + block + chunk)`` whatever the corpu
 ``CHUNK_ROWS`` is searched in pieces). Candidates of later chunks that the bound proves cannot enter the kept
 top-k are not re-scored.
 
+Under ``torchrun`` (:class:`ShardedTopK`, what ``make_searcher(..., shard=True)`` gives on several ranks) each rank
+searches every document for its contiguous share of the queries, and the shares are all-gathered at the end:
+the work is split ``world_size`` ways and the result is the one-process result, because no query's search
+depends on another's.
+
 Identical query and document ids are skipped by default, as BEIR's exact search does (a query must not
 retrieve itself on datasets such as ArguAna or Quora where queries are also documents).
 """
@@ -33,6 +38,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from ragcun.distances.base import exact_similarity
+from ragcun.distributed import all_gather_rows, is_distributed, world
 from ragcun.embedding import Embedding
 
 # Largest score block (queries x documents) materialised at once: 2^25 floats = 128 MiB.
@@ -369,8 +375,63 @@ class ExactTopK:
         return self.values, self.indices
 
 
-def make_searcher(kind: str, distance, queries: Embedding, k: int, exclude: torch.Tensor | None = None) -> ExactTopK:
-    """The exact top-k searcher; ``kind`` picks the candidate search (``exact``: torch, ``faiss``: FAISS flat)."""
+def query_share(n_queries: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``n_queries`` queries (the first ``n_queries % world_size`` ranks take
+    one more)."""
+    base, extra = divmod(n_queries, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+class ShardedTopK:
+    """:class:`ExactTopK` with the queries split across the ranks of a ``torchrun`` job.
+
+    Every rank must create one and add the same documents (as :func:`ragcun.encoding.encode` hands every rank
+    the whole chunk); each searches them for its own share of the queries (:func:`query_share`), and
+    :meth:`result` all-gathers the shares, so every rank returns the complete result, equal to one process's.
+    """
+
+    def __init__(self, distance, queries: Embedding, k: int, exclude: torch.Tensor | None = None, **options) -> None:
+        rank, world_size = world()
+        self.shares = [query_share(len(queries), r, world_size) for r in range(world_size)]
+        mine = self.shares[rank]
+        self.local = ExactTopK(distance, queries[mine], k, None if exclude is None else exclude[mine], **options)
+        self.k = self.local.k
+
+    @property
+    def seen(self) -> int:
+        return self.local.seen
+
+    @property
+    def refetched(self) -> int:
+        return self.local.refetched
+
+    def add(self, documents: Embedding) -> None:
+        """Search the next chunk for this rank's queries (every rank adds the same chunk)."""
+        self.local.add(documents)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ranks' ``(similarities, indices)``, ``(Q, min(k, N))`` in query order (a collective: every rank
+        must call it)."""
+        values, indices = self.local.result()
+        width = min(self.k, self.seen)
+        if values.shape[1] < width:  # a rank with no queries holds (0, 0)
+            pad = width - values.shape[1]
+            values = torch.nn.functional.pad(values, (0, pad), value=float("-inf"))
+            indices = torch.nn.functional.pad(indices, (0, pad), value=0)
+        counts = [s.stop - s.start for s in self.shares]
+        device = values.device
+        return (torch.cat(all_gather_rows(values, counts)).to(device),
+                torch.cat(all_gather_rows(indices, counts)).to(device))
+
+
+def make_searcher(kind: str, distance, queries: Embedding, k: int, exclude: torch.Tensor | None = None, *,
+                  shard: bool = False) -> ExactTopK | ShardedTopK:
+    """The exact top-k searcher; ``kind`` picks the candidate search (``exact``: torch, ``faiss``: FAISS flat).
+    ``shard=True`` splits the queries across the ranks of a ``torchrun`` job (:class:`ShardedTopK`; every rank
+    must then search the same documents); on one process it changes nothing."""
+    if shard and is_distributed():
+        return ShardedTopK(distance, queries, k, exclude, kind=kind)
     return ExactTopK(distance, queries, k, exclude, kind=kind)
 
 
@@ -382,15 +443,17 @@ def identical_id_positions(query_ids: Sequence[str], doc_ids: Sequence[str]) -> 
 
 def search(distance, queries: Embedding, documents: Iterable[Embedding] | Embedding, k: int, *,
            query_ids: Sequence[str], doc_ids: Sequence[str], ignore_identical_ids: bool = True,
-           kind: str = "exact") -> dict[str, dict[str, float]]:
+           kind: str = "exact", shard: bool = False) -> dict[str, dict[str, float]]:
     """Top-``k`` documents per query under ``distance``, as BEIR's ``{query id: {doc id: similarity}}``.
 
     ``documents`` is one Embedding or an iterable of chunks (in ``doc_ids`` order); the ranking and the reported
-    scores are ``distance.exact_similarity(q, d)`` (see :class:`ExactTopK`).
+    scores are ``distance.exact_similarity(q, d)`` (see :class:`ExactTopK`). ``shard=True``: every rank of a
+    ``torchrun`` job calls this with the same arguments and searches for its share of the queries
+    (:class:`ShardedTopK`); all return the whole result.
     """
     chunks = [documents] if isinstance(documents, Embedding) else documents
     exclude = identical_id_positions(query_ids, doc_ids) if ignore_identical_ids else None
-    searcher = make_searcher(kind, distance, queries, k, exclude)
+    searcher = make_searcher(kind, distance, queries, k, exclude, shard=shard)
     for chunk in chunks:
         searcher.add(chunk)
     if searcher.seen != len(doc_ids):
