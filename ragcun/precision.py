@@ -5,7 +5,10 @@ Training (:mod:`ragcun.training.optim`) and evaluation (:mod:`ragcun.evaluation.
 
 * ``auto``: bfloat16 on a CUDA device that supports it, float32 everywhere else;
 * ``float16`` needs a CUDA device;
-* ``bfloat16`` on a CUDA device needs one that supports it (on a CPU it always works).
+* ``bfloat16`` on a CUDA device needs one that supports it. On a CPU it always works, but only a CPU with native
+  bfloat16 arithmetic (AVX512-BF16 or AMX, which oneDNN uses) makes it fast: on an AVX2-only CPU torch emulates
+  it and an encoder runs about 7x slower than in float32 (all-mpnet-base-v2 on an AMD EPYC with AVX2, measured
+  in benchmarks/RESULTS.md). :func:`precision_warning` says so before a run starts.
 """
 
 from __future__ import annotations
@@ -49,3 +52,29 @@ def resolve_dtype(name: str, device: torch.device | str | None, *, flag: str = "
     if dtype is torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
         raise ValueError(f"{flag} bfloat16: this GPU ({device}) does not support bfloat16; use float16 or float32")
     return dtype
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls natively (oneDNN with AVX512-BF16 or AMX). True when torch
+    cannot tell, so that no warning is raised on a guess."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def precision_warning(dtype: torch.dtype | None, device: torch.device | str | None, *,
+                      flag: str = "--dtype") -> str | None:
+    """A warning for a precision that runs far slower than float32 on ``device``, or None: bfloat16 on a CPU
+    without native bfloat16 arithmetic."""
+    import torch
+
+    if dtype is not torch.bfloat16 or device is None or torch.device(device).type != "cpu":
+        return None
+    if cpu_has_native_bfloat16():
+        return None
+    return (f"{flag} bfloat16: this CPU has no native bfloat16 arithmetic (torch reports "
+            f"{torch.backends.cpu.get_cpu_capability()}; it needs AVX512-BF16 or AMX), so bfloat16 is emulated and "
+            "runs several times slower than float32 here; --dtype float32 (or auto) is faster on this machine")

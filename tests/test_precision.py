@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ragcun.precision import DTYPES, check_dtype_name, resolve_dtype
+from ragcun.precision import DTYPES, check_dtype_name, cpu_has_native_bfloat16, precision_warning, resolve_dtype
 
 
 @pytest.fixture
@@ -94,3 +94,53 @@ def test_training_precision_uses_it():
     assert p.dtype is torch.float32 and p.autocast is None and p.scaler is None
     with pytest.raises(ValueError, match="float16 needs a CUDA device"):
         precision("float16", torch.device("cpu"))
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """Pretend this CPU has native bfloat16 arithmetic (``True``) or only emulates it (``False``)."""
+    import ragcun.precision
+
+    def fake(native: bool) -> None:
+        monkeypatch.setattr(ragcun.precision, "cpu_has_native_bfloat16", lambda: native)
+    return fake
+
+
+def test_bfloat16_on_a_cpu_that_emulates_it_is_named_slow(native_bf16):
+    native_bf16(False)
+    message = precision_warning(torch.bfloat16, "cpu")
+    assert message.startswith("--dtype bfloat16: this CPU has no native bfloat16 arithmetic")
+    assert "float32" in message and torch.backends.cpu.get_cpu_capability() in message
+    assert precision_warning(torch.bfloat16, torch.device("cpu"), flag="--eval-dtype").startswith("--eval-dtype")
+    for quiet in [(torch.float32, "cpu"), (None, "cpu"), (torch.bfloat16, None), (torch.bfloat16, "cuda:0")]:
+        assert precision_warning(*quiet) is None, quiet
+
+
+def test_bfloat16_on_a_cpu_with_native_support_is_not_warned_about(native_bf16):
+    native_bf16(True)
+    assert precision_warning(torch.bfloat16, "cpu") is None
+
+
+def test_the_native_check_answers_on_this_machine():
+    assert isinstance(cpu_has_native_bfloat16(), bool)
+
+
+def test_eval_and_training_warn_before_an_emulated_bfloat16_run(native_bf16, tiny_model_dir, tmp_path):
+    from _training_helpers import write_beir
+    from click.testing import CliRunner
+
+    from ragcun.cli.root import build_cli
+    from ragcun.evaluation.beir_eval import evaluate_beir
+
+    native_bf16(False)
+    data = write_beir(tmp_path / "beir" / "tiny").parent
+    report = evaluate_beir(f"hf:{tiny_model_dir}", "tiny", data, download=False, device="cpu",
+                           dtype="bfloat16-weights", batch_size=8, show_progress=False)
+    assert any(w.startswith("--dtype bfloat16: this CPU has no native") for w in report["warnings"])
+    result = CliRunner().invoke(build_cli(), [
+        "train", "--encoder", f"hf:{tiny_model_dir}", "--head", "linear", "--loss", "contrastive",
+        "--train-data", "beir:tiny:test", "--data-dir", str(data), "--output-dir", str(tmp_path / "run"),
+        "--steps", "1", "--batch-size", "4", "--dtype", "bfloat16", "--device", "cpu", "--no-progress"],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "warning: --dtype bfloat16: this CPU has no native bfloat16" in " ".join(result.output.split())

@@ -63,6 +63,19 @@ class PlanRunner:
         self.show(f"dev split: {info['dev_queries']} of {info['train_queries'] + info['dev_queries']} "
                   f"{plan.train_data} train queries (training uses the other {info['train_queries']})")
         self.warn_if_results_ignored()
+        self.warn_if_precision_is_slow()
+
+    def warn_if_precision_is_slow(self) -> None:
+        """A plan written on a machine with native bfloat16 runs several times slower on one without: say so."""
+        import torch
+
+        from ragcun.precision import precision_warning
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        slow = precision_warning(torch.bfloat16 if self.plan.dtype.startswith("bfloat16") else None, device,
+                                 flag=f"the plan's dtype ({self.plan.path.name})")
+        if slow:
+            self.show(f"warning: {slow}")
 
     def warn_if_results_ignored(self) -> None:
         """Finished runs are what lets another machine resume the plan, but only once they are committed: say so

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import ragcun.distributed as D
+from ragcun.precision import precision_warning
 from ragcun.training import checkpoint as ckpt
 from ragcun.training.callbacks import Callback, CtrlC, TrainingState, check_callbacks
 from ragcun.training.config import TrainConfig
@@ -256,7 +257,8 @@ def _optimizer_step(config: TrainConfig, ctx, step: int, optimizer, scheduler, s
 
 
 def _announce(config, ctx, folder, display, log, source, total_steps, step, prec, calibration) -> None:
-    for message in folder.warnings if ctx.is_main else ():
+    slow = precision_warning(prec.dtype, ctx.device)
+    for message in [*folder.warnings, *([slow] if slow else [])] if ctx.is_main else ():
         display.warn(message)
     display.print(f"training {config.encoder} + {config.head} head, loss {config.loss}, on {source.description}; "
                   f"{ctx.world_size} process(es) x batch {config.batch_size} x accumulation {config.grad_accum}, "
