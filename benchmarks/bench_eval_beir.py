@@ -2,11 +2,15 @@
 
     python benchmarks/bench_eval_beir.py --dataset scifact              # the full SciFact test split
     python benchmarks/bench_eval_beir.py --dataset scifact --limit 500  # a quick run on 500 documents
-    python benchmarks/bench_eval_beir.py --quick    # nq-utd cut to 200 documents, batch 32 (CI: keeps it working)
+    python benchmarks/bench_eval_beir.py --quick    # nq-utd cut to 200 documents, batch 32, no bf16w (CI)
+    python benchmarks/bench_eval_beir.py --model all-mpnet-base-v2 --dataset scifact \
+        --results-dir benchmarks/mpnet-parity/scifact      # plugins/ragcun-mpnet; resumable, one file per contender
 
-Each contender retrieves the top 1000 for every test query with the same model (all-MiniLM-L6-v2, the copy
-packaged with ragcun), the same batch size and the same number of threads, and is scored with beir's
-EvaluateRetrieval. Reported: wall time (encode queries + encode corpus + search + metrics; the model is loaded
+Each contender retrieves the top 1000 for every test query with the same model (``--model``, a ragcun model
+spec; default all-MiniLM-L6-v2, the copy packaged with ragcun: sentence-transformers loads the folder the ragcun
+encoder reads), the same batch size and the same number of threads, and is scored with beir's
+EvaluateRetrieval. With ``--results-dir`` each contender's row is written there as it finishes and a rerun
+skips the contenders already there (an mpnet contender takes tens of minutes on a CPU). Reported: wall time (encode queries + encode corpus + search + metrics; the model is loaded
 beforehand and warmed up), documents per second (corpus size / wall time), peak memory, NDCG@10, and the
 ratio to sentence-transformers.
 
@@ -89,15 +93,23 @@ def subset(folder: Path, limit: int, seed: int = 0) -> Path:
     return out
 
 
-def run_sentence_transformers(folder: Path, batch_size: int) -> dict:
+def model_folder(spec: str) -> str:
+    """The sentence-transformers folder ragcun's model ``spec`` encodes with (its encoder's ``path``)."""
+    from ragcun.resolve import resolve_model
+
+    path = getattr(resolve_model(spec).encoder, "path", None)
+    if path is None:
+        raise SystemExit(f"--model {spec}: its encoder has no model folder that sentence-transformers could load")
+    return str(path)
+
+
+def run_sentence_transformers(folder: Path, batch_size: int, st_folder: str) -> dict:
     from beir.datasets.data_loader import GenericDataLoader
     from beir.retrieval.evaluation import EvaluateRetrieval
     from beir.retrieval.models import SentenceBERT
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
-    from ragcun.encoders.embedded import embedded_model_path
-
-    model = SentenceBERT(embedded_model_path(), device="cpu")
+    model = SentenceBERT(st_folder, device="cpu")
     model.q_model.encode(["warm up"] * 4)
     with RssSampler() as mem:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -106,18 +118,19 @@ def run_sentence_transformers(folder: Path, batch_size: int) -> dict:
                                                                 show_progress_bar=False),
                                       k_values=K_VALUES, score_function="cos_sim")
         results = retriever.retrieve(corpus, queries)
-        ndcg, *_ = retriever.evaluate(qrels, results, K_VALUES)
+        scores = retriever.evaluate(qrels, results, K_VALUES)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"wall_s": wall, "cpu_s": cpu, "docs": len(corpus), "ndcg10": ndcg["NDCG@10"], "peak_rss": mem.peak,
-            "delta_rss": mem.peak - mem.start}
+    metrics = {name: value for table in scores for name, value in table.items()}
+    return {"wall_s": wall, "cpu_s": cpu, "docs": len(corpus), "ndcg10": metrics["NDCG@10"], "peak_rss": mem.peak,
+            "delta_rss": mem.peak - mem.start, "metrics": metrics}
 
 
-def run_ragcun(folder: Path, batch_size: int, dtype: str) -> dict:
+def run_ragcun(folder: Path, batch_size: int, dtype: str, spec: str) -> dict:
     from ragcun.evaluation.beir_eval import evaluate_beir
     from ragcun.encoding import encode
     from ragcun.resolve import resolve_model
 
-    model = resolve_model("all-minilm-l6-v2")
+    model = resolve_model(spec)
     import torch
 
     encode(model, ["warm up"] * 4, autocast_dtype=torch.bfloat16 if dtype.startswith("bfloat16") else None)
@@ -127,12 +140,15 @@ def run_ragcun(folder: Path, batch_size: int, dtype: str) -> dict:
                                download=False, device="cpu", show_progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     name = next(iter(report["datasets"]))
-    return {"wall_s": wall, "cpu_s": cpu, "docs": report["counts"][name]["documents"], "ndcg10": report["datasets"][name]["NDCG@10"],
-            "peak_rss": mem.peak, "delta_rss": mem.peak - mem.start}
+    metrics = report["datasets"][name]
+    return {"wall_s": wall, "cpu_s": cpu, "docs": report["counts"][name]["documents"], "ndcg10": metrics["NDCG@10"],
+            "peak_rss": mem.peak, "delta_rss": mem.peak - mem.start, "metrics": metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="all-minilm-l6-v2",
+                        help="ragcun model spec (encoder name, checkpoint, hf:PATH) whose folder both contenders load")
     parser.add_argument("--dataset", default="scifact", help="dataset name under --data-dir (default scifact)")
     parser.add_argument("--data-dir", default=os.environ.get("RAGCUN_DATA", str(REPO.parent / "shared/data/beir")))
     parser.add_argument("--limit", type=int, default=None, help="use at most this many documents")
@@ -140,10 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip", default="", help="comma list of contenders to skip: st,f32,bf16,bf16w")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
-    parser.add_argument("--quick", action="store_true", help="--dataset nq-utd --limit 200 --batch-size 32")
+    parser.add_argument("--results-dir", default=None,
+                        help="write each contender's row here as it finishes; contenders already there are skipped")
+    parser.add_argument("--quick", action="store_true",
+                        help="--dataset nq-utd --limit 200 --batch-size 32 (and --skip bf16w unless --skip is given)")
     args = parser.parse_args(argv)
     if args.quick:
         args.dataset, args.limit, args.batch_size = "nq-utd", 200, 32
+        # bfloat16-weights adds nothing the bfloat16 contender does not exercise, and on a CPU without native
+        # bfloat16 (emulated: ~5x slower than float32 here) it would double the quick run's time
+        args.skip = args.skip or "bf16w"
 
     import torch
 
@@ -153,18 +175,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         folder = subset(folder, args.limit)
     skip = set(filter(None, args.skip.split(",")))
+    st_folder = model_folder(args.model) if "st" not in skip else ""
+    contenders = {
+        "st": ("sentence-transformers + beir (float32)", lambda: run_sentence_transformers(folder, args.batch_size,
+                                                                                          st_folder)),
+        "f32": ("ragcun eval beir (float32)", lambda: run_ragcun(folder, args.batch_size, "float32", args.model)),
+        "bf16": ("ragcun eval beir (bfloat16 autocast)",
+                 lambda: run_ragcun(folder, args.batch_size, "bfloat16", args.model)),
+        "bf16w": ("ragcun eval beir (bfloat16-weights)",
+                  lambda: run_ragcun(folder, args.batch_size, "bfloat16-weights", args.model)),
+    }
+    results_dir = Path(args.results_dir) if args.results_dir else None
     rows = []
-    if "st" not in skip:
-        rows.append(("sentence-transformers + beir (float32)", run_sentence_transformers(folder, args.batch_size)))
-    if "f32" not in skip:
-        rows.append(("ragcun eval beir (float32)", run_ragcun(folder, args.batch_size, "float32")))
-    if "bf16" not in skip:
-        rows.append(("ragcun eval beir (bfloat16 autocast)", run_ragcun(folder, args.batch_size, "bfloat16")))
-    if "bf16w" not in skip:
-        rows.append(("ragcun eval beir (bfloat16-weights)", run_ragcun(folder, args.batch_size, "bfloat16-weights")))
+    for key, (label, run) in contenders.items():
+        if key in skip:
+            continue
+        done = results_dir / f"{key}.json" if results_dir else None
+        if done is not None and done.exists():
+            print(f"{label}: already in {done}, skipped", flush=True)
+            rows.append((label, json.loads(done.read_text())))
+            continue
+        print(f"{label}: running", flush=True)
+        load_before = os.getloadavg()
+        row = run()
+        row.update(load_before=load_before, load_after=os.getloadavg(), model=args.model, dataset=args.dataset,
+                   batch_size=args.batch_size, threads=torch.get_num_threads(), torch=torch.__version__,
+                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        if done is not None:
+            from ragcun.files import write_text_atomic
+
+            results_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(done, json.dumps(row, indent=2) + "\n")
+        print(f"{label}: {row['wall_s']:.1f} s, NDCG@10 {row['ndcg10']:.5f}", flush=True)
+        rows.append((label, row))
+    if not rows:
+        raise SystemExit("every contender was skipped (--skip)")
 
     base, base_cpu = rows[0][1]["wall_s"], rows[0][1]["cpu_s"]
-    print(f"dataset {args.dataset} ({rows[0][1]['docs']} documents), batch size {args.batch_size}, "
+    print(f"model {args.model}, dataset {args.dataset} ({rows[0][1]['docs']} documents), batch size {args.batch_size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}")
     print(f"command: python {' '.join(sys.argv)}")
     header = (f"| {'contender':40} | wall s | CPU s | docs/s | peak RSS MiB | +RSS MiB | NDCG@10 | "
@@ -175,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label:40} | {r['wall_s']:6.1f} | {r['cpu_s']:5.0f} | {r['docs'] / r['wall_s']:6.1f} | "
               f"{r['peak_rss'] / 2**20:12.0f} | {r['delta_rss'] / 2**20:8.0f} | {r['ndcg10']:.5f} | "
               f"{base / r['wall_s']:11.2f}x | {base_cpu / r['cpu_s']:10.2f}x |")
+    reference = dict(rows).get("sentence-transformers + beir (float32)")
+    for label, r in rows:
+        if reference is not None and r is not reference:
+            shared = set(reference["metrics"]) & set(r["metrics"])
+            worst = max(shared, key=lambda m: abs(r["metrics"][m] - reference["metrics"][m]))
+            print(f"{label}: largest metric difference from sentence-transformers + beir over {len(shared)} metrics: "
+                  f"{worst} {r['metrics'][worst] - reference['metrics'][worst]:+.5f}")
     if args.json:
         Path(args.json).write_text(json.dumps([{"contender": label, **r} for label, r in rows], indent=2))
     return 0
