@@ -57,12 +57,16 @@ def test_encode_equals_sentence_transformers(folder, data_dir):
 
 
 def test_short_training_run_and_its_checkpoint(folder, data_dir, tmp_path, monkeypatch):
-    """`ragcun train` on mpnet for 4 steps (bf16 autocast, CPU); the checkpoint records the plugin that supplied
-    the encoder, loads back, and without the plugin names the package to install."""
+    """`ragcun train` on mpnet for 4 steps (bf16 autocast on a CPU that has bfloat16 natively, float32 on one that
+    would emulate it, several times slower); the checkpoint records the plugin that supplied the encoder, loads
+    back, and without the plugin names the package to install."""
+    from ragcun.precision import cpu_has_native_bfloat16
+
     out = tmp_path / "run"
+    dtype = "bfloat16" if cpu_has_native_bfloat16() else "float32"
     args = [sys.executable, "-m", "ragcun", "train", "--encoder", "all-mpnet-base-v2", "--head", "gaussian",
             "--loss", "contrastive+isotropy", "--steps", "4", "--batch-size", "8", "--train-data", "beir:scifact:train",
-            "--data-dir", str(data_dir), "--output-dir", str(out), "--dtype", "bfloat16", "--no-progress"]
+            "--data-dir", str(data_dir), "--output-dir", str(out), "--dtype", dtype, "--no-progress"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1800, check=False,
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
