@@ -177,8 +177,9 @@ def measure_one(args) -> dict | None:
     if sharded:
         import torch
 
-        cpus = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
-        dist.all_gather(cpus, torch.tensor([cpu], dtype=torch.float64))
+        from ragcun.distributed import all_gather_rows
+
+        cpus = all_gather_rows(torch.tensor([cpu], dtype=torch.float64), [1] * dist.get_world_size())
         row["rank_cpu_s"] = [float(c) for c in cpus]
         rank = dist.get_rank()
         dist.destroy_process_group()

@@ -271,15 +271,13 @@ def collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_gather_rows(local: torch.Tensor, counts: list[int] | None = None) -> list[torch.Tensor]:
+def all_gather_rows(local: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
     """Every rank's ``local`` (``(n_r, ...)``, no gradient), by rank, on the collective's device: rows of
-    different counts are padded to the largest for the collective and trimmed again. ``counts`` (each rank's
-    ``n_r``) saves one collective when the caller knows them. ``[local]`` on one process."""
+    different counts (``counts``: each rank's ``n_r``) are padded to the largest for the collective and trimmed
+    again. ``[local]`` on one process."""
     if not is_distributed():
         return [local]
     device = collective_device()
-    if counts is None:
-        counts = all_gather_sizes(local.shape[0], device=device)
     padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=device)
     padded[:local.shape[0]] = local.to(device)
     out = [torch.empty_like(padded) for _ in counts]

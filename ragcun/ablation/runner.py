@@ -69,11 +69,10 @@ class PlanRunner:
         """A plan written on a machine with native bfloat16 runs several times slower on one without: say so."""
         import torch
 
-        from ragcun.precision import precision_warning
+        from ragcun.evaluation.beir_eval import dtype_warning
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        slow = precision_warning(torch.bfloat16 if self.plan.dtype.startswith("bfloat16") else None, device,
-                                 flag=f"the plan's dtype ({self.plan.path.name})")
+        slow = dtype_warning(self.plan.dtype, device, flag=f"the plan's dtype ({self.plan.path.name})")
         if slow:
             self.show(f"warning: {slow}")
 

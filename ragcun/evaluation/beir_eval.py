@@ -92,6 +92,16 @@ def resolve_autocast(dtype: str, device=None):
     return None if resolved is torch.float32 else resolved
 
 
+def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
+    """:func:`ragcun.precision.precision_warning` for an evaluation ``--dtype`` name (``bfloat16`` and
+    ``bfloat16-weights`` both compute in bfloat16)."""
+    import torch
+
+    from ragcun.precision import precision_warning
+
+    return precision_warning(torch.bfloat16 if dtype.startswith("bfloat16") else None, device, flag=flag)
+
+
 def _inference_copy(model, dtype: str):
     """The model to encode with. Under autocast a Linear casts its float32 weight to 16 bits on every call;
     a copy whose Linear weights are already 16-bit computes exactly the same numbers without the casts
@@ -244,8 +254,6 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
 
     from ragcun.data.beir import default_data_dir, load_beir
     from ragcun.distributed import pick_device, world
-    from ragcun.precision import precision_warning
-
     if batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     if corpus_chunk_size < 1:
@@ -289,7 +297,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
         "counts": {},
         "warnings": [],
     }
-    slow = precision_warning(torch.bfloat16 if dtype.startswith("bfloat16") else None, target)
+    slow = dtype_warning(dtype, target)
     if slow:
         report["warnings"].append(slow)
         if rank == 0:  # now, not only in the report: the run it warns about is long

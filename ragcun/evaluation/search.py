@@ -396,15 +396,10 @@ class ShardedTopK:
         self.shares = [query_share(len(queries), r, world_size) for r in range(world_size)]
         mine = self.shares[rank]
         self.local = ExactTopK(distance, queries[mine], k, None if exclude is None else exclude[mine], **options)
-        self.k = self.local.k
 
     @property
     def seen(self) -> int:
         return self.local.seen
-
-    @property
-    def refetched(self) -> int:
-        return self.local.refetched
 
     def add(self, documents: Embedding) -> None:
         """Search the next chunk for this rank's queries (every rank adds the same chunk)."""
@@ -414,7 +409,7 @@ class ShardedTopK:
         """All ranks' ``(similarities, indices)``, ``(Q, min(k, N))`` in query order (a collective: every rank
         must call it)."""
         values, indices = self.local.result()
-        width = min(self.k, self.seen)
+        width = min(self.local.k, self.seen)
         if values.shape[1] < width:  # a rank with no queries holds (0, 0)
             pad = width - values.shape[1]
             values = torch.nn.functional.pad(values, (0, pad), value=float("-inf"))

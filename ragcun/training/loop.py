@@ -257,9 +257,10 @@ def _optimizer_step(config: TrainConfig, ctx, step: int, optimizer, scheduler, s
 
 
 def _announce(config, ctx, folder, display, log, source, total_steps, step, prec, calibration) -> None:
-    slow = precision_warning(prec.dtype, ctx.device)
-    for message in [*folder.warnings, *([slow] if slow else [])] if ctx.is_main else ():
-        display.warn(message)
+    if ctx.is_main:
+        slow = precision_warning(prec.dtype, ctx.device)
+        for message in [*folder.warnings, *([slow] if slow else [])]:
+            display.warn(message)
     display.print(f"training {config.encoder} + {config.head} head, loss {config.loss}, on {source.description}; "
                   f"{ctx.world_size} process(es) x batch {config.batch_size} x accumulation {config.grad_accum}, "
                   f"{total_steps} steps, {ctx.device}, {str(prec.dtype).replace('torch.', '')}"
