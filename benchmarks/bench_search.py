@@ -44,7 +44,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -145,14 +144,10 @@ def top_rows(result) -> list[list[int]]:
 
 
 # -- one measurement, in its own process ------------------------------------------------------------------------
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def measure_one(args) -> dict | None:
     """Time one search in this process (under torchrun: this rank's part; only rank 0 returns the row)."""
     from ragcun.components import build
+    from ragcun.memory import peak_resident_mib, resident_mib
 
     sharded = args.one == SHARDED
     if sharded:
@@ -168,12 +163,12 @@ def measure_one(args) -> dict | None:
     gc.collect()
     if sharded:
         dist.barrier()  # every rank has its data: start together
-    base, high_before = rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base, high_before = resident_mib(), peak_resident_mib()
     t0, c0 = time.perf_counter(), time.process_time()
     result = search(distance, q, d, args.k, args.chunk, *extra)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    row = {"wall_s": wall, "cpu_s": cpu, "peak_extra_mib": (high - base) / 2**20, "upper_bound": high <= high_before}
+    high = peak_resident_mib()
+    row = {"wall_s": wall, "cpu_s": cpu, "peak_extra_mib": high - base, "upper_bound": high <= high_before}
     if sharded:
         import torch
 

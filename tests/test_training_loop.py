@@ -30,7 +30,7 @@ def test_short_run_losses_fall_and_files_are_written(tiny_model_dir, tmp_path, p
     config = tiny_config(tiny_model_dir, tmp_path / "run", pairs, steps=12, batch_size=8, negatives=1,
                          save_every=4, keep_checkpoints=2)
     result = train(config)
-    assert result.step == 12 and len(result.losses) == 12
+    assert result.step == 12 and len(result.losses) == 12 and result.peak_rss_mb > 0
     assert all(math.isfinite(x) for x in result.losses)
     assert sum(result.losses[-3:]) < sum(result.losses[:3])
     assert set(result.terms[0]) == {"contrastive", "isotropy"}
@@ -41,7 +41,18 @@ def test_short_run_losses_fall_and_files_are_written(tiny_model_dir, tmp_path, p
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
     assert records[0]["step"] == 0 and records[0]["calibration"]["factor"] > 0  # the gaussian head calibrated
-    assert {"lr", "pairs_per_s", "terms", "grad_norm"} <= set(records[1])
+    steps = [r for r in records if "loss" in r]
+    assert {"lr", "pairs_per_s", "terms", "grad_norm", "peak_rss_mb"} <= set(steps[0])
+    # host memory after each phase, then every step: the high-water mark only rises, and the current resident
+    # set never exceeds it
+    memory = next(r["memory"] for r in records if "memory" in r)
+    phases = ["start", "model", "data", "calibration"]  # in the order they run (the log sorts its keys)
+    assert sorted(memory) == sorted(phases)
+    marks = [memory[p]["peak_rss_mb"] for p in phases] + [r["peak_rss_mb"] for r in steps]
+    assert marks == sorted(marks) and marks[0] > 0
+    assert all(0 < m["rss_mb"] <= m["peak_rss_mb"] + 1 for m in memory.values())
+    final = next(r["final"] for r in records if "final" in r)
+    assert final["peak_rss_mb"] >= marks[-1]
     from ragcun.model import load
 
     model = load(run)  # the finished run is itself a checkpoint

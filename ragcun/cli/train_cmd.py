@@ -40,6 +40,8 @@ def _train_options(fn):
         config_option("--shuffle-buffer", type=int, help="streamed data: shuffle buffer"),
         config_option("--grad-cache-chunk", type=int,
                       help="GradCache: embed in chunks of K texts (large batches in bounded memory)"),
+        config_option("--gradient-checkpointing", is_flag=True,
+                      help="recompute each encoder layer in the backward pass: less memory, about 1.3x the time"),
         config_option("--dtype", help="auto, float32, bfloat16 or float16 (autocast; weights stay float32); auto: bf16 "
                                       "on GPUs that support it, float32 on CPUs; bfloat16 also works on a CPU, 1.55x "
                                       "faster on one with AVX512-BF16, see benchmarks/RESULTS.md"),
@@ -171,7 +173,9 @@ def run_training(config, *, resume: bool = False):
                          "larger --steps or --epochs", highlight=False)
         return result
     if result.model_dir is not None and int(os.environ.get("RANK", "0")) == 0:
-        stderr.print(f"done: {result.step} steps, {result.pairs_per_s:.1f} pairs/s; model in {result.model_dir} "
+        memory = "".join([f", peak memory {result.peak_rss_mb:.0f} MiB" if result.peak_rss_mb else "",
+                          f" (GPU {result.peak_memory_mb:.0f} MiB)" if result.peak_memory_mb else ""])
+        stderr.print(f"done: {result.step} steps, {result.pairs_per_s:.1f} pairs/s{memory}; model in {result.model_dir} "
                      f"(ragcun eval beir --model {result.model_dir})", highlight=False)
     return result
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import ragcun.distributed as D
+from ragcun.memory import peak_resident_mib, resident_mib
 from ragcun.precision import precision_warning
 from ragcun.training import checkpoint as ckpt
 from ragcun.training.callbacks import Callback, CtrlC, TrainingState, check_callbacks
@@ -50,7 +51,8 @@ class TrainResult:
     resumed_from: int | None = None
     model_dir: Path | None = None  # the final model (None when interrupted)
     pairs_per_s: float = 0.0
-    peak_memory_mb: float | None = None
+    peak_memory_mb: float | None = None  # CUDA: the largest allocation on the device
+    peak_rss_mb: float | None = None  # host: this process's resident-set high-water mark
 
 
 def train(config: TrainConfig, *, resume: bool = False, loss_fn: Callable | None = None,
@@ -84,6 +86,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     out_dir, resume = folder.path, folder.resume
 
     # -- model, loss, precision (same seed on every rank: identical initial weights) ---------------------
+    memory = {"start": _memory_mark()}  # host memory after each phase: which one raised the peak
     seed_everything(config.seed)
     model = build_training_model(config)
     if resume:
@@ -94,14 +97,17 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     if isinstance(loss_module, torch.nn.Module):
         loss_module.to(device)
     prec = precision(config.dtype, device)
+    memory["model"] = _memory_mark()
 
     # -- data ------------------------------------------------------------------------------------------------
     source, stream = training_data(config, model, ctx)
     total_steps = _total_steps(config, stream, source, ctx)
+    memory["data"] = _memory_mark()
 
     # -- calibration (new runs only): a head with init_scale="auto" gets unit-scale outputs -----------------
     calibration = None if resume else calibrate(model, loss_module, probe_texts(source), ctx)
     name_loss_failures(loss_module)
+    memory["calibration"] = _memory_mark()
 
     # -- optimizer, schedule, resume state -------------------------------------------------------------------
     optimizer = make_optimizer(model, config, device, loss_module)
@@ -131,6 +137,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     log = MetricsLog(out_dir, ctx.is_main, step if resume else None)
     display = LiveDisplay(ctx.is_main and config.show_progress, total_steps, step)
     _announce(config, ctx, folder, display, log, source, total_steps, step, prec, calibration)
+    log.write({"step": step, "memory": memory})
     _warn_if_sigreg_cannot_act(model, loss_module, source, ctx, display)
     saver = CheckpointSaver(out_dir, config, ctx, model=model, optimizer=optimizer, scheduler=scheduler,
                             scaler=prec.scaler, loss_module=loss_module, stream=stream, total_steps=total_steps)
@@ -172,7 +179,8 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
                 result.losses.append(agreed.loss)
                 result.terms.append(agreed.terms)
                 record = {"step": step, "loss": agreed.loss, "terms": agreed.terms, "lr": lr,
-                          "step_s": time.perf_counter() - t0, "pairs_per_s": rate, "epoch": stream.state.epoch}
+                          "step_s": time.perf_counter() - t0, "pairs_per_s": rate, "epoch": stream.state.epoch,
+                          "peak_rss_mb": peak_resident_mib()}
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 due = step % config.log_every == 0 or step == total_steps
@@ -202,15 +210,21 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     result.pairs_per_s = pairs_per_step * steps_this_run / elapsed if elapsed > 0 else 0.0
     if device.type == "cuda":
         result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    result.peak_rss_mb = peak_resident_mib()
     if step >= total_steps and not result.interrupted:
         if ctx.is_main:
             model.save_pretrained(out_dir)  # `ragcun eval beir --model OUTPUT_DIR` works on a finished run
             ckpt.apply_umask(out_dir, ("model.safetensors", "ragcun.json", "encoder"))
             log.write({"step": step, "final": {"pairs_per_s": result.pairs_per_s, "elapsed_s": elapsed,
-                                               "peak_memory_mb": result.peak_memory_mb}})
+                                               "peak_memory_mb": result.peak_memory_mb,
+                                               "peak_rss_mb": result.peak_rss_mb}})
         D.barrier(ctx)
         result.model_dir = out_dir
     return result
+
+
+def _memory_mark() -> dict[str, float | None]:
+    return {"rss_mb": resident_mib(), "peak_rss_mb": peak_resident_mib()}
 
 
 def _total_steps(config: TrainConfig, stream, source, ctx) -> int:
