@@ -179,6 +179,17 @@ class HFEncoder(nn.Module):
             pooled = module(pooled)
         return pooled
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Keep only each transformer layer's input for the backward pass and recompute the layer there
+        (``--gradient-checkpointing``): the activations of one layer at a time instead of all of them, for about
+        one more forward pass. The recomputation replays the same dropout masks, so the gradient is the same."""
+        # transformers 5 renamed it (the old name warns that it goes in v6)
+        enable = getattr(self.model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def get_config(self) -> dict[str, Any]:
         return {"path": self.path, "pooling": self.pooling, "max_seq_length": self.max_seq_length,
                 "normalize": self.normalize}

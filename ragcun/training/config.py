@@ -53,6 +53,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0  # None: no clipping (the CLI's --max-grad-norm 0)
     grad_cache_chunk: int | None = None
+    gradient_checkpointing: bool = False  # recompute each encoder layer in the backward pass (less memory)
     dtype: str = "auto"
     seed: int = 42
     device: str | None = None  # None -> cuda:LOCAL_RANK if available, else cpu

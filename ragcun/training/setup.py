@@ -18,7 +18,18 @@ def build_training_model(config: TrainConfig):
     if config.freeze_encoder:
         for param in model.encoder.parameters():
             param.requires_grad_(False)
+    if config.gradient_checkpointing and not config.freeze_encoder:  # a frozen encoder keeps no activations
+        enable_gradient_checkpointing(model.encoder, config.encoder)
     return model
+
+
+def enable_gradient_checkpointing(encoder, name: str) -> None:
+    enable = getattr(encoder, "enable_gradient_checkpointing", None)
+    if enable is None:
+        raise ValueError(f"--gradient-checkpointing: the encoder {name} ({type(encoder).__name__}) does not support "
+                         "it (it needs an enable_gradient_checkpointing() method, as the hf encoders have); "
+                         "--grad-cache-chunk K bounds training memory for any encoder")
+    enable()
 
 
 def freeze_unused_parameters(model) -> list[str]:
