@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 PROBE_TEXTS = 256  # half queries, half documents: enough for a per-coordinate variance to 2-3%
+PROBE_SLICE = 32  # texts per forward pass of the probe (bounds its memory)
 
 
 @dataclass
@@ -76,7 +77,11 @@ def calibrate(model, loss_module, texts: list[str], ctx) -> Calibration | None:
     model.eval()
     try:
         with torch.no_grad():
-            features = model.encoder({k: v.to(model.device) for k, v in model.tokenize(texts).items()})  # (N, H)
+            # in slices of the one padded batch: the same inputs, without one forward's activations for all N
+            # texts at once (256 texts held about 1 GB, as much as a training step's GradCache chunk)
+            tokens = {k: v.to(model.device) for k, v in model.tokenize(texts).items()}
+            features = torch.cat([model.encoder({k: v[i:i + PROBE_SLICE] for k, v in tokens.items()})
+                                  for i in range(0, len(texts), PROBE_SLICE)])  # (N, H)
             factor = head.calibrate(features.float(), center=centered)
     finally:
         model.train(was_training)
