@@ -17,7 +17,9 @@
 #
 # GPU_CHECK_ON_CPU=1 runs the same steps on a CPU with small sizes (gloo instead of NCCL, the small data set):
 # it checks the script itself, so that the minutes a GPU is lent for are not spent on a typo
-# (tests/test_gpu_check_script.py runs it that way).
+# (tests/test_gpu_check_script.py runs it that way). The dry run trains and evaluates in bfloat16 only where the CPU
+# has it natively (AVX512-BF16/AMX), float32 elsewhere: emulated bf16 is about 7x slower and made this check take
+# 11 minutes of CI on an AVX2 CPU. GPU_CHECK_DTYPE=bfloat16 forces it (the loss step always tries both).
 set -euo pipefail
 START=$(date +%s)
 OUT=${1:-${OUT:-$(mktemp -d /tmp/ragcun-gpu-check.XXXX)}}
@@ -29,9 +31,10 @@ ON_CPU=${GPU_CHECK_ON_CPU:-0}
 if [ "$ON_CPU" = 1 ]; then
   BATCH=8; STEPS=3; GC_PLAIN=8; GC_BATCH=32; GC_CHUNK=8; EVAL_BATCH=64; PREFLIGHT_BATCH=8; export CUDA_VISIBLE_DEVICES=""
   unset RAGCUN_DATA  # the small data set: a full BEIR corpus takes many minutes to encode on a CPU
+  DTYPE=${GPU_CHECK_DTYPE:-$($PY -c "from ragcun.precision import cpu_has_native_bfloat16 as n; print('bfloat16' if n() else 'float32')")}
 else
   BATCH=128; STEPS=40; GC_PLAIN=128; GC_BATCH=1024; GC_CHUNK=128; EVAL_BATCH=256; PREFLIGHT_BATCH=64
-  MPNET_STEPS=${MPNET_STEPS:-30}
+  MPNET_STEPS=${MPNET_STEPS:-30}; DTYPE=${GPU_CHECK_DTYPE:-bfloat16}
 fi
 export GPU_CHECK_ON_CPU=$ON_CPU
 
@@ -84,24 +87,24 @@ print(f"wrote {len(pairs)} training pairs and a 500-document BEIR folder to {roo
 EOF
   TRAIN="jsonl:$DATA_DIR/train.jsonl"; EVAL_DS="gpucheck"; EVAL="beir:gpucheck:test"
 fi
-echo "train: $TRAIN   eval: $EVAL   data dir: $DATA_DIR"
+echo "train: $TRAIN   eval: $EVAL   data dir: $DATA_DIR   dtype: $DTYPE"
 
 step "preflight"
 $PY -m ragcun preflight --train-data "$TRAIN" --eval-data "$EVAL" --data-dir "$DATA_DIR" \
-  --output-dir "$OUT" --batch-size "$PREFLIGHT_BATCH" --steps 3 --dtype bfloat16
+  --output-dir "$OUT" --batch-size "$PREFLIGHT_BATCH" --steps 3 --dtype "$DTYPE"
 
-step "bf16 training under torchrun (NCCL; gloo in the CPU dry run), 1 process"
+step "$DTYPE training under torchrun (NCCL; gloo in the CPU dry run), 1 process"
 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m ragcun train \
   --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy --train-data "$TRAIN" \
-  --data-dir "$DATA_DIR" --output-dir "$OUT/run-bf16" --batch-size "$BATCH" --steps "$STEPS" --lr 5e-5 --dtype bfloat16 \
+  --data-dir "$DATA_DIR" --output-dir "$OUT/run-train" --batch-size "$BATCH" --steps "$STEPS" --lr 5e-5 --dtype "$DTYPE" \
   --save-every "$STEPS" --log-every 1 --no-progress
-$PY - "$OUT/run-bf16" <<'EOF'
+$PY - "$OUT/run-train" <<'EOF'
 import json, sys
 recs = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
 steps = [r for r in recs if "step_s" in r]
 final = [r["final"] for r in recs if "final" in r][0]
 steady = [r["step_s"] for r in steps[1:]]
-print(f"bf16 training: losses {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}; "
+print(f"training: losses {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}; "
       f"{final['pairs_per_s']:.0f} pairs/s overall; peak CUDA memory {final['peak_memory_mb'] or 0:.0f} MiB")
 assert all(r["loss"] == r["loss"] for r in steps), "NaN loss"
 EOF
@@ -112,7 +115,7 @@ for spec in "$GC_PLAIN:" "$GC_BATCH:$GC_CHUNK"; do
   extra=(); [ -n "$chunk" ] && extra=(--grad-cache-chunk "$chunk")
   $PY -m ragcun train --encoder all-minilm-l6-v2 --head gaussian --loss contrastive+isotropy \
     --train-data "$TRAIN" --data-dir "$DATA_DIR" --output-dir "$OUT/run-gc-$bs" --batch-size "$bs" --steps 2 \
-    --dtype bfloat16 --save-every 1000000 --log-every 1 --no-progress "${extra[@]}"
+    --dtype "$DTYPE" --save-every 1000000 --log-every 1 --no-progress "${extra[@]}"
   $PY -c "import json,sys; r=[json.loads(l) for l in open('$OUT/run-gc-$bs/metrics.jsonl') if 'final' in l][0]['final']; print(f'batch $bs ${chunk:+(chunk $chunk)}: peak CUDA memory {r[\"peak_memory_mb\"] or 0:.0f} MiB, {r[\"pairs_per_s\"]:.0f} pairs/s')"
 done
 
@@ -139,11 +142,11 @@ for name in names:
         assert ok
 EOF
 
-step "evaluation on CUDA (bf16)"
-$PY -m ragcun eval beir --model "$OUT/run-bf16" --datasets "$EVAL_DS" --data-dir "$DATA_DIR" \
-  --dtype bfloat16 --batch-size "$EVAL_BATCH" --output "$OUT/eval.json"
+step "evaluation on CUDA ($DTYPE)"
+$PY -m ragcun eval beir --model "$OUT/run-train" --datasets "$EVAL_DS" --data-dir "$DATA_DIR" \
+  --dtype "$DTYPE" --batch-size "$EVAL_BATCH" --output "$OUT/eval.json"
 
-step "all-mpnet-base-v2 (plugins/ragcun-mpnet): the three-run ablation, bf16"
+step "all-mpnet-base-v2 (plugins/ragcun-mpnet): the three-run ablation, $DTYPE"
 MPNET=skipped
 if ! $PY -m ragcun list encoders all-mpnet-base-v2 --format json 2>/dev/null \
     | $PY -c "import json, sys; sys.exit(not any(e['provider'] == 'ragcun-mpnet' for e in json.load(sys.stdin)))"; then
@@ -158,7 +161,7 @@ else
   echo "model folder: $MPNET_DIR"
   $PY -m ragcun sweep --encoder all-mpnet-base-v2 --head gaussian --train-data "$TRAIN" --eval-data "$EVAL" \
     --data-dir "$DATA_DIR" --output-dir "$OUT/mpnet-sweep" --steps "$MPNET_STEPS" --batch-size "$BATCH" --lr 2e-5 \
-    --dtype bfloat16 --save-every "$MPNET_STEPS" --eval-batch-size "$EVAL_BATCH" --parallel no
+    --dtype "$DTYPE" --save-every "$MPNET_STEPS" --eval-batch-size "$EVAL_BATCH" --parallel no
   MPNET="three-run ablation in $OUT/mpnet-sweep"
 fi
 
