@@ -105,20 +105,26 @@ def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
 def _inference_copy(model, dtype: str):
     """The model to encode with. Under autocast a Linear casts its float32 weight to 16 bits on every call;
     a copy whose Linear weights are already 16-bit computes exactly the same numbers without the casts
-    (~10% faster on a CPU). ``bfloat16-weights`` casts every parameter."""
+    (~10% faster on a CPU). ``bfloat16-weights`` casts every parameter. In bfloat16 on a CPU that computes it
+    natively, each feed-forward GELU is fused into its matrix product (:mod:`ragcun.encoders.cpu_fusion`)."""
     import copy
 
     import torch
+
+    from ragcun.encoders.cpu_fusion import fuse_linear_gelu
 
     if dtype == "float32":
         return model
     half = torch.float16 if dtype == "float16" else torch.bfloat16
     fast = copy.deepcopy(model)
     if dtype == "bfloat16-weights":
-        return fast.to(half)
-    for module in fast.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.to(half)
+        fast.to(half)
+    else:
+        for module in fast.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(half)
+    if half is torch.bfloat16 and fast.device.type == "cpu":
+        fuse_linear_gelu(fast)
     return fast
 
 
