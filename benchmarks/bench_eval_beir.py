@@ -40,11 +40,11 @@ class RssSampler:
 
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
-        self.page = os.sysconf("SC_PAGE_SIZE")
 
     def rss(self) -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * self.page
+        from ragcun.memory import resident_mib
+
+        return int(resident_mib() * 2**20)
 
     def __enter__(self):
         self.start = self.peak = self.rss()
@@ -93,6 +93,17 @@ def subset(folder: Path, limit: int, seed: int = 0) -> Path:
     return out
 
 
+def cpu_description() -> str:
+    """Which kind of CPU a row ran on: rows from different sessions may come from different machines, and bfloat16
+    is native on some (AVX512-BF16, AMX) and emulated, about 7x slower than float32, on others."""
+    import torch
+
+    from ragcun.precision import cpu_has_native_bfloat16
+
+    native = "native bfloat16" if cpu_has_native_bfloat16() else "bfloat16 emulated"
+    return f"{torch.backends.cpu.get_cpu_capability()}, {native}, {os.cpu_count()} cores"
+
+
 def model_folder(spec: str) -> str:
     """The sentence-transformers folder ragcun's model ``spec`` encodes with (its encoder's ``path``)."""
     from ragcun.resolve import resolve_model
@@ -126,8 +137,8 @@ def run_sentence_transformers(folder: Path, batch_size: int, st_folder: str) -> 
 
 
 def run_ragcun(folder: Path, batch_size: int, dtype: str, spec: str) -> dict:
-    from ragcun.evaluation.beir_eval import evaluate_beir
     from ragcun.encoding import encode
+    from ragcun.evaluation.beir_eval import evaluate_beir
     from ragcun.resolve import resolve_model
 
     model = resolve_model(spec)
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run()
         row.update(load_before=load_before, load_after=os.getloadavg(), model=args.model, dataset=args.dataset,
                    batch_size=args.batch_size, threads=torch.get_num_threads(), torch=torch.__version__,
-                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                   cpu=cpu_description(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         if done is not None:
             from ragcun.files import write_text_atomic
 
