@@ -12,7 +12,8 @@ The limit is computed, not assumed:
    (Q K^T and the weighted sum of V). Padding is not counted: it is waste, not work.
 2. **Speed.** A probe times the encoder's own matrix products in each precision on this machine, with torch's
    threads: ``(M, H) x (H, H)``, ``(M, H) x (H, I)``, ``(M, I) x (I, H)`` at M = 4096 token rows, and the attention
-   product ``(B*heads, L, d) x (d, L)`` at L = 256; the best of several repeats.
+   product ``(B*heads, L, d) x (d, L)`` at L = 256; the best of several repeats, each writing into a buffer
+   allocated once (a fresh 50 MiB result costs more in page faults than the product itself on these VMs).
 3. **Limit** = projection FLOPs / projection speed + attention FLOPs / attention speed: the time the corpus
    would take if the encoder did nothing but its matrix products, at the probe's speed, without padding.
 4. **Limit with the non-linearities**: the matmul limit plus the exponentials of the attention softmax (heads x
@@ -82,7 +83,6 @@ def best_seconds(fn, repeats: int) -> float:
 def probe(shape: dict[str, int], dtype, repeats: int = 5) -> dict[str, float]:
     """GFLOP/s of the encoder's matrix products in ``dtype`` on this machine (torch's thread count)."""
     import torch
-    from torch.nn import functional as F
 
     h, i, heads = shape["hidden"], shape["intermediate"], shape["heads"]
     gen = torch.Generator().manual_seed(0)
@@ -92,17 +92,21 @@ def probe(shape: dict[str, int], dtype, repeats: int = 5) -> dict[str, float]:
             x = torch.randn(PROBE_ROWS, k, generator=gen).to(dtype)
             w = torch.randn(n, k, generator=gen).to(dtype)
             b = torch.randn(n, generator=gen).to(dtype)
+            out = torch.empty(PROBE_ROWS, n, dtype=dtype)
             weight = 4 if (k, n) == (h, h) else 1  # four H x H products per layer, one of each FFN product
             flop += weight * 2 * PROBE_ROWS * k * n
-            seconds += weight * best_seconds(lambda x=x, w=w, b=b: F.linear(x, w, b), repeats)
+            seconds += weight * best_seconds(lambda x=x, w=w, b=b, out=out: torch.addmm(b, x, w.t(), out=out),
+                                             repeats)
         batch = max(1, PROBE_ROWS // PROBE_SEQ) * heads
         q = torch.randn(batch, PROBE_SEQ, h // heads, generator=gen).to(dtype)
         kt = torch.randn(batch, h // heads, PROBE_SEQ, generator=gen).to(dtype)
-        attention_s = best_seconds(lambda: torch.bmm(q, kt), repeats)
-        scores = torch.randn(batch, PROBE_SEQ, PROBE_SEQ, generator=gen).to(dtype)
-        softmax_s = best_seconds(lambda: torch.softmax(scores, dim=-1), repeats)
+        scores = torch.empty(batch, PROBE_SEQ, PROBE_SEQ, dtype=dtype)
+        attention_s = best_seconds(lambda: torch.bmm(q, kt, out=scores), repeats)
+        probs = torch.empty_like(scores)
+        softmax_s = best_seconds(lambda: torch.ops.aten._softmax.out(scores, -1, False, out=probs), repeats)
         hidden = torch.randn(PROBE_ROWS, i, generator=gen).to(dtype)
-        gelu_s = best_seconds(lambda: F.gelu(hidden), repeats)
+        activated = torch.empty_like(hidden)
+        gelu_s = best_seconds(lambda: torch.ops.aten.gelu.out(hidden, out=activated), repeats)
     attention_flop = 2 * batch * PROBE_SEQ * PROBE_SEQ * (h // heads)
     return {"projection_gflops": flop / seconds / 1e9, "attention_gflops": attention_flop / attention_s / 1e9,
             "softmax_gelems": scores.numel() / softmax_s / 1e9, "gelu_gelems": hidden.numel() / gelu_s / 1e9}
