@@ -141,20 +141,21 @@ def test_resume_with_no_good_checkpoint_stops_naming_them(tiny_model_dir, tmp_pa
 
 # -- 4: metrics.jsonl survives resume start-up and a torn last line --------------------------------------------
 def test_metrics_rewrite_on_resume_is_atomic(tiny_model_dir, tmp_path, pairs, monkeypatch):
+    from ragcun import files
     from ragcun.training import logs
 
     run = tmp_path / "run"
     train(tiny_config(tiny_model_dir, run, pairs, steps=6, save_every=2), stop_after=3)
     before = (run / "metrics.jsonl").read_text()
-    real_replace = logs.os.replace
+    real_replace = files.os.replace  # the rewrite goes through ragcun.files' atomic write
 
     def crash(*args, **kwargs):  # a kill right while the metrics are being rewritten
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(logs.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         logs.MetricsLog(run, True, 2)
-    monkeypatch.setattr(logs.os, "replace", real_replace)
+    monkeypatch.setattr(files.os, "replace", real_replace)
     assert (run / "metrics.jsonl").read_text() == before  # nothing lost
     assert not list(run.glob(".metrics.jsonl*"))
 
