@@ -133,7 +133,7 @@ CATEGORIES = (  # first match wins; names as torch.profiler reports CPU operator
 )
 
 
-def padding_fraction(model, counts: list[int], batch_size: int) -> float:
+def padding_fraction(counts: list[int], batch_size: int) -> float:
     """Share of the encoded token slots that are padding, with the batches ``ragcun.encoding.encode`` forms
     (longest first, ``batch_size`` per batch, each padded to its longest text)."""
     lengths = sorted(counts, reverse=True)
@@ -153,8 +153,8 @@ def profile(model, texts: list[str], batch_size: int, dtype: str, batches: int =
 
     order = length_order(model, texts)
     starts = range(0, len(texts), batch_size)
-    picked = [list(starts)[j] for j in sorted({round(x * (len(starts) - 1) / max(1, batches - 1))
-                                                for x in range(batches)})]
+    picked = [starts[j] for j in sorted({round(x * (len(starts) - 1) / max(1, batches - 1))
+                                       for x in range(batches)})]
     groups = [[texts[i] for i in order[s:s + batch_size]] for s in picked]
     fast = _inference_copy(model, dtype)
     fast.eval()
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(texts)} documents, {load['tokens']:,} tokens at max_seq_length {model.encoder.max_seq_length}, "
           f"{(load['projection_flop'] + load['attention_flop']) / 1e12:.2f} TFLOP "
           f"(attention {load['attention_flop'] / (load['projection_flop'] + load['attention_flop']):.0%}); "
-          f"padding in batches of {args.batch_size}: {padding_fraction(model, counts, args.batch_size):.1%}",
+          f"padding in batches of {args.batch_size}: {padding_fraction(counts, args.batch_size):.1%}",
           flush=True)
     print(f"cpu: {cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"load before {os.getloadavg()[0]:.2f}", flush=True)
