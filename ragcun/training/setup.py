@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ragcun.encoders.cpu_dropout import install_fast_dropout
 from ragcun.training.config import TrainConfig
 from ragcun.training.faults import LossFailed, TrainingDiverged
 
@@ -20,6 +21,9 @@ def build_training_model(config: TrainConfig):
             param.requires_grad_(False)
     if config.gradient_checkpointing and not config.freeze_encoder:  # a frozen encoder keeps no activations
         enable_gradient_checkpointing(model.encoder, config.encoder)
+    # dropout masks drawn 10x faster on a CPU (half of a CPU step was torch's attention dropout); nothing changes
+    # on a GPU or in evaluation, and RAGCUN_CPU_FAST_DROPOUT=0 keeps torch's
+    install_fast_dropout(model)
     return model
 
 
