@@ -45,6 +45,20 @@ def loss_steps(run) -> list[int]:
 
 
 # -- 1: a checkpoint or final model is written only when every parameter is finite ---------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nonfinite_tensors_names_exactly_the_broken_ones(dtype):
+    """The sum screens, the element-wise test decides: a sum that overflows (huge finite weights) or an
+    infinity next to a minus infinity (a NaN sum) are told apart correctly."""
+    big = torch.finfo(dtype).max
+    tensors = {"ok": torch.ones(3, 4), "nan": torch.tensor([1.0, float("nan")]), "inf": torch.tensor([float("inf")]),
+               "-inf": torch.tensor([2.0, -float("inf")]), "both": torch.tensor([float("inf"), -float("inf")]),
+               "overflowing sum": torch.tensor([big, big, big]), "ints": torch.tensor([1, 2])}
+    named = [(n, t if n == "ints" else t.to(dtype)) for n, t in tensors.items()]
+    assert ckpt.nonfinite_tensors(named) == ["nan", "inf", "-inf", "both"]
+    assert ckpt.nonfinite_tensors([("ok", torch.zeros(2, dtype=dtype))]) == []
+    assert ckpt.nonfinite_tensors([]) == []
+
+
 def test_a_huge_lr_never_leaves_a_nonfinite_checkpoint(tiny_model_dir, tmp_path, pairs):
     run = tmp_path / "huge"
     with pytest.raises(TrainingDiverged, match=r"non-finite.*step 1.*no checkpoint had been written"):

@@ -147,8 +147,11 @@ def nonfinite_tensors(named_tensors) -> list[str]:
     named = [(n, t) for n, t in named_tensors if torch.is_floating_point(t)]
     if not named:
         return []
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
-    return [n for (n, _), ok in zip(named, finite) if not ok]
+    # Screen with each tensor's sum: it is finite unless the tensor holds a NaN or an infinity, or the sum
+    # overflows (which the exact test then clears). A sum is one vectorised pass that allocates nothing; an
+    # element-wise isfinite mask cost 85 ms a step on all-MiniLM-L6-v2 with one thread, 7% of a bfloat16 step.
+    suspects = [i for i, ok in enumerate(torch.stack([t.sum() for _, t in named]).isfinite().tolist()) if not ok]
+    return [named[i][0] for i in suspects if not bool(torch.isfinite(named[i][1]).all())]
 
 
 def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, scheduler, scaler, rng_states: list,
