@@ -1,6 +1,6 @@
 """Corpus encoding against the machine's matmul limit (issue #15, goal 1): how close ``ragcun eval beir`` gets.
 
-    python benchmarks/bench_encode_peak.py --dataset nfcorpus          # float32, bfloat16, bfloat16-weights
+    python benchmarks/bench_encode_peak.py --dataset nfcorpus          # float32, bfloat16-autocast, bfloat16
     python benchmarks/bench_encode_peak.py --dataset scifact --variants bfloat16 --profile
     python benchmarks/bench_encode_peak.py --quick                     # nq-utd, 200 documents (CI)
 
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("float32", "bfloat16", "bfloat16-weights")
+VARIANTS = ("float32", "bfloat16-autocast", "bfloat16")  # ragcun eval beir --dtype names
 PROBE_ROWS = 4096
 PROBE_SEQ = 256
 

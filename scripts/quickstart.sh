@@ -18,7 +18,7 @@ OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing i
 # each phase prints its label, then its wall time and peak memory (scripts/phase.py)
 python scripts/phase.py "1/3 train" ragcun train --head gaussian --loss contrastive+isotropy \
   --train-data beir:scifact:train --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15
-# bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX: about 2x faster than float32); elsewhere auto
+# bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX: 3.5-4x faster than float32 with AMX); elsewhere auto
 # (float32 on a CPU that would emulate bfloat16, about 5x slower; bfloat16 on a GPU that has it)
 EVAL_DTYPE=$(python -c "from ragcun.precision import cpu_has_native_bfloat16 as n; print('bfloat16' if n() else 'auto')")
 python scripts/phase.py "2/3 eval beir" ragcun eval beir --model "$OUT/model" --datasets scifact --split test \

@@ -78,13 +78,23 @@ def test_evaluation_autocast_is_built_on_it():
 
     cpu = torch.device("cpu")
     assert resolve_autocast("float32", cpu) is None
-    assert resolve_autocast("bfloat16-weights", cpu) is None
-    assert resolve_autocast("bfloat16", cpu) is torch.bfloat16
+    assert resolve_autocast("bfloat16-weights", cpu) is None  # the older name of the whole-model bfloat16
+    assert resolve_autocast("bfloat16", cpu) is None  # the whole encoder in bfloat16: nothing to autocast
+    assert resolve_autocast("bfloat16-autocast", cpu) is torch.bfloat16
     assert resolve_autocast("float16") is torch.float16  # no device yet: the name only
     with pytest.raises(ValueError, match=r"^--dtype float16 needs a CUDA device"):
         resolve_autocast("float16", cpu)
     with pytest.raises(ValueError, match=rf"^--dtype must be one of {', '.join(EVAL_DTYPES)}, got 'auto'$"):
         resolve_autocast("auto", cpu)
+
+
+def test_the_whole_model_bfloat16_is_checked_against_the_device_too(bf16_gpu):
+    from ragcun.evaluation.beir_eval import resolve_autocast
+
+    bf16_gpu(False)
+    for name in ("bfloat16", "bfloat16-weights", "bfloat16-autocast"):
+        with pytest.raises(ValueError, match=r"^--dtype bfloat16: this GPU \(cuda:0\) does not support bfloat16"):
+            resolve_autocast(name, "cuda:0")
 
 
 def test_training_precision_uses_it():

@@ -36,7 +36,9 @@ def encode_dataset(model, dataset, *, batch_size: int, dtype: str, query_prefix:
     from ragcun.encoding import encode
     from ragcun.model import corpus_texts
 
-    autocast = resolve_autocast(dtype)
+    # a plan's "bfloat16" has meant autocast since the first plan; it keeps that meaning, so that runs of one
+    # plan stay comparable whichever version of ragcun encoded them
+    autocast = resolve_autocast("bfloat16-autocast" if dtype == "bfloat16" else dtype)
     query_ids = sorted(dataset.queries)
     doc_ids = sorted(dataset.corpus)
     start = progress or (lambda description, total: None)

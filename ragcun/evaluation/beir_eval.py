@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_K_VALUES = (1, 3, 5, 10, 100, 1000)
-# float32; bfloat16/float16: autocast (matrix products in 16 bits, normalisations and sums in float32);
-# bfloat16-weights: the whole encoder cast to bfloat16 (fastest on CPUs, slightly less exact than autocast).
-DTYPES = ("float32", "bfloat16", "float16", "bfloat16-weights")
+# float32: the reference. bfloat16: the whole encoder cast to bfloat16 (oneDNN/cuBLAS accumulate its products in
+# float32); on MiniLM it moves NDCG@10 by less than 0.001 and encodes 1.3-1.5x faster than autocast on a CPU
+# (benchmarks/RESULTS.md, "Encoding against the matmul limit"). bfloat16-weights is its older name.
+# bfloat16-autocast / float16: autocast (products in 16 bits, normalisations and sums in float32).
+DTYPES = ("float32", "bfloat16", "bfloat16-autocast", "float16", "bfloat16-weights")
+WHOLE_MODEL_BFLOAT16 = ("bfloat16", "bfloat16-weights")
 CORPUS_CHUNK_SIZE = 50_000  # documents encoded before their vectors are merged into the running top-k
 
 
@@ -78,18 +81,17 @@ def select_datasets(names: Sequence[str], data_dir: Path, split: str, *, downloa
 
 
 def resolve_autocast(dtype: str, device=None):
-    """The autocast dtype of evaluation's ``--dtype`` (one of :data:`DTYPES`): None for float32 and
-    bfloat16-weights (no autocast), else bfloat16/float16, resolved and checked against ``device`` by
-    :func:`ragcun.precision.resolve_dtype` (``device=None``: the name only)."""
+    """The autocast dtype of evaluation's ``--dtype`` (one of :data:`DTYPES`): None for float32 and for the
+    whole-model bfloat16 (no autocast; it is checked against ``device`` all the same), bfloat16 for
+    bfloat16-autocast, float16 for float16; resolved and checked by :func:`ragcun.precision.resolve_dtype`
+    (``device=None``: the name only)."""
     import torch
 
     from ragcun.precision import check_dtype_name, resolve_dtype
 
     check_dtype_name(dtype, DTYPES)
-    if dtype == "bfloat16-weights":
-        return None
-    resolved = resolve_dtype(dtype, device)
-    return None if resolved is torch.float32 else resolved
+    resolved = resolve_dtype("bfloat16" if dtype.startswith("bfloat16") else dtype, device)
+    return None if resolved is torch.float32 or dtype in WHOLE_MODEL_BFLOAT16 else resolved
 
 
 def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
@@ -103,9 +105,9 @@ def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
 
 
 def _inference_copy(model, dtype: str):
-    """The model to encode with. Under autocast a Linear casts its float32 weight to 16 bits on every call;
-    a copy whose Linear weights are already 16-bit computes exactly the same numbers without the casts
-    (~10% faster on a CPU). ``bfloat16-weights`` casts every parameter. In bfloat16 on a CPU that computes it
+    """The model to encode with. ``bfloat16`` (``bfloat16-weights``) casts every parameter. Under autocast
+    (``bfloat16-autocast``, ``float16``) a Linear casts its float32 weight to 16 bits on every call; a copy whose
+    Linear weights are already 16-bit computes exactly the same numbers without the casts (~10% faster on a CPU). In bfloat16 on a CPU that computes it
     natively, each feed-forward GELU is fused into its matrix product (:mod:`ragcun.encoders.cpu_fusion`)."""
     import copy
 
@@ -117,7 +119,7 @@ def _inference_copy(model, dtype: str):
         return model
     half = torch.float16 if dtype == "float16" else torch.bfloat16
     fast = copy.deepcopy(model)
-    if dtype == "bfloat16-weights":
+    if dtype in WHOLE_MODEL_BFLOAT16:
         fast.to(half)
     else:
         for module in fast.modules():
@@ -253,8 +255,8 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
         {"model": ..., "datasets": {"scifact": {"NDCG@10": ..., ...}}, "skipped": {...},
          "settings": {...}, "timings": {...}, "counts": {...}, "warnings": [...], ["per_query": ...]}
 
-    Prefixes default to the model's own (a ragcun checkpoint stores them); ``dtype="bfloat16"`` autocasts the
-    encoder. ``return_results`` adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``).
+    Prefixes default to the model's own (a ragcun checkpoint stores them); ``dtype="bfloat16"`` encodes with
+    the whole encoder in bfloat16, ``"bfloat16-autocast"`` under autocast (:data:`DTYPES`). ``return_results`` adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``).
     """
     import torch
 
