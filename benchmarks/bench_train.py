@@ -210,6 +210,7 @@ def worker_ragcun(args, gaussian: bool = False, dtype: str = "float32") -> dict:
 
 
 # -- orchestration ---------------------------------------------------------------------------------------------
+TORCH_DROPOUT = "+torch-dropout"  # a worker kind with this suffix runs with RAGCUN_CPU_FAST_DROPOUT=0
 def run_worker(kind: str, args, **overrides) -> dict:
     argv = [sys.executable, __file__, "--worker", kind, "--work", args.work, "--pairs", args.pairs,
             "--batch-size", str(overrides.get("batch_size", args.batch_size)),
@@ -219,10 +220,17 @@ def run_worker(kind: str, args, **overrides) -> dict:
     if overrides.get("grad_cache_chunk"):
         argv += ["--grad-cache-chunk", str(overrides["grad_cache_chunk"])]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    if kind.endswith(TORCH_DROPOUT):  # the same ragcun run with torch's own dropout masks (the A/B of the gain)
+        kind = kind[: -len(TORCH_DROPOUT)]
+        argv[argv.index("--worker") + 1] = kind
+        env["RAGCUN_CPU_FAST_DROPOUT"] = "0"
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if proc.returncode:
         raise SystemExit(f"worker {kind} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    if env.get("RAGCUN_CPU_FAST_DROPOUT") == "0":
+        row["system"] += ", torch's dropout"
+    return row
 
 
 def run_scaling(args) -> list[dict]:
@@ -265,7 +273,9 @@ def main() -> None:
                         help="precisions to compare, each as a (ragcun, sentence-transformers) pair")
     parser.add_argument("--grad-cache-batch", type=int, default=1024)
     parser.add_argument("--grad-cache-chunk", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: st,gaussian,scaling,gradcache")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: st,torch-dropout,gaussian,scaling,"
+                                                   "gradcache (torch-dropout: ragcun again with torch's dropout "
+                                                   "masks instead of ragcun.encoders.cpu_dropout's)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pairs", default=None, help=argparse.SUPPRESS)
@@ -300,8 +310,11 @@ def main() -> None:
         # the load changes minute to minute, and the best run is the one least disturbed by it
         # pairs (ragcun, sentence-transformers) per precision: fp32 against ``fit`` (what the issue names),
         # bf16 against ST's Trainer with bf16=True (``fit`` has no bf16)
+        # and ragcun once more with torch's dropout masks: how much of the ratio the CPU dropout gives
         pairs_to_run = [(dtype, ("ragcun", "st") if dtype == "float32" else ("ragcun-bf16", "st-bf16"))
                         for dtype in args.dtypes.split(",")]
+        if "torch-dropout" not in skip and not torch.cuda.is_available():
+            pairs_to_run = [(dtype, (*kinds, kinds[0] + TORCH_DROPOUT)) for dtype, kinds in pairs_to_run]
         results["ratios"] = {}
         for dtype, kinds in pairs_to_run:
             samples: dict[str, list[dict]] = {k: [] for k in kinds}
@@ -319,6 +332,10 @@ def main() -> None:
             if ours and theirs:
                 results["ratios"][dtype] = {"throughput": ours["pairs_per_s"] / theirs["pairs_per_s"],
                                             "peak_rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"]}
+            torch_dropout = best.get(kinds[0] + TORCH_DROPOUT)
+            if ours and torch_dropout:
+                results["ratios"].setdefault(dtype, {})["cpu_dropout_gain"] = (ours["pairs_per_s"]
+                                                                              / torch_dropout["pairs_per_s"])
         if "gaussian" not in skip:
             g = run_worker("gaussian", args)
             results["throughput"].append(g)
@@ -352,8 +369,12 @@ def print_table(results: dict) -> None:
                       f"{row['wall_s']:.1f}")
     console.print(table)
     for dtype, ratio in results.get("ratios", {}).items():
-        console.print(f"{dtype}: ragcun / sentence-transformers throughput {ratio['throughput']:.2f}x; "
-                      f"peak RSS ratio {ratio['peak_rss']:.2f}")
+        if "throughput" in ratio:
+            console.print(f"{dtype}: ragcun / sentence-transformers throughput {ratio['throughput']:.2f}x; "
+                          f"peak RSS ratio {ratio['peak_rss']:.2f}")
+        if "cpu_dropout_gain" in ratio:
+            console.print(f"{dtype}: ragcun with its CPU dropout / with torch's dropout: "
+                          f"{ratio['cpu_dropout_gain']:.2f}x")
     if "scaling_gloo" in results:
         one, two = results["scaling_gloo"]
         console.print(f"2-rank gloo scaling (global batch {one['global_batch']}): 1 process {one['pairs_per_s']:.2f} "
