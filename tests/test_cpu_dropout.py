@@ -218,3 +218,21 @@ def test_training_installs_it(tiny_model_dir, tmp_path):
     model = build_training_model(config)
     assert model.encoder.model.config._attn_implementation == ATTENTION_NAME
     assert any(isinstance(m, FastDropout) for m in model.modules())
+
+
+@pytest.mark.parametrize(("dtype", "saved"), [(torch.float32, torch.bool), (torch.bfloat16, torch.bfloat16)])
+def test_the_backward_pass_keeps_only_the_mask_and_float32_keeps_it_in_one_byte(dtype, saved):
+    """float32 saves a boolean mask (as torch's dropout does: a float32 one would be 4 bytes an element of every
+    attention matrix); 16-bit activations save a 0/1 mask of their own dtype, which multiplies faster."""
+    x = torch.randn(16, 16, dtype=dtype, requires_grad=True)
+    kept = []
+
+    def pack(t):
+        kept.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = dropout(x, 0.25, training=True)
+    assert [t.dtype for t in kept] == [saved] and kept[0].shape == x.shape
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).to(dtype) * (65536 / (65536 - round(0.25 * 65536))), rtol=0, atol=0)
