@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults, end to end on a CPU (measured: 441 s on 2 quiet cores, setup included
-# with the packages already cached; peak RSS 5.2 GB in training, 1.7 GB eval, 1.1 GB isotropy):
+# The main job on the embedded defaults, end to end on a CPU (measured 2026-12-04: 312 s on 2 quiet cores with AMX,
+# setup included with the packages already cached; peak RSS 2.8 GB in training, 1.5 GB eval, 1.0 GB isotropy):
 #   1. fine-tune all-MiniLM-L6-v2 + a gaussian head with contrastive+isotropy on SciFact's train qrels;
 #   2. evaluate the result on SciFact's test split (BEIR metrics via pytrec_eval);
 #   3. compare the isotropy of the base model and the fine-tuned one.
@@ -16,8 +16,11 @@ OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing i
 # x ~24 so SIGReg sees unit-scale coordinates; the temperature follows, so the initial ranking and logits are
 # the same); benchmarks/ablation/ has the measured effect of the isotropy term.
 # each phase prints its label, then its wall time and peak memory (scripts/phase.py)
+# --gradient-checkpointing keeps one encoder layer's activations at a time: the same losses to the last digit, half
+# the peak memory (4.9 GB -> about 2.5 GB) for about 1.5x the training time (benchmarks/RESULTS.md, "Memory per phase")
 python scripts/phase.py "1/3 train" ragcun train --head gaussian --loss contrastive+isotropy \
-  --train-data beir:scifact:train --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15
+  --train-data beir:scifact:train --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15 \
+  --gradient-checkpointing
 # bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX: 3.5-4x faster than float32 with AMX); elsewhere auto
 # (float32 on a CPU that would emulate bfloat16, about 5x slower; bfloat16 on a GPU that has it)
 EVAL_DTYPE=$(python -c "from ragcun.precision import cpu_has_native_bfloat16 as n; print('bfloat16' if n() else 'auto')")
