@@ -236,3 +236,15 @@ def test_the_backward_pass_keeps_only_the_mask_and_float32_keeps_it_in_one_byte(
     assert [t.dtype for t in kept] == [saved] and kept[0].shape == x.shape
     y.sum().backward()
     torch.testing.assert_close(x.grad, (y != 0).to(dtype) * (65536 / (65536 - round(0.25 * 65536))), rtol=0, atol=0)
+
+
+def test_a_transformers_without_attention_interfaces_keeps_sdpa_and_still_gets_the_dropout(tiny_model, monkeypatch):
+    from ragcun.encoders import cpu_dropout
+
+    def missing():
+        raise ImportError("cannot import name 'AttentionInterface'")
+
+    monkeypatch.setattr(cpu_dropout, "_register", missing)
+    replaced = install_fast_dropout(tiny_model)
+    assert replaced["attention_models"] == 0 and replaced["dropout_modules"] > 0
+    assert tiny_model.encoder.model.config._attn_implementation == "sdpa"

@@ -147,7 +147,10 @@ def install_fast_dropout(model: nn.Module) -> dict[str, int]:
     for module in model.modules():
         config = getattr(module, "config", None)
         if getattr(config, "_attn_implementation", None) == "sdpa" and hasattr(module, "set_attn_implementation"):
-            _register()
+            try:
+                _register()
+            except ImportError:  # a transformers without attention or mask interfaces: its attention stays SDPA
+                break
             module.set_attn_implementation(ATTENTION_NAME)
             replaced["attention_models"] += 1
     return replaced
