@@ -12,9 +12,9 @@ a lane below ``round(p * 65536)`` drops its element. The drop probability is the
 multiple of 1/65536 (0.1 becomes 0.1000061) and the kept values are scaled by the exact ``1 / (1 - p')``, so each
 element's expectation is unchanged, as with torch's dropout. For bfloat16 and float16 activations the mask is a
 0/1 tensor of their dtype, which multiplies them about 4x faster than ``torch.where`` selects with a boolean one;
-float32 keeps torch's boolean mask (one byte per element saved for the backward pass instead of four). The attention itself is the
-textbook one in the inputs' dtype (the same products and softmax torch's reference path computes), with the
-mask applied once and its scale folded into the small (tokens, head_dim) output.
+float32 keeps torch's boolean mask (one byte per element saved for the backward pass instead of four). The
+attention itself is the textbook one in the inputs' dtype (the same products and softmax torch's reference path
+computes), with the mask applied once and its scale folded into the small (tokens, head_dim) output.
 
 Only training on a CPU takes this path. In evaluation, or with ``p = 0``, or on a GPU (whose fused kernels draw
 dropout themselves) the attention is transformers' SDPA and the dropout torch's, bit for bit. The masks come
@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ATTENTION_NAME", "FastDropout", "attention_forward", "dropout", "fast_dropout_enabled", "install_fast_dropout",
-           "keep_mask"]
+__all__ = ["ATTENTION_NAME", "FastDropout", "attention_forward", "dropout", "fast_dropout_enabled",
+           "install_fast_dropout", "keep_mask"]
 
 ATTENTION_NAME = "ragcun_cpu_dropout"  # the name under which transformers finds attention_forward
 _LANES = 65536  # a 16-bit lane takes this many values

@@ -107,8 +107,9 @@ def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
 def _inference_copy(model, dtype: str):
     """The model to encode with. ``bfloat16`` (``bfloat16-weights``) casts every parameter. Under autocast
     (``bfloat16-autocast``, ``float16``) a Linear casts its float32 weight to 16 bits on every call; a copy whose
-    Linear weights are already 16-bit computes exactly the same numbers without the casts (~10% faster on a CPU). In bfloat16 on a CPU that computes it
-    natively, each feed-forward GELU is fused into its matrix product (:mod:`ragcun.encoders.cpu_fusion`)."""
+    Linear weights are already 16-bit computes exactly the same numbers without the casts (~10% faster on a
+    CPU). In bfloat16 on a CPU that computes it natively, each feed-forward GELU is fused into its matrix
+    product (:mod:`ragcun.encoders.cpu_fusion`)."""
     import copy
 
     import torch
@@ -256,7 +257,8 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
          "settings": {...}, "timings": {...}, "counts": {...}, "warnings": [...], ["per_query": ...]}
 
     Prefixes default to the model's own (a ragcun checkpoint stores them); ``dtype="bfloat16"`` encodes with
-    the whole encoder in bfloat16, ``"bfloat16-autocast"`` under autocast (:data:`DTYPES`). ``return_results`` adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``).
+    the whole encoder in bfloat16, ``"bfloat16-autocast"`` under autocast (:data:`DTYPES`). ``return_results``
+    adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``).
     """
     import torch
 
