@@ -211,6 +211,8 @@ def worker_ragcun(args, gaussian: bool = False, dtype: str = "float32") -> dict:
 
 # -- orchestration ---------------------------------------------------------------------------------------------
 TORCH_DROPOUT = "+torch-dropout"  # a worker kind with this suffix runs with RAGCUN_CPU_FAST_DROPOUT=0
+
+
 def run_worker(kind: str, args, **overrides) -> dict:
     argv = [sys.executable, __file__, "--worker", kind, "--work", args.work, "--pairs", args.pairs,
             "--batch-size", str(overrides.get("batch_size", args.batch_size)),

@@ -11,7 +11,7 @@ Here the mask comes from 64-bit random words split into 16-bit lanes (``random_`
 a lane below ``round(p * 65536)`` drops its element. The drop probability is therefore ``p`` rounded to a
 multiple of 1/65536 (0.1 becomes 0.1000061) and the kept values are scaled by the exact ``1 / (1 - p')``, so each
 element's expectation is unchanged, as with torch's dropout. For bfloat16 and float16 activations the mask is a
-0/1 tensor of their dtype, which multiplies them about 4x faster than ``torch.where`` selects with a boolean one;
+0/1 tensor of their dtype, which multiplies them about 5x faster than ``torch.where`` selects with a boolean one;
 float32 keeps torch's boolean mask (one byte per element saved for the backward pass instead of four). The
 attention itself is the textbook one in the inputs' dtype (the same products and softmax torch's reference path
 computes), with the mask applied once and its scale folded into the small (tokens, head_dim) output.
@@ -49,8 +49,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
               dtype: torch.dtype = torch.bool) -> tuple[torch.Tensor, float]:
     """A mask of ``shape`` whose elements are 0 (False) with probability ``p'`` (``p`` rounded to a multiple of
     1/65536) and 1 (True) otherwise, and ``1 / (1 - p')``, the scale that keeps each element's expectation.
-    ``dtype`` may be a floating type: a 0/1 mask in the activations' dtype multiplies them 5x faster than
-    ``torch.where`` selects with a boolean one (bfloat16 on a CPU)."""
+    ``dtype`` may be a floating type: a 0/1 mask in the activations' dtype (:func:`_mask_dtype` says when)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout probability must be in (0, 1), got {p}")
     dropped = round(p * _LANES)
@@ -69,7 +68,7 @@ def _fast_path(x: torch.Tensor, p: float) -> bool:
 
 
 def _mask_dtype(x: torch.Tensor) -> torch.dtype:
-    """A 16-bit activation gets a 0/1 mask of its own dtype (multiplying by it is 4x faster than selecting with a
+    """A 16-bit activation gets a 0/1 mask of its own dtype (multiplying by it is 5x faster than selecting with a
     boolean mask, for one more byte per element kept for the backward pass); float32 keeps a boolean mask, as
     torch's dropout does: a float32 mask would cost 3 more bytes per element of every attention matrix."""
     return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bool
