@@ -70,14 +70,34 @@ def test_report_shape(ragcun_report):
     json.dumps({k: v for k, v in report.items() if k != "runs"})  # serialisable
 
 
-def test_all_lists_present_and_skipped(data_dir):
+def _tiny_beir(folder, splits):
+    """A two-document BEIR folder with a qrels file per split (enough for ``select_datasets``)."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "one"}\n'
+                                         '{"_id": "d2", "title": "", "text": "two"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "one?"}\n')
+    for split in splits:
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+
+
+def test_all_lists_present_and_skipped(tmp_path):
+    """``all`` = the folders present with the split; the rest are named with why. The test builds its own data
+    folder: the shared one grows (squad, cacm, ...), and this is about the rule, not about that folder."""
     from ragcun.evaluation.beir_eval import select_datasets
 
-    chosen, skipped = select_datasets(["all"], data_dir, "train", download=False)
-    names = [n for n, _ in chosen]
-    assert names == ["nfcorpus", "scifact"]
-    assert skipped["nq-utd"].startswith("no train split")
+    for name, splits in (("nfcorpus", ("train", "test")), ("scifact", ("train", "test")), ("nq-utd", ("test",)),
+                         ("my-own", ("dev", "train"))):
+        _tiny_beir(tmp_path / name, splits)
+    (tmp_path / "not-a-dataset").mkdir()
+    chosen, skipped = select_datasets(["all"], tmp_path, "train", download=False)
+    assert [n for n, _ in chosen] == ["my-own", "nfcorpus", "scifact"]
+    assert [folder for _, folder in chosen] == [tmp_path / "my-own", tmp_path / "nfcorpus", tmp_path / "scifact"]
+    assert skipped["nq-utd"] == "no train split (has: test)"
     assert skipped["arguana"].startswith("not present")
+    assert "not-a-dataset" not in skipped and "nfcorpus" not in skipped
+    chosen, skipped = select_datasets(["all"], tmp_path, "test", download=False)
+    assert [n for n, _ in chosen] == ["nfcorpus", "nq-utd", "scifact"]
+    assert skipped["my-own"].startswith("no test split")
 
 
 def test_loader_equals_generic_data_loader(data_dir):
