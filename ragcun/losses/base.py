@@ -21,6 +21,14 @@ class LossInputs:
 
     ``negatives`` holds ``K`` hard negatives per query, grouped by query: rows ``i*K .. (i+1)*K - 1`` belong
     to query ``i``. Document ids, when given, let losses recognise the same document appearing twice.
+
+    ``relevant_ids[i]``, when given, lists the ids of documents judged relevant to ``queries[i]`` (its own
+    positive may be among them, in any order, of any length): a loss that scores queries against in-batch
+    candidates must not use such a candidate as a negative of query ``i`` (label-aware in-batch negatives).
+    The training data loader fills it from the training split's qrels (BEIR: every document with score >=
+    ``qrels_threshold``; JSONL: the line's ``pos`` passages, lines with the same query text being one query),
+    keeping only the ids that are candidates of the current global batch, so lists stay short. It comes after
+    ``step`` so that positional calls of the older signature keep their meaning.
     """
 
     queries: Embedding  # (B, D)
@@ -29,6 +37,7 @@ class LossInputs:
     positive_ids: list[str] | None = None  # (B,)
     negative_ids: list[str] | None = None  # (B*K,)
     step: int = 0  # global optimizer step; seeds per-step randomness identically on every rank
+    relevant_ids: list[list[str]] | None = None  # (B, ragged): documents judged relevant to each query
 
     @property
     def batch_size(self) -> int:

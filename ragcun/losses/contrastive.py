@@ -34,6 +34,38 @@ def _hash_ids(ids: list[str] | None, n: int, device) -> torch.Tensor:  # (n,) in
     return torch.tensor(values, dtype=torch.long, device=device)
 
 
+def _hash_relevant(relevant: list[list[str]] | None, n: int, device) -> torch.Tensor | None:  # (n, R) int64
+    """``relevant[i]`` hashed like the document ids, rows padded with the sentinel ``_NO_ID`` to the longest."""
+    if relevant is None:
+        return None
+    if len(relevant) != n:
+        raise ValueError(f"got relevant ids for {len(relevant)} queries, expected {n}")
+    width = max((len(r) for r in relevant), default=0)
+    flat = _hash_ids([i for r in relevant for i in r], sum(len(r) for r in relevant), device).tolist()
+    rows, at = [], 0
+    for r in relevant:
+        rows.append(flat[at:at + len(r)] + [_NO_ID] * (width - len(r)))
+        at += len(r)
+    return torch.tensor(rows, dtype=torch.long, device=device).reshape(n, width)
+
+
+def _contains(sets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:  # (N, M) bool
+    """``values[n, m]`` is one of the ids in ``sets[n]`` (``sets`` (N, R), ``values`` (N, M), sentinel-padded);
+    ``_NO_ID`` matches nothing. Exact, in O(N M log R) time and O(N M) memory (sorted rows, binary search)."""
+    known = values != _NO_ID
+    if sets.shape[1] == 1:  # the common case (no relevance lists): a plain comparison
+        return (values == sets) & known
+    ordered = sets.sort(dim=1).values
+    where = torch.searchsorted(ordered, values.contiguous()).clamp_(max=ordered.shape[1] - 1)
+    return (ordered.gather(1, where) == values) & known
+
+
+def _pad_columns(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[1] >= width:
+        return t
+    return torch.cat([t, t.new_full((t.shape[0], width - t.shape[1]), _NO_ID)], dim=1)
+
+
 def _upcast_embedding(e: Embedding) -> Embedding:
     return Embedding(upcast(e.mean), None if e.logvar is None else upcast(e.logvar))
 
@@ -55,12 +87,23 @@ class ContrastiveLoss(Loss):
     the cross-entropy toward ``q_i``'s positive, averaged over queries. With ``symmetric=True`` the mean of
     that and the document-to-query direction (each positive against all queries) is returned.
 
-    Duplicates: when ids are given, a candidate with the same document id as query ``i``'s positive (the
-    same document mined twice, or shared by two queries) is masked out of ``q_i``'s negatives.
+    Duplicates and label-aware negatives (``mask_duplicates``, default true): when ids are given, a candidate
+    with the same document id as query ``i``'s positive (the same document mined twice, or shared by two
+    queries) is masked out of ``q_i``'s negatives (its logit -inf; never the label column), and so is every
+    candidate whose id is in ``relevant_ids[i]`` (the documents judged relevant to query ``i``: another pair of
+    the same query in the batch, or a hard negative that another query's qrels call relevant). The row's
+    relevance set is ``{positive_ids[i]} | relevant_ids[i]``, hashed to int64 and sentinel-padded to (B, R);
+    membership of the candidate ids is decided exactly by a sorted binary search. Without ``relevant_ids``
+    the set is the positive's id alone: the behaviour before relevance lists existed, bit for bit. With
+    ``symmetric=True`` the document-to-query direction masks query ``k`` out of positive ``j``'s negatives
+    when document ``j`` is in query ``k``'s set.
 
     Distributed: candidates (and their ids) of all ranks are gathered *with gradient* in rank order, each
     rank block being ``[positives_r; negatives_r]``; the label of local query ``i`` is ``i`` plus the
-    number of candidates of the ranks before, computed from that layout. Each rank returns
+    number of candidates of the ranks before, computed from that layout. A query's relevance set is tested
+    against the gathered candidate ids, so relevant documents on another rank are masked too; with
+    ``symmetric=True`` the (B, R) sets themselves are gathered (padded to the widest rank's R; ids carry no
+    gradient), as the query-side ids are. Each rank returns
     ``world_size * (sum of its per-query losses) / global query count``, so the rank average (DDP's
     gradient average) is the single-process loss on the concatenated batch, even for unequal rank batches.
 
@@ -136,6 +179,9 @@ class ContrastiveLoss(Loss):
         if neg is not None:
             cand_ids = torch.cat([cand_ids, _hash_ids(inputs.negative_ids, len(neg), device)])  # (B + B*K,)
         pos_ids = cand_ids[:b]  # (B,)
+        relevant = _hash_relevant(inputs.relevant_ids, b, device)  # (B, R) or None
+        # each query's relevance set: its positive's id, then the documents judged relevant to it
+        row_sets = pos_ids[:, None] if relevant is None else torch.cat([pos_ids[:, None], relevant], dim=1)
 
         rank, _ = world()
         if is_distributed():
@@ -152,31 +198,34 @@ class ContrastiveLoss(Loss):
         scale = self.scale.to(dtype=q.mean.dtype)
         logits = self.distance.similarity(q, cands) * scale  # (B, C)
         if self.mask_duplicates:
-            logits = self._mask(logits, pos_ids, all_cand_ids, labels)
+            logits = self._mask(logits, _contains(row_sets, all_cand_ids.expand(b, -1)), labels)
         losses = F.cross_entropy(logits, labels, reduction="none")  # (B,)
 
         if self.symmetric:
             # document -> query: each local positive against all queries of all ranks
             if is_distributed():
                 queries = _gather_embedding(q, query_sizes)  # (Q, D)
-                all_query_pos_ids = gather_with_grad(pos_ids, query_sizes)  # (Q,)
+                if self.mask_duplicates:  # every rank takes part in both collectives (same decision everywhere)
+                    width = max(all_gather_sizes(row_sets.shape[1], device=device))
+                    all_row_sets = gather_with_grad(_pad_columns(row_sets, width), query_sizes)  # (Q, R)
             else:
-                queries, all_query_pos_ids = q, pos_ids
+                queries, all_row_sets = q, row_sets
             q_labels = query_offset + torch.arange(b, device=device)  # (B,)
             d2q = self.distance.similarity(pos, queries) * scale  # (B, Q)
             if self.mask_duplicates:
-                # another query whose positive is this same document is not a negative of it
-                d2q = self._mask(d2q, pos_ids, all_query_pos_ids, q_labels)
+                # a query to which this document is relevant (its positive is this same document, or its
+                # qrels judge it relevant) is not a negative of it
+                inside = _contains(all_row_sets, pos_ids[None, :].expand(len(all_row_sets), -1))  # (Q, B)
+                d2q = self._mask(d2q, inside.T, q_labels)
             losses = 0.5 * (losses + F.cross_entropy(d2q, q_labels, reduction="none"))
         return rank_share(losses.sum(), b)
 
     @staticmethod
-    def _mask(logits: torch.Tensor, row_ids: torch.Tensor, col_ids: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
-        """-inf where column ``j`` has row ``i``'s id but is not row ``i``'s label (duplicates of the positive)."""
-        same = (row_ids[:, None] == col_ids[None, :]) & (row_ids[:, None] != _NO_ID)  # (B, C)
-        same[torch.arange(len(labels), device=labels.device), labels] = False
-        return logits.masked_fill(same, float("-inf"))
+    def _mask(logits: torch.Tensor, relevant: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """-inf where ``relevant`` (B, C) holds, except at row ``i``'s label column (never masked)."""
+        relevant = relevant.clone()
+        relevant[torch.arange(len(labels), device=labels.device), labels] = False
+        return logits.masked_fill(relevant, float("-inf"))
 
     def get_config(self) -> dict:
         return {"temperature": self.temperature, "learnable_temperature": self.learnable_temperature,
