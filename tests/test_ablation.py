@@ -36,7 +36,7 @@ corpus_sample = 150
 
 [select]
 arm = "ft-iso"
-values = [0.05, 1.0]
+values = [0, 1.0]
 
 [arms.ft]
 loss = "contrastive"
@@ -52,6 +52,9 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+_PRE = 'baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n'
+
+
 @pytest.mark.parametrize("text,message", [
     ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\n[arms.b]\nlos = "x"\n',
      "unknown key 'los'; did you mean 'loss'"),
@@ -64,6 +67,28 @@ def _write(tmp_path: Path, text: str) -> Path:
      "unknown key 'learning_rate'"),
     ('baseline = "a"\ndatasets = ["x"]\n[train]\n[arms.a]\nloss = "contrastive"\n', "missing 'data'"),
     ('baseline = "a"\n[arms.a\n', "not valid TOML"),
+    (_PRE + '[primary]\ncomparisons = ["b vs a"]\n[arms.a]\nloss = "contrastive"\n[arms.b]\nloss = "contrastive"\n'
+     'seeds = [1]\n', "arm 'b' has 1 seed"),
+    (_PRE + '[primary]\ncomparisons = ["b vs c"]\n[arms.a]\nloss = "contrastive"\n[arms.b]\nloss = "contrastive"\n',
+     "names no arm 'c'"),
+    (_PRE + '[primary]\ncomparisons = ["f vs a"]\n[arms.a]\nloss = "contrastive"\n[arms.f]\ntransform = "none"\n',
+     "training-free arm against a trained control"),
+    (_PRE + '[primary]\ncomparisons = ["f vs g"]\n[arms.a]\nloss = "contrastive"\n[arms.f]\ntransform = "none"\n'
+     '[arms.g]\ntransform = "center"\n', "'f' is training-free"),
+    (_PRE + '[primary]\ncomparisons = ["b a"]\n[arms.a]\nloss = "contrastive"\n[arms.b]\nloss = "contrastive"\n',
+     "a comparison is 'ARM vs CONTROL'"),
+    (_PRE + '[primary]\ncomparisons = []\n[arms.a]\nloss = "contrastive"\n', "at least one"),
+    (_PRE + '[primary]\ncomparisons = ["b vs a"]\nmargin = -1\n[arms.a]\nloss = "contrastive"\n[arms.b]\n'
+     'loss = "contrastive"\n', "margin must be a positive number"),
+    (_PRE + '[primary]\ncomparisons = ["b vs a"]\ndatasets = ["y"]\n[arms.a]\nloss = "contrastive"\n[arms.b]\n'
+     'loss = "contrastive"\n', "datasets must be datasets of the plan"),
+    (_PRE + '[primary]\ncomparisons = ["b vs a"]\naverage = "median"\n[arms.a]\nloss = "contrastive"\n[arms.b]\n'
+     'loss = "contrastive"\n', "average must be one of macro, each"),
+    (_PRE + '[secondary]\ncomparisons = "b vs a"\n[arms.a]\nloss = "contrastive"\n', "must be a list of strings"),
+    ('baseline = "a"\ndatasets = ["x"]\nseeds = []\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\n',
+     "seeds must be a non-empty list"),
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\ndev_split = "dev"\ndev_fraction = 0.1\n[arms.a]\n'
+     'loss = "contrastive"\n', "not both"),
 ])
 def test_bad_plans_are_refused_naming_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as info:
@@ -149,7 +174,10 @@ def test_a_tiny_plan_runs_end_to_end_resumes_and_compares(tiny_model_dir, data_d
     finished = sorted(p.parent.relative_to(results).as_posix() for p in results.glob("runs/*/*/result.json"))
     assert finished == ["runs/ft-iso/seed-1", "runs/ft-iso/seed-2", "runs/ft/seed-1", "runs/ft/seed-2"]
     selection = json.loads((results / "selection.json").read_text())
-    assert selection["chosen"] in (0.05, 1.0) and set(selection["dev"]) == {"0.05", "1"}
+    assert selection["chosen"] in (0.0, 1.0) and set(selection["dev"]) == {"0", "1"}
+    candidates = selection["candidates"]
+    assert candidates["0"]["se"] > 0 and candidates["1"]["lambda_x_N"] == 8.0  # lambda x the global batch
+    assert "se_diff_vs_0" in candidates["1"] and "diff_vs_0" not in candidates["0"]
     dev_ids = set(json.loads((results / "dev_split.json").read_text())["dev_query_ids"])
     train_qrels = (tmp_path / "work" / "data" / "scifact-train-dev" / "qrels" / "train.tsv").read_text()
     assert not dev_ids & {line.split("\t")[0] for line in train_qrels.splitlines()[1:]}  # dev never trained on
@@ -200,3 +228,38 @@ def test_the_verdict_keeps_significance_and_equivalence_apart():
     assert verdict(-0.005, 0.007, 0.7, 0.01) == "equivalent (95% CI inside +-0.01)"
     assert verdict(0.02, 0.05, 0.001, 0.01) == "better" and verdict(-0.05, -0.02, 0.001, 0.01) == "worse"
     assert verdict(-0.015, 0.008, 0.6, 0.01) == "inconclusive"
+
+
+def test_the_primary_family_is_recorded_before_the_first_run_and_a_changed_one_refused(tmp_path):
+    from ragcun.ablation.preregistration import FILE, check_for_compare, check_or_record
+
+    text = _PRE + ('seeds = [1, 2, 3]\n[primary]\ncomparisons = ["b vs a"]\n[arms.a]\nloss = "contrastive"\n'
+                   '[arms.b]\nloss = "contrastive+isotropy"\n').replace("seeds = [1, 2, 3]\n", "")
+    text = text.replace('datasets = ["x"]\n', 'datasets = ["x"]\nseeds = [1, 2, 3]\n')
+    plan = load_plan(_write(tmp_path, text), results=tmp_path / "results")
+    shown = []
+    check_or_record(plan, show=shown.append)
+    recorded = json.loads((tmp_path / "results" / FILE).read_text())
+    assert recorded["family"]["comparisons"] == ["b vs a"] and recorded["finished_runs_when_recorded"] == 0
+    assert "pre-registered" in shown[0]
+    check_or_record(plan, show=shown.append)  # unchanged: nothing to say, nothing rewritten
+    assert json.loads((tmp_path / "results" / FILE).read_text()) == recorded
+    assert check_for_compare(tmp_path / "results", plan.primary.family(), exploratory=False)["status"] == "recorded"
+    changed = load_plan(_write(tmp_path, text.replace('comparisons = ["b vs a"]', 'comparisons = ["b vs a"]\n'
+                                                                                   'margin = 0.02')),
+                        results=tmp_path / "results")
+    with pytest.raises(ValueError, match=r"primary analysis changed .*margin"):
+        check_or_record(changed)
+    with pytest.raises(ValueError, match="--exploratory"):
+        check_for_compare(tmp_path / "results", changed.primary.family(), exploratory=False)
+    assert check_for_compare(tmp_path / "results", changed.primary.family(), exploratory=True)["status"] == "changed"
+
+
+def test_a_plan_with_the_datasets_own_dev_split_trains_on_all_of_train(data_dir, tmp_path):
+    from ragcun.ablation.data import own_dev_split
+
+    folder, info = own_dev_split("nfcorpus", str(data_dir), "dev")
+    assert folder == data_dir / "nfcorpus" and info["own_split"]
+    assert info["train_queries"] > 2000 and info["dev_queries"] > 300
+    with pytest.raises(ValueError, match="no qrels/dev.tsv"):
+        own_dev_split("scifact", str(data_dir), "dev")

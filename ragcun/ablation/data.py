@@ -60,10 +60,25 @@ def carve_dev_split(dataset: str, data_dir: str | None, fraction: float, out: Pa
     return out, info
 
 
-def dev_dataset(folder: Path, corpus_sample: int, seed: int = 0) -> BeirDataset:
+def own_dev_split(dataset: str, data_dir: str | None, split: str = "dev") -> tuple[Path, dict]:
+    """A dataset that has its own dev split (SQuAD's, NFCorpus's): train on all of ``train``, choose on ``split``.
+    Returns the dataset folder itself and a description like :func:`carve_dev_split`'s."""
+    source = find_dataset(dataset, data_dir, download=False)
+    counts = {}
+    for name in ("train", split):
+        path = source / "qrels" / f"{name}.tsv"
+        if not path.is_file():
+            raise ValueError(f"{source}: no qrels/{name}.tsv (the plan's [train] dev_split = {split!r} needs the "
+                             f"dataset's own train and {split} splits)")
+        counts[name] = len(load_qrels(path))
+    return source, {"source": str(source), "split": split, "own_split": True, "train_queries": counts["train"],
+                    "dev_queries": counts[split]}
+
+
+def dev_dataset(folder: Path, corpus_sample: int, seed: int = 0, split: str = "dev") -> BeirDataset:
     """The dev split with its corpus cut to the judged documents plus random others (``corpus_sample`` in all,
     at least every judged one)."""
-    dataset = load_beir(folder, "dev", name="dev")
+    dataset = load_beir(folder, split, name="dev")
     judged = sorted({d for docs in dataset.qrels.values() for d in docs if d in dataset.corpus})
     others = sorted(set(dataset.corpus) - set(judged))
     random.Random(seed).shuffle(others)

@@ -47,23 +47,38 @@ class PlanRunner:
 
     # -- data ------------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        from ragcun.ablation.data import carve_dev_split
+        from ragcun.ablation.data import carve_dev_split, own_dev_split
 
         plan = self.plan
         plan.results.mkdir(parents=True, exist_ok=True)
-        folder, info = carve_dev_split(plan.train_data, self.data_dir, plan.dev_fraction,
-                                       plan.work_dir / "data" / f"{Path(plan.train_data).name}-train-dev",
-                                       salt=plan.name)
+        self.check_preregistration()
+        if plan.dev_split:
+            folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split)
+        else:
+            folder, info = carve_dev_split(plan.train_data, self.data_dir, plan.dev_fraction,
+                                           plan.work_dir / "data" / f"{Path(plan.train_data).name}-train-dev",
+                                           salt=plan.name)
         self.train_folder = folder
         _atomic_json(plan.results / "dev_split.json", info)
         _atomic_json(plan.results / "plan.json", {"name": plan.name, "plan_file": str(plan.path),
                                                   "baseline": plan.baseline, "seeds": plan.seeds,
                                                   "datasets": plan.datasets, "arms": list(plan.arms),
-                                                  "train": plan.train, "dtype": plan.dtype, "k": plan.k})
-        self.show(f"dev split: {info['dev_queries']} of {info['train_queries'] + info['dev_queries']} "
-                  f"{plan.train_data} train queries (training uses the other {info['train_queries']})")
+                                                  "train": plan.train, "dtype": plan.dtype, "k": plan.k,
+                                                  "primary": plan.primary.family() if plan.primary else None,
+                                                  "secondary": [str(c) for c in plan.secondary]})
+        self.show(f"dev split: {info['dev_queries']} {plan.train_data} {info['split']} queries"
+                  + (f" of {info['train_queries'] + info['dev_queries']} train queries (training uses the other "
+                     f"{info['train_queries']})" if not plan.dev_split else
+                     f" (the dataset's own; training uses all {info['train_queries']} train queries)"))
         self.warn_if_results_ignored()
         self.warn_if_precision_is_slow()
+
+    def check_preregistration(self) -> None:
+        """Record the primary family's hash before the first run; refuse to run a plan whose primary family
+        changed since (the verdicts of a pre-registered analysis must not be chosen after seeing results)."""
+        from ragcun.ablation.preregistration import check_or_record
+
+        check_or_record(self.plan, show=self.show)
 
     def warn_if_precision_is_slow(self) -> None:
         """A plan written on a machine with native bfloat16 runs several times slower on one without: say so."""
@@ -94,7 +109,8 @@ class PlanRunner:
             from ragcun.data.beir import find_dataset, load_beir
 
             if name == "dev":
-                self._datasets[name] = dev_dataset(self.train_folder, self.plan.dev_corpus_sample)
+                self._datasets[name] = dev_dataset(self.train_folder, self.plan.dev_corpus_sample,
+                                                   split=self.plan.dev_split or "dev")
             else:
                 folder = find_dataset(name, self.data_dir, download=False)
                 self._datasets[name] = load_beir(folder, "test", name=name)
@@ -142,7 +158,8 @@ class PlanRunner:
         return encoded
 
     # -- evaluation ------------------------------------------------------------------------------------
-    def evaluate(self, model, datasets: list[str], *, reuse_base: bool, out: Path | None, tag: str) -> dict:
+    def evaluate(self, model, datasets: list[str], *, reuse_base: bool, out: Path | None, tag: str,
+                 keep_per_query: bool = False) -> dict:
         """Score ``model`` on ``datasets``; with ``reuse_base`` apply its head to the cached base outputs."""
         from ragcun.ablation.scoring import apply_head, encode_dataset, score
         from ragcun.evaluation.run_files import format_trec_run
@@ -169,6 +186,8 @@ class PlanRunner:
                                         if m.split("@")[0] in ("NDCG", "MRR", "Recall", "MAP")},
                             "isotropy": scored["isotropy"], "counts": scored["counts"],
                             "eval_s": time.perf_counter() - t0}
+            if keep_per_query:
+                report[name]["per_query"] = scored["per_query"]
             self.show(f"  {name}: NDCG@10 {scored['metrics']['NDCG@10']:.4f}  SIGReg "
                       f"{scored['isotropy']['sigreg_raw']:.2f} (floor {scored['isotropy']['sigreg_gaussian_floor']:.2f})"
                       f"  IsoScore {scored['isotropy']['isoscore']:.3f}")
@@ -185,7 +204,7 @@ class PlanRunner:
                        "train_data": f"beir:{self.train_folder}:train", "seed": seed, "loss": arm.loss_for(lam),
                        "freeze_encoder": arm.freeze_encoder, "show_progress": False,
                        "settings": settings_from_options([*self.plan.train_set, *arm.set])})
-        for key in ("head_lr", "head", "encoder"):
+        for key in ("head_lr", "head", "encoder", "distance"):
             if getattr(arm, key) is not None:
                 values[key] = getattr(arm, key)
         return TrainConfig.from_dict(values, f"{self.plan.path} [arms.{arm.name}]")
@@ -221,6 +240,12 @@ class PlanRunner:
 
     # -- the plan --------------------------------------------------------------------------------------
     def select_lambda(self) -> float | None:
+        """Train the selected arm once per candidate (first seed) and keep the best dev score; a tie goes to the
+        weaker regularizer. A new selection must include 0, so that "no regularizer" can win; each candidate's
+        dev score is recorded with its standard error over dev queries, and its difference from 0 with the
+        paired standard error."""
+        import numpy as np
+
         plan = self.plan
         if not plan.select_arm:
             return None
@@ -229,24 +254,50 @@ class PlanRunner:
             chosen = json.loads(path.read_text())
             if chosen.get("values") == plan.select_values and "chosen" in chosen:
                 return float(chosen["chosen"])
+        if 0.0 not in plan.select_values:
+            raise ValueError(f"{plan.path} [select]: values must include 0 so that the regularizer can lose to no "
+                             f"regularizer (got {', '.join(f'{v:g}' for v in plan.select_values)})")
         arm, seed = plan.arms[plan.select_arm], plan.seeds_of(plan.arms[plan.select_arm])[0]
-        scores = {}
+        scores, per_query, global_batch = {}, {}, None
         for lam in plan.select_values:
             step_file = plan.results / "selection" / f"lambda-{lam:g}.json"
             if step_file.is_file():
-                scores[lam] = json.loads(step_file.read_text())["dev"][plan.dev_metric]
+                saved = json.loads(step_file.read_text())
+                scores[lam] = saved["dev"][plan.dev_metric]
+                per_query[lam] = saved.get("per_query")
+                global_batch = saved.get("train", {}).get("global_batch", global_batch)
                 continue
             model, info = self.trained_model(arm, seed, lam)
             self.show(f"{arm.name} lambda {lam:g}: dev evaluation")
-            dev = self.evaluate(model, ["dev"], reuse_base=False, out=None, tag="dev")["dev"]
-            scores[lam] = dev["metrics"][plan.dev_metric]
-            _atomic_json(step_file, {"lambda": lam, "dev": dev["metrics"], "isotropy": dev["isotropy"], "train": info})
+            dev = self.evaluate(model, ["dev"], reuse_base=False, out=None, tag="dev", keep_per_query=True)["dev"]
+            scores[lam], per_query[lam] = dev["metrics"][plan.dev_metric], dev["per_query"]
+            global_batch = info.get("global_batch")
+            _atomic_json(step_file, {"lambda": lam, "dev": dev["metrics"], "isotropy": dev["isotropy"], "train": info,
+                                     "per_query": {q: m[plan.dev_metric] for q, m in dev["per_query"].items()}})
+            per_query[lam] = {q: m[plan.dev_metric] for q, m in dev["per_query"].items()}
         best = max(scores.values())
         chosen = min(lam for lam, s in scores.items() if s == best)  # a tie goes to the weaker regularizer
+        detail = {}
+        for lam, s in scores.items():
+            row = {"score": s}
+            values = per_query.get(lam)
+            if values:
+                v = np.array(list(values.values()), dtype=np.float64)
+                row.update(se=float(v.std(ddof=1) / np.sqrt(len(v))), queries=len(v))
+                zero = per_query.get(0.0)
+                if zero and lam != 0.0:
+                    qids = sorted(set(values) & set(zero))
+                    d = np.array([values[q] - zero[q] for q in qids])
+                    row.update(diff_vs_0=float(d.mean()), se_diff_vs_0=float(d.std(ddof=1) / np.sqrt(len(d))))
+            if global_batch:
+                row["lambda_x_N"] = lam * global_batch
+            detail[f"{lam:g}"] = row
         _atomic_json(path, {"arm": arm.name, "seed": seed, "metric": plan.dev_metric, "values": plan.select_values,
-                            "dev": {f"{lam:g}": s for lam, s in scores.items()}, "chosen": chosen})
-        self.show(f"lambda chosen on dev ({plan.dev_metric}): {chosen:g}  "
-                  + "  ".join(f"{lam:g}: {s:.4f}" for lam, s in scores.items()))
+                            "dev": {f"{lam:g}": s for lam, s in scores.items()}, "chosen": chosen,
+                            "global_batch": global_batch, "candidates": detail,
+                            "rule": "the best mean dev score; a tie goes to the smaller lambda"})
+        self.show(f"lambda chosen on dev ({plan.dev_metric}): {chosen:g}  " + "  ".join(
+            f"{k}: {r['score']:.4f}" + (f" ± {r['se']:.4f}" if "se" in r else "") for k, r in detail.items()))
         return chosen
 
     def todo(self) -> list[tuple[Arm, int]]:
