@@ -22,6 +22,7 @@ from ragcun.cli.options import config_flags, config_option, echo_json, format_op
 @click.option("--steps", type=int, default=3, show_default=True, help="real training steps to try")
 @config_option("--grad-cache-chunk", type=int)
 @config_option("--gradient-checkpointing", is_flag=True)
+@config_option("--no-duplicate-queries", is_flag=True)
 @config_option("--dtype")
 @config_option("--device")
 @set_option

@@ -27,6 +27,7 @@ from ragcun.cli.options import config_flags, config_option, echo_json, format_op
 @config_option("--warmup", type=float)
 @config_option("--negatives", type=int, help="hard negatives per query")
 @config_option("--mine-negatives", help="bm25 or model")
+@config_option("--no-duplicate-queries", is_flag=True, help="each query at most once per global batch")
 @config_option("--grad-cache-chunk", type=int)
 @config_option("--gradient-checkpointing", is_flag=True)
 @config_option("--dtype")

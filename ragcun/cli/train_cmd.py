@@ -38,6 +38,8 @@ def _train_options(fn):
         config_option("--mine-negatives", help="bm25 or model: mine hard negatives (BEIR data), cached"),
         config_option("--qrels-threshold", type=int, help="graded qrels: a pair is relevant when its score >= this"),
         config_option("--shuffle-buffer", type=int, help="streamed data: shuffle buffer"),
+        config_option("--no-duplicate-queries", is_flag=True,
+                      help="a global batch holds each query at most once (a repeat waits for a later batch)"),
         config_option("--grad-cache-chunk", type=int,
                       help="GradCache: embed in chunks of K texts (large batches in bounded memory)"),
         config_option("--gradient-checkpointing", is_flag=True,

@@ -15,14 +15,25 @@ memory. A *global batch* is ``world_size * batch_size`` consecutive examples of 
 takes the ``r``-th slice, so the concatenation of the ranks' batches is exactly the batch one process with
 ``world_size * batch_size`` would see: 2 ranks x B and 1 process x 2B train on the same data. The position
 ``(epoch, examples consumed)`` is all a checkpoint needs to continue the same order.
+
+Relevance: every example carries ``relevant_ids``, the ids of the documents judged relevant to its query (BEIR:
+the training split's qrels with score >= qrels_threshold; JSONL: the line's ``pos`` passages, whose text is their
+id; triples: the positive). :class:`BatchStream` turns them into each example's list of the *global batch's*
+candidates (positives and hard negatives of every rank) relevant to its query, examples with the same query
+(the same query text: the same id, or two ids with one text) pooling theirs, so the contrastive loss masks a query's
+other relevant documents out of its in-batch negatives (``LossInputs.relevant_ids``).
+
+``no_duplicate_queries``: :func:`distinct_query_order` reorders each epoch's order so that a global batch holds
+each query at most once, deferring a repeat to a later batch (deterministic, so resuming stays exact).
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,17 +46,23 @@ class TrainingExample:
     query_id: str | None = None
     positive_id: str | None = None
     negative_ids: list[str] | None = None
+    relevant_ids: list[str] | None = None  # every document judged relevant to this query (None: unknown)
 
 
 @dataclass
 class TrainingBatch:
-    """One rank's micro-batch; ``negatives`` are grouped by query (``K`` per query) as LossInputs expects."""
+    """One rank's micro-batch; ``negatives`` are grouped by query (``K`` per query) as LossInputs expects.
+
+    ``relevant_ids[i]``: the ids of the global batch's candidates judged relevant to query ``i`` (its own
+    positive included), for label-aware in-batch negatives; None when the data carries no document ids.
+    """
 
     queries: list[str]
     positives: list[str]
     negatives: list[str]
     positive_ids: list[str] | None
     negative_ids: list[str] | None
+    relevant_ids: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -108,6 +125,9 @@ class BeirPairs(TrainingSource):
         self.pairs = [(qid, did) for qid in sorted(self.dataset.qrels)
                       for did, score in sorted(self.dataset.qrels[qid].items())
                       if score >= self.threshold and did in corpus]
+        self.relevant: dict[str, list[str]] = {}  # qid -> its judged-relevant documents (this split's qrels)
+        for qid, did in self.pairs:
+            self.relevant.setdefault(qid, []).append(did)
         if not self.pairs:
             scores = sorted({s for docs in self.dataset.qrels.values() for s in docs.values()})
             raise ValueError(f"{self.dataset.qrels_file}: no (query, document) pair has a score >= {threshold} "
@@ -136,7 +156,7 @@ class BeirPairs(TrainingSource):
             if self.negatives_per_example and len(neg_ids) < self.negatives_per_example:
                 raise ValueError(f"query {qid!r} has no mined negatives; re-mine with more candidates")
             yield TrainingExample(self.dataset.queries[qid], self.doc_text(did),
-                                  [self.doc_text(n) for n in neg_ids], qid, did, neg_ids)
+                                  [self.doc_text(n) for n in neg_ids], qid, did, neg_ids, self.relevant[qid])
 
 
 def _open_binary(path: Path):
@@ -223,7 +243,7 @@ class JsonlExamples(_StreamedSource):
         positive = pos[0] if len(pos) == 1 else rng.choice(pos)
         # Passages carry no ids in this format; the text itself identifies a passage for duplicate detection.
         negatives = choose_negatives(neg, k, rng)
-        return TrainingExample(query, positive, negatives, None, positive, list(negatives))
+        return TrainingExample(query, positive, negatives, None, positive, list(negatives), list(pos))
 
 
 class TriplesExamples(_StreamedSource):
@@ -243,7 +263,7 @@ class TriplesExamples(_StreamedSource):
                              f"(3 non-empty columns), got {len(parts)} columns")
         query, positive, negative = parts
         negs = [negative] if self.negatives_per_example else []
-        return TrainingExample(query, positive, negs, None, positive, list(negs))
+        return TrainingExample(query, positive, negs, None, positive, list(negs), [positive])
 
 
 # -- the spec -----------------------------------------------------------------------------------------------
@@ -316,14 +336,20 @@ class BatchStream:
     """Per-rank micro-batches of a source, endless over epochs, with a position a checkpoint can restore.
 
     Each call to :meth:`next_batch` consumes one global batch (``world_size * batch_size`` examples) and
-    returns this rank's slice. An epoch's incomplete last global batch is dropped so every step has the
+    returns this rank's slice, with each example's relevant candidates of the whole global batch
+    (:func:`batch_relevance`). An epoch's incomplete last global batch is dropped so every step has the
     same size on every rank.
+
+    ``no_duplicate_queries=True`` reads each epoch through :func:`distinct_query_order` (global batches with
+    each query at most once). That order is a function of the source's seeded order and the global batch size
+    alone, so a resumed run (same global batch) regenerates it and skips the examples consumed: bit-identical.
     """
 
     def __init__(self, source: TrainingSource, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 position: DataPosition | None = None) -> None:
+                 position: DataPosition | None = None, no_duplicate_queries: bool = False) -> None:
         self.source, self.batch_size, self.rank, self.world_size = source, int(batch_size), rank, world_size
         self.global_batch = self.batch_size * self.world_size
+        self.no_duplicate_queries = bool(no_duplicate_queries)
         self.state = DataPosition(**(position.as_dict() if position else {}))
         self._iter: Iterator[TrainingExample] | None = None
 
@@ -332,7 +358,11 @@ class BatchStream:
 
     def _take(self) -> list[TrainingExample]:
         if self._iter is None:
-            self._iter = self.source.examples(self.state.epoch, self.state.position)
+            if self.no_duplicate_queries:  # regenerate the epoch's reordering, then skip what was consumed
+                order = distinct_query_order(self.source.examples(self.state.epoch), self.global_batch)
+                self._iter = itertools.islice(order, self.state.position, None)
+            else:
+                self._iter = self.source.examples(self.state.epoch, self.state.position)
         out: list[TrainingExample] = []
         for example in self._iter:
             out.append(example)
@@ -352,13 +382,113 @@ class BatchStream:
                 raise ValueError(f"the training data has {len(self.source)} examples, fewer than one global batch "
                                  f"({self.world_size} rank(s) x --batch-size {self.batch_size}); lower --batch-size")
         self.state.position += self.global_batch
-        mine = examples[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        return collate(mine, self.source.negatives_per_example)
+        k = self.source.negatives_per_example
+        relevant = batch_relevance(examples, k)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return collate(examples[mine], k, None if relevant is None else relevant[mine])
 
 
-def collate(examples: list[TrainingExample], k: int) -> TrainingBatch:
+def query_key(example: TrainingExample) -> str:
+    """What identifies an example's query: its text. One query id always has one text, and two ids with the
+    same text (NFCorpus has 14 such pairs in train) are one query to the model; data without query ids (JSONL,
+    triples) has nothing else."""
+    return example.query
+
+
+def batch_relevance(examples: list[TrainingExample], k: int) -> list[list[str]] | None:
+    """For each example of a (global) batch, the sorted ids of the batch's candidates (every positive and the
+    first ``k`` hard negatives of every example) judged relevant to its query: the ``relevant_ids`` and
+    positives of all examples with the same :func:`query_key`. Exact for the loss, which only ever asks about
+    these candidates, and short (at most the batch's candidates). None when an example has no positive id
+    (the loss then has no candidate ids to compare)."""
+    if not examples or any(e.positive_id is None for e in examples):
+        return None
+    candidates = {e.positive_id for e in examples}
+    if k:
+        candidates.update(n for e in examples for n in (e.negative_ids or [])[:k])
+    by_query: dict[str, set[str]] = {}
+    for e in examples:
+        judged = by_query.setdefault(query_key(e), set())
+        judged.add(e.positive_id)
+        judged.update(d for d in (e.relevant_ids or ()) if d in candidates)
+    return [sorted(by_query[query_key(e)]) for e in examples]
+
+
+TAIL_BATCHES = 8  # distinct_query_order: batches held back to repair the end of an epoch
+
+
+def distinct_query_order(examples: Iterable[TrainingExample], batch_size: int,
+                         tail_batches: int = TAIL_BATCHES) -> Iterator[TrainingExample]:
+    """``examples`` reordered so that each run of ``batch_size`` holds each :func:`query_key` at most once.
+
+    Greedy and deterministic (no randomness of its own: the order is a function of ``examples`` and
+    ``batch_size``): a batch is filled first from the deferred examples (oldest first), then from ``examples``
+    in order; an example whose query is already in the batch is deferred to a later batch. Every example comes
+    out exactly once.
+
+    The end: the last batches could only take what is left, often a few queries' repeats. So the greedy pass
+    holds its last ``tail_batches`` batches back, and if the tail it would emit (those batches, then the
+    partial batch and the deferred examples) repeats a query within a full batch, it re-deals that tail: the
+    examples grouped by query (most examples first, then first appearance), laid end to end and dealt round
+    robin into the tail's full batches, the surplus last (the incomplete batch, dropped by the stream as
+    without reordering). A query then repeats in a batch only when it has more examples in the tail than the
+    tail has batches. Memory: ``tail_batches`` batches plus the deferred examples, which stay few unless one
+    query dominates a stretch of the data.
+    """
+    source = iter(examples)
+    deferred: list[TrainingExample] = []
+    held: list[list[TrainingExample]] = []
+    while True:
+        batch: list[TrainingExample] = []
+        seen: set[str] = set()
+        kept: list[TrainingExample] = []
+        for example in deferred:
+            key = query_key(example)
+            if len(batch) < batch_size and key not in seen:
+                batch.append(example)
+                seen.add(key)
+            else:
+                kept.append(example)
+        deferred = kept
+        while len(batch) < batch_size:
+            example = next(source, None)
+            if example is None:
+                break
+            key = query_key(example)
+            if key in seen:
+                deferred.append(example)
+            else:
+                batch.append(example)
+                seen.add(key)
+        if len(batch) < batch_size:  # the end: too few distinct queries left for another batch
+            yield from _deal_tail([e for b in held for e in b] + batch + deferred, batch_size)
+            return
+        held.append(batch)
+        if len(held) > tail_batches:
+            yield from held.pop(0)
+
+
+def _deal_tail(tail: list[TrainingExample], batch_size: int) -> list[TrainingExample]:
+    """``tail`` as it is when none of its full batches repeats a query, else re-dealt (distinct_query_order)."""
+    full = len(tail) // batch_size
+    if all(len({query_key(e) for e in tail[b * batch_size:(b + 1) * batch_size]}) == batch_size
+           for b in range(full)):
+        return tail
+    groups: dict[str, list[TrainingExample]] = {}
+    for example in tail:
+        groups.setdefault(query_key(example), []).append(example)
+    laid = [e for g in sorted(groups.values(), key=len, reverse=True) for e in g]  # stable: first appearance
+    dealt: list[list[TrainingExample]] = [[] for _ in range(full)]
+    for t, example in enumerate(laid[:full * batch_size]):
+        dealt[t % full].append(example)  # a group of <= full examples lands in distinct batches
+    return [e for b in dealt for e in b] + laid[full * batch_size:]
+
+
+def collate(examples: list[TrainingExample], k: int, relevant: list[list[str]] | None = None) -> TrainingBatch:
+    """One micro-batch; ``relevant``: each example's relevant candidate ids (:func:`batch_relevance`)."""
     negatives = [n for e in examples for n in e.negatives[:k]] if k else []
     has_ids = all(e.positive_id is not None for e in examples)
     neg_ids = [n for e in examples for n in (e.negative_ids or [])[:k]] if k and has_ids else None
     return TrainingBatch([e.query for e in examples], [e.positive for e in examples], negatives,
-                         [e.positive_id for e in examples] if has_ids else None, neg_ids)
+                         [e.positive_id for e in examples] if has_ids else None, neg_ids,
+                         relevant if has_ids else None)

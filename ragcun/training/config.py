@@ -41,6 +41,7 @@ class TrainConfig:
     mine_negatives: str | None = None  # None, "bm25" or "model" (BEIR data only)
     qrels_threshold: int = 1  # a (query, doc) pair is relevant when its qrels score >= this
     shuffle_buffer: int = 10_000  # streamed sources: size of the deterministic shuffle buffer
+    no_duplicate_queries: bool = False  # a global batch holds each query at most once (repeats deferred)
     # optimisation
     batch_size: int = 32  # per process, per micro-step
     steps: int | None = None  # optimizer steps; None -> from epochs

@@ -45,7 +45,8 @@ def touch(emb: Embedding) -> torch.Tensor:
 
 def loss_inputs(batch, embeddings: dict[str, Embedding | None], step: int) -> LossInputs:
     return LossInputs(embeddings["queries"], embeddings["positives"], embeddings["negatives"],
-                      positive_ids=batch.positive_ids, negative_ids=batch.negative_ids, step=step)
+                      positive_ids=batch.positive_ids, negative_ids=batch.negative_ids, step=step,
+                      relevant_ids=batch.relevant_ids)
 
 
 def _rng_state(device: torch.device):

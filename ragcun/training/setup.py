@@ -149,7 +149,8 @@ def training_data(config: TrainConfig, model, ctx):
                          qrels_threshold=config.qrels_threshold, shuffle_buffer=config.shuffle_buffer, mined=mined)
     if next(iter(source.examples(0)), None) is None:  # an empty file: say so, not an IndexError downstream
         raise ValueError(f"--train-data {config.train_data}: {source.description} holds no training examples")
-    return source, BatchStream(source, config.batch_size, rank=ctx.rank, world_size=ctx.world_size)
+    return source, BatchStream(source, config.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                               no_duplicate_queries=config.no_duplicate_queries)
 
 
 def diagnostic_texts(source, limit: int = DIAGNOSTIC_SAMPLE) -> list[str]:

@@ -50,7 +50,8 @@ def accumulate(*, model, forward_module, loss_module, stream, step: int, grad_ac
                 n = (forward_texts(forward_module, model.tokenize, batch.negatives, device, autocast)
                      if batch.negatives else None)
                 out = as_output(loss_module(LossInputs(q, p, n, positive_ids=batch.positive_ids,
-                                                       negative_ids=batch.negative_ids, step=step)))
+                                                       negative_ids=batch.negative_ids, step=step,
+                                                       relevant_ids=batch.relevant_ids)))
                 # touch(): every embedding takes part in the graph, so DDP sees a gradient for every parameter
                 total = out.total / grad_accum + touch(q) + touch(p) + (touch(n) if n is not None else 0.0)
                 (scaler.scale(total) if scaler is not None else total).backward()
