@@ -52,7 +52,8 @@ def test_every_builtin_loss_is_registered_and_tested():
 
 @st.composite
 def batches(draw, bound=100.0, min_b=2, max_b=6, max_k=2):
-    """A LossInputs with finite embeddings (|x| <= bound), log-variances, hard negatives and duplicate ids."""
+    """A LossInputs with finite embeddings (|x| <= bound), log-variances, hard negatives, duplicate ids and
+    (sometimes) relevance lists."""
     b = draw(st.integers(min_b, max_b))
     k = draw(st.integers(0, max_k))
     seed = draw(st.integers(0, 2**31 - 1))
@@ -70,7 +71,8 @@ def batches(draw, bound=100.0, min_b=2, max_b=6, max_k=2):
     return LossInputs(emb(b), emb(b), emb(b * k) if k else None,
                       positive_ids=draw(st.lists(ids, min_size=b, max_size=b)),
                       negative_ids=draw(st.lists(ids, min_size=b * k, max_size=b * k)) if k else None,
-                      step=draw(st.integers(0, 100)))
+                      step=draw(st.integers(0, 100)),
+                      relevant_ids=draw(st.none() | st.lists(st.lists(ids, max_size=3), min_size=b, max_size=b)))
 
 
 def leaves(inputs: LossInputs) -> list[torch.Tensor]:
@@ -90,7 +92,8 @@ def permuted(inputs: LossInputs, perm: torch.Tensor) -> LossInputs:
     pick = lambda ids, p: None if ids is None else [ids[i] for i in p.tolist()]  # noqa: E731
     return LossInputs(inputs.queries[perm], inputs.positives[perm],
                       None if inputs.negatives is None else inputs.negatives[neg_perm],
-                      pick(inputs.positive_ids, perm), pick(inputs.negative_ids, neg_perm), inputs.step)
+                      pick(inputs.positive_ids, perm), pick(inputs.negative_ids, neg_perm), inputs.step,
+                      pick(inputs.relevant_ids, perm))
 
 
 # -- properties for every loss -------------------------------------------------------------------------------

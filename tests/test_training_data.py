@@ -127,6 +127,11 @@ def test_beir_pairs_threshold_and_order(data_dir):
         == [e.query_id for e in examples[:20]]
     graded = open_source("beir:nq-utd:test", data_dir=str(data_dir), qrels_threshold=2)
     assert 0 < len(graded) < 800
+    for e in list(graded.examples(0))[:50]:  # each pair carries its query's judged documents, score >= 2 only
+        judged = graded.dataset.qrels[e.query_id]
+        assert e.positive_id in e.relevant_ids
+        assert sorted(e.relevant_ids) == sorted(d for d, score in judged.items()
+                                                if score >= 2 and d in graded.dataset.corpus)
     with pytest.raises(ValueError, match="--qrels-threshold"):
         open_source("beir:nq-utd:test", data_dir=str(data_dir), qrels_threshold=5)
     with pytest.raises(ValueError, match="available splits"):
