@@ -119,9 +119,9 @@ def test_paired_tests_find_a_known_difference_and_not_an_absent_one():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
-def _fake_results(folder: Path, arms: dict[str, list[np.ndarray]]) -> None:
+def _fake_results(folder: Path, arms: dict[str, list[np.ndarray]], primary: dict | None = None) -> None:
     (folder / "plan.json").parent.mkdir(parents=True, exist_ok=True)
-    (folder / "plan.json").write_text(json.dumps({"baseline": "a"}))
+    (folder / "plan.json").write_text(json.dumps({"baseline": "a", "primary": primary}))
     for arm, seeds in arms.items():
         for seed, scores in enumerate(seeds, 1):
             run = folder / "runs" / arm / f"seed-{seed}"
@@ -137,27 +137,37 @@ def _fake_results(folder: Path, arms: dict[str, list[np.ndarray]]) -> None:
                          "global_batch": 32}}))
 
 
-def test_compare_reports_significance_equivalence_and_seed_spread(tmp_path):
+def test_compare_reports_run_level_verdicts_equivalence_and_seed_spread(tmp_path):
     rng = np.random.default_rng(1)
     base = [rng.uniform(0, 1, 200) for _ in range(3)]
+    family = {"metric": "NDCG@10", "datasets": ["d"], "average": "each", "comparisons": ["better vs a", "same vs a"],
+              "margin": 0.01, "alpha": 0.05}
     _fake_results(tmp_path, {
         "a": base,
-        "better": [np.clip(b + 0.08, 0, 1) for b in base],
+        "better": [np.clip(b + 0.08 + j, 0, 1) for b, j in zip(base, (0.002, -0.001, 0.0))],
         "same": [b.copy() for b in base],
-    })
-    report = compare(tmp_path)
+    }, primary=family)
+    report = compare(tmp_path, resamples=500)
     rows = {r["arm"]: r for r in report["arms"]}
-    assert report["baseline"] == "a" and report["tests"] == 2
-    better, same = rows["better"]["datasets"]["d"], rows["same"]["datasets"]["d"]
-    assert better["vs_baseline"]["p_holm"] < 0.01 and better["vs_baseline"]["verdict"] == "better"
-    assert same["vs_baseline"]["p"] == 1.0 and same["vs_baseline"]["verdict"].startswith("equivalent")
+    by = {c["arm"]: c for c in report["comparisons"]}
+    assert report["tests"] == 2 and report["verdicts"] and report["preregistration"]["status"] == "not recorded"
+    better, same = by["better"]["run_level"]["d"], by["same"]["run_level"]["d"]
+    assert better["p_holm"] < 0.01 and better["verdict"] == "better" and better["n"] == 3
+    assert same["p"] == 1.0 and same["verdict"].startswith("equivalent")
+    assert by["better"]["query_level"]["d"]["p"] < 1e-6  # conditional on the runs, reported beside
     assert rows["a"]["datasets"]["d"]["NDCG@10"]["sd"] == pytest.approx(np.std([b.mean() for b in base], ddof=1))
+    assert list(rows["a"]["datasets"]["d"]["NDCG@10"]["values"]) == ["1", "2", "3"]
     table = to_markdown(report)
     assert "| better | 3 |" in table and "λ·N" in table and "1.6" in table  # 0.05 x 32
-    _, paths = write_report(tmp_path)
+    assert "| better vs a | d | 3 |" in table and "**better**" in table and "conditional on these runs" in table
+    _, paths = write_report(tmp_path, resamples=200)
     assert all(p.is_file() for p in paths)
+    legacy = tmp_path / "legacy"
+    _fake_results(legacy, {"a": base, "same": [b.copy() for b in base]})
     with pytest.raises(ValueError, match="baseline arm 'nope'"):
-        compare(tmp_path, baseline="nope")
+        compare(legacy, baseline="nope")
+    with pytest.raises(ValueError, match="--baseline sets the control of a plan without"):
+        compare(tmp_path, baseline="a")
 
 
 @pytest.mark.slow
@@ -182,8 +192,10 @@ def test_a_tiny_plan_runs_end_to_end_resumes_and_compares(tiny_model_dir, data_d
     train_qrels = (tmp_path / "work" / "data" / "scifact-train-dev" / "qrels" / "train.tsv").read_text()
     assert not dev_ids & {line.split("\t")[0] for line in train_qrels.splitlines()[1:]}  # dev never trained on
     report = json.loads((results / "report.json").read_text())
-    assert {r["arm"] for r in report["arms"]} == {"ft", "ft-iso"} and report["tests"] == 1
-    assert (results / "report.md").read_text().count("| ft") == 2
+    assert {r["arm"] for r in report["arms"]} == {"ft", "ft-iso"} and report["tests"] == 0  # no [primary]
+    assert [(c["arm"], c["control"], c["role"]) for c in report["comparisons"]] == [("ft-iso", "ft", "exploratory")]
+    assert report["comparisons"][0]["run_level"]["nq-utd"]["n"] == 2
+    assert "| ft-iso vs ft | nq-utd | 2 |" in (results / "report.md").read_text()
     assert (tmp_path / "work" / "trec" / "runs" / "ft" / "seed-1" / "nq-utd.trec").is_file()
     again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
     assert again.exit_code == 0 and "finished now: 0 run(s), already finished: 4" in again.output
@@ -224,10 +236,10 @@ def test_slots_follow_the_parallel_setting():
 def test_the_verdict_keeps_significance_and_equivalence_apart():
     from ragcun.ablation.compare import verdict
 
-    assert verdict(0.0018, 0.0068, 0.009, 0.01) == "better, by less than 0.01 (95% CI inside +-0.01)"
-    assert verdict(-0.005, 0.007, 0.7, 0.01) == "equivalent (95% CI inside +-0.01)"
-    assert verdict(0.02, 0.05, 0.001, 0.01) == "better" and verdict(-0.05, -0.02, 0.001, 0.01) == "worse"
-    assert verdict(-0.015, 0.008, 0.6, 0.01) == "inconclusive"
+    assert verdict(0.004, 0.009, 0.01, 0.01) == "better, within ±0.01 (TOST)"
+    assert verdict(0.001, 0.7, 0.03, 0.01) == "equivalent within ±0.01 (TOST)"
+    assert verdict(0.03, 0.001, 0.9, 0.01) == "better" and verdict(-0.03, 0.001, 0.9, 0.01) == "worse"
+    assert verdict(0.004, 0.22, 0.068, 0.01) == "inconclusive"  # never "no effect"
 
 
 def test_the_primary_family_is_recorded_before_the_first_run_and_a_changed_one_refused(tmp_path):

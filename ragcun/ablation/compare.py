@@ -1,15 +1,24 @@
-"""The comparison table of a finished (or partly finished) plan, with paired significance.
+"""The report of a finished (or partly finished) plan: run-level inference first, the query-level test second.
 
-For each arm and dataset: mean +- sd over seeds of NDCG@10 (and R@100), the isotropy of the searched corpus
-embeddings (means over seeds), and against the baseline arm: the difference of the per-query NDCG@10
-averaged over seeds, its paired test (ranx's paired t-test or Fisher's randomization test, on those per-query
-scores), the Holm correction over every arm x dataset test (statsmodels), and a bootstrap 95% confidence
-interval of the mean difference over queries (scipy). A difference whose interval lies inside +-margin
-(default 0.01) is reported as equivalent; one whose interval straddles 0 but leaves that band as
-inconclusive.
+For each arm and dataset: NDCG@10 (and R@100) mean +- sd over seeds with each seed's value, the macro-average,
+and the isotropy of the searched corpus embeddings (means over seeds). Then the comparisons, each ``ARM vs
+CONTROL``:
 
-Everything comes from the files the runner wrote (``runs/ARM/seed-S/result.json`` and the per-query JSON), so
-the table can be rebuilt on any machine that has the committed results.
+* **run-level** (:mod:`ragcun.ablation.inference`): one number per trained model, the arm's run minus the
+  control's run with the same seed (against a training-free control, its one run); a t-test over seeds, its 95%
+  interval, a two-level bootstrap 95% interval (seeds, then queries), TOST at ``+-margin`` and the MDE of the
+  seeds used. **Verdicts come from here only**, and only for the plan's pre-registered ``[primary]`` family:
+  better / worse (Holm-adjusted p over that family below alpha), equivalent (TOST at the margin), inconclusive
+  (neither). ``[secondary]`` comparisons, a plan without ``[primary]`` (every comparison exploratory: trained arms
+  against the plan's baseline, training-free arms against the arm ``base``) and a primary family that changed
+  since it was recorded (``exploratory=True``) get p-values and intervals, unadjusted, without verdict words;
+* **query-level, conditional on these runs**: the per-query NDCG@10 averaged over each arm's runs, a paired test
+  over queries (ranx) with a bootstrap interval over queries. It asks whether these particular trained models
+  differ on these queries, not whether the arm changes a trained model's expected quality; arms with one run or
+  no training get only this.
+
+Everything comes from the files the runner wrote (``runs/ARM/seed-S/result.json`` and the per-query JSON, and
+``plan.json``), so the report can be rebuilt on any machine that has the committed results.
 """
 
 from __future__ import annotations
@@ -21,25 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from ragcun.ablation.runner import RESULT_FILE
+from ragcun.ablation.inference import (MACRO, METRIC, endpoint_datasets, endpoint_values, holm, load_results,
+                                       paired_runs, query_blocks, seed_test, stable_seed, two_level_bootstrap)
 
-METRIC = "NDCG@10"
-
-
-def load_results(results: Path) -> dict[str, dict[str, Any]]:
-    """``{arm: {"seeds": {seed: result}, "per_query": {dataset: {seed: {qid: {metric: v}}}}}}``."""
-    arms: dict[str, dict[str, Any]] = {}
-    for path in sorted((results / "runs").glob(f"*/*/{RESULT_FILE}")):
-        result = json.loads(path.read_text())
-        arm = arms.setdefault(result["arm"], {"seeds": {}, "per_query": {}, "what": result.get("what", "")})
-        arm["seeds"][result["seed"]] = result
-        for dataset in result["datasets"]:
-            pq = path.parent / f"{dataset}.per_query.json"
-            if not pq.is_file():
-                raise ValueError(f"{pq}: missing (the run in {path.parent} is incomplete; delete its {RESULT_FILE} "
-                                 "and run the plan again)")
-            arm["per_query"].setdefault(dataset, {})[result["seed"]] = json.loads(pq.read_text())
-    return arms
+__all__ = ["bootstrap_interval", "compare", "holm", "load_results", "paired_test", "plot", "to_markdown", "verdict",
+           "write_report"]
 
 
 def seed_mean_per_query(per_seed: dict[Any, dict[str, dict[str, float]]], metric: str = METRIC) -> dict[str, float]:
@@ -78,82 +73,187 @@ def bootstrap_interval(diff: np.ndarray, *, resamples: int = 10_000, seed: int =
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def holm(p_values: list[float]) -> list[float]:
-    """Holm-adjusted p-values (statsmodels)."""
-    if not p_values:
-        return []
-    from statsmodels.stats.multitest import multipletests
-
-    return [float(p) for p in multipletests(p_values, method="holm")[1]]
-
-
-def verdict(low: float, high: float, p_adjusted: float, margin: float, alpha: float = 0.05) -> str:
-    """Significance (Holm-adjusted p < alpha) and equivalence (the 95% CI inside +-margin) are separate
-    questions; a small but real difference is both, and the verdict says so."""
-    inside = -margin < low and high < margin
-    if p_adjusted < alpha:
-        direction = "better" if low > 0 else "worse" if high < 0 else "different"
-        return f"{direction}, by less than {margin:g} (95% CI inside +-{margin:g})" if inside else direction
-    if inside:
-        return f"equivalent (95% CI inside +-{margin:g})"
-    return "inconclusive"
+def verdict(mean: float, p_holm: float, p_tost: float, margin: float, alpha: float = 0.05) -> str:
+    """The run-level verdict of a primary comparison. Significance (Holm-adjusted p < alpha) and equivalence (TOST
+    at +-margin: p_tost < alpha) are separate questions; a small but real difference is both, and the verdict says
+    so; neither is "inconclusive", never "no effect"."""
+    significant, equivalent = p_holm < alpha, p_tost < alpha
+    if significant:
+        direction = "better" if mean > 0 else "worse"
+        return f"{direction}, within ±{margin:g} (TOST)" if equivalent else direction
+    return f"equivalent within ±{margin:g} (TOST)" if equivalent else "inconclusive"
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
     return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
-def compare(results: str | Path, *, baseline: str | None = None, test: str = "student",
-            margin: float = 0.01, metric: str = METRIC) -> dict[str, Any]:
-    """The comparison as a dict (what ``report.json`` holds); see the module docstring."""
+# -- what to compare ---------------------------------------------------------------------------------------------
+def _analysis(results: Path, plan) -> dict[str, Any]:
+    """The plan's baseline, primary family (``None``: a plan without ``[primary]``), secondary comparisons and
+    datasets: from ``plan`` (a loaded plan file) when given, else from the results folder's ``plan.json``."""
+    if plan is not None:
+        return {"name": plan.name, "baseline": plan.baseline, "datasets": list(plan.datasets),
+                "primary": plan.primary.family() if plan.primary else None,
+                "secondary": [str(c) for c in plan.secondary]}
+    path = results / "plan.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    return {"name": info.get("name", results.name), "baseline": info.get("baseline"),
+            "datasets": info.get("datasets"), "primary": info.get("primary"), "secondary": info.get("secondary") or []}
+
+
+def _split(text: str) -> tuple[str, str]:
+    arm, _, control = str(text).partition(" vs ")
+    if not arm.strip() or not control.strip():
+        raise ValueError(f"a comparison is 'ARM vs CONTROL', got {text!r}")
+    return arm.strip(), control.strip()
+
+
+def _comparisons(spec: dict[str, Any], arms: dict[str, Any], baseline: str | None,
+                 with_verdicts: bool) -> list[dict[str, str]]:
+    if spec["primary"] is not None:
+        role = "primary" if with_verdicts else "exploratory"
+        out = [dict(zip(("arm", "control"), _split(c)), role=role) for c in spec["primary"]["comparisons"]]
+        return out + [dict(zip(("arm", "control"), _split(c)), role="secondary") for c in spec["secondary"]]
+    out = []
+    for name, arm in arms.items():  # legacy: trained arms against the baseline, training-free ones against base
+        control = baseline if arm["trained"] else "base"
+        if name != control and control in arms:
+            out.append({"arm": name, "control": control, "role": "exploratory"})
+    return out
+
+
+# -- the report --------------------------------------------------------------------------------------------------
+def compare(results: str | Path, *, plan=None, baseline: str | None = None, test: str = "student",
+            margin: float | None = None, exploratory: bool = False, resamples: int = 10_000,
+            seed: int = 0) -> dict[str, Any]:
+    """The comparison as a dict (what ``report.json`` holds); see the module docstring.
+
+    ``plan``: a loaded plan (:func:`ragcun.ablation.plan.load_plan`) whose ``[primary]``/``[secondary]`` replace
+    those of ``plan.json``; ``margin``: overrides the primary family's (a changed family: refused unless
+    ``exploratory``); ``baseline``: the control of a plan without ``[primary]``; ``resamples``/``seed``: the
+    two-level bootstrap's."""
+    from ragcun.ablation.preregistration import check_for_compare
+
     results = Path(results)
     arms = load_results(results)
     if not arms:
-        raise ValueError(f"{results}: no finished runs (looked for runs/*/*/{RESULT_FILE})")
-    plan_baseline = _plan_baseline(results)
-    baseline = baseline or plan_baseline
-    if baseline not in arms:
+        raise ValueError(f"{results}: no finished runs (looked for runs/*/*/result.json)")
+    if margin is not None and not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be a finite positive number, got {margin!r}")
+    spec = _analysis(results, plan)
+    family = spec["primary"]
+    if baseline is not None and family is not None:
+        raise ValueError("--baseline sets the control of a plan without [primary]; this plan's [primary] and "
+                         "[secondary] name each comparison's control ('ARM vs CONTROL')")
+    baseline = baseline or spec["baseline"]
+    if family is None and baseline not in arms:
         raise ValueError(f"baseline arm {baseline!r} has no finished run in {results} (have: {', '.join(arms)})")
-    datasets = list(dict.fromkeys(d for a in arms.values() for r in a["seeds"].values() for d in r["datasets"]))
-    rows, tests = [], []
-    for name, arm in arms.items():
-        first = next(iter(arm["seeds"].values()))
-        row = {"arm": name, "what": arm["what"], "seeds": sorted(arm["seeds"]), "trained": first["trained"],
-               "trainable_params": first["info"].get("trainable_params"), "lambda": first["info"].get("lambda"),
-               "loss": first["info"].get("loss"), "global_batch": first["info"].get("global_batch"), "datasets": {},
-               "wall_s": [float(r.get("wall_s", 0.0)) for r in arm["seeds"].values()],
-               "train_s": [float(r["info"]["train_s"]) for r in arm["seeds"].values() if "train_s" in r["info"]]}
-        for dataset in datasets:
-            runs = [r["datasets"][dataset] for r in arm["seeds"].values() if dataset in r["datasets"]]
-            if not runs:
-                continue
-            cell = {"n_seeds": len(runs)}
-            for key in (metric, "Recall@100"):
-                values = [r["metrics"][key] for r in runs if key in r["metrics"]]
-                if values:
-                    cell[key] = dict(zip(("mean", "sd"), _mean_sd(values)))
-            cell["isotropy"] = {k: float(np.mean([r["isotropy"][k] for r in runs])) for k in runs[0]["isotropy"]
-                                if isinstance(runs[0]["isotropy"][k], (int, float)) and not isinstance(runs[0]["isotropy"][k], bool)}
-            if name != baseline and dataset in arms[baseline]["per_query"] and dataset in arm["per_query"]:
-                base_q = seed_mean_per_query(arms[baseline]["per_query"][dataset], metric)
-                arm_q = seed_mean_per_query(arm["per_query"][dataset], metric)
-                qids = sorted(set(base_q) & set(arm_q))
-                b, t = np.array([base_q[q] for q in qids]), np.array([arm_q[q] for q in qids])
-                low, high = bootstrap_interval(t - b)
-                cell["vs_baseline"] = {"diff": float((t - b).mean()), "ci95": [low, high], "queries": len(qids),
-                                       "p": paired_test(b, t, test)}
-                tests.append(cell["vs_baseline"])
-            row["datasets"][dataset] = cell
-        rows.append(row)
-    for item, p_adj in zip(tests, holm([t["p"] for t in tests])):
-        item["p_holm"] = p_adj
-        item["verdict"] = verdict(*item["ci95"], p_adj, margin)
+    if family is not None and margin is not None:
+        family = {**family, "margin": float(margin)}
+    prereg = check_for_compare(results, family, exploratory=exploratory)
+    with_verdicts = family is not None and prereg["status"] != "changed"
+    metric = family["metric"] if family else METRIC
+    margin = float(family["margin"] if family else margin if margin is not None else 0.01)
+    alpha = float(family["alpha"]) if family else 0.05
+    found = list(dict.fromkeys(d for a in arms.values() for r in a["seeds"].values() for d in r["datasets"]))
+    planned = spec["datasets"] or []
+    datasets = [d for d in planned if d in found] + [d for d in found if d not in planned]
+    endpoint_ds = list(family["datasets"]) if family else datasets
+    endpoints = [MACRO] if family and family["average"] == "macro" else endpoint_ds
+    comparisons = _comparisons(spec, arms, baseline, with_verdicts)
+
+    for comparison in comparisons:
+        comparison["run_level"] = {e: _run_level(arms, comparison, e, endpoint_ds, metric, margin, alpha,
+                                                 resamples, seed) for e in endpoints}
+        comparison["query_level"] = {d: _query_level(arms, comparison, d, metric, test) for d in datasets}
+        comparison["query_level"] = {d: v for d, v in comparison["query_level"].items() if v is not None}
+    primary_tests = [(c, e) for c in comparisons if c["role"] == "primary" for e in endpoints]
+    adjusted = holm([c["run_level"][e].get("p", 1.0) for c, e in primary_tests])  # a missing test counts as p = 1
+    for (c, e), p_adj in zip(primary_tests, adjusted):
+        cell = c["run_level"][e]
+        if "p" in cell:
+            cell["p_holm"] = p_adj
+            cell["verdict"] = verdict(cell["mean"], p_adj, cell["p_tost"], margin, alpha)
+
+    rows = [_arm_row(name, arm, datasets, endpoint_ds, metric) for name, arm in arms.items()]
     selection_s = [float(json.loads(p.read_text()).get("train", {}).get("train_s", 0.0))
                    for p in sorted((results / "selection").glob("lambda-*.json"))]
-    return {"results": str(results), "baseline": baseline, "metric": metric, "test": test, "margin": margin,
-            "datasets": datasets, "arms": rows, "tests": len(tests),
+    return {"results": str(results), "name": spec["name"], "baseline": baseline, "metric": metric, "test": test,
+            "margin": margin, "alpha": alpha, "primary": family, "secondary": spec["secondary"],
+            "preregistration": prereg, "verdicts": with_verdicts, "endpoints": endpoints,
+            "endpoint_datasets": endpoint_ds, "datasets": datasets, "arms": rows, "comparisons": comparisons,
+            "tests": len(primary_tests), "bootstrap": {"resamples": resamples, "seed": seed},
             "wall_s": {"runs": sum(sum(r["wall_s"]) for r in rows), "selection_training": sum(selection_s)},
             "selection": _read_json(results / "selection.json"), "dev_split": _dev_summary(results)}
+
+
+def _run_level(arms, comparison, endpoint, endpoint_ds, metric, margin, alpha, resamples, seed) -> dict[str, Any]:
+    arm, control = arms.get(comparison["arm"]), arms.get(comparison["control"])
+    if arm is None or control is None:
+        missing = comparison["arm"] if arm is None else comparison["control"]
+        return {"none": f"no finished run of {missing!r}"}
+    datasets = endpoint_datasets(endpoint, endpoint_ds)
+    if not all(d in arm["per_query"] and d in control["per_query"] for d in datasets):
+        return {"none": f"not evaluated on {', '.join(datasets)}"}
+    if not arm["trained"]:
+        return {"none": "training-free: one deterministic run, query-level only"}
+    pairs = paired_runs(arm, control, datasets, metric)
+    if pairs is None:
+        n = len(arm["seeds"])
+        return {"none": f"{n} run{'s' if n != 1 else ''}: a run-level test needs 2 or more"
+                + (" paired by seed" if control["trained"] else "") + ", query-level only"}
+    seeds, diffs, how = pairs
+    cell = seed_test(diffs, margin=margin, alpha=alpha)
+    cell.update(seeds=seeds, diffs={str(s): float(d) for s, d in zip(seeds, diffs)}, pairing=how)
+    blocks = query_blocks(arm, control, seeds, datasets, metric)
+    cell["bootstrap_ci95"] = list(two_level_bootstrap(
+        blocks, resamples=resamples, seed=stable_seed(seed, comparison["arm"], comparison["control"], endpoint)))
+    return cell
+
+
+def _query_level(arms, comparison, dataset, metric, test) -> dict[str, Any] | None:
+    arm, control = arms.get(comparison["arm"]), arms.get(comparison["control"])
+    if arm is None or control is None or dataset not in arm["per_query"] or dataset not in control["per_query"]:
+        return None
+    a_q = seed_mean_per_query(arm["per_query"][dataset], metric)
+    c_q = seed_mean_per_query(control["per_query"][dataset], metric)
+    qids = sorted(set(a_q) & set(c_q))
+    c, a = np.array([c_q[q] for q in qids]), np.array([a_q[q] for q in qids])
+    low, high = bootstrap_interval(a - c)
+    return {"diff": float((a - c).mean()), "ci95": [low, high], "queries": len(qids), "p": paired_test(c, a, test),
+            "runs": [len(arm["per_query"][dataset]), len(control["per_query"][dataset])]}
+
+
+def _arm_row(name, arm, datasets, endpoint_ds, metric) -> dict[str, Any]:
+    first = next(iter(arm["seeds"].values()))
+    row = {"arm": name, "what": arm["what"], "seeds": sorted(arm["seeds"]), "trained": first["trained"],
+           "trainable_params": first["info"].get("trainable_params"), "lambda": first["info"].get("lambda"),
+           "loss": first["info"].get("loss"), "global_batch": first["info"].get("global_batch"), "datasets": {},
+           "wall_s": [float(r.get("wall_s", 0.0)) for r in arm["seeds"].values()],
+           "train_s": [float(r["info"]["train_s"]) for r in arm["seeds"].values() if "train_s" in r["info"]]}
+    for dataset in datasets:
+        runs = {s: r["datasets"][dataset] for s, r in arm["seeds"].items() if dataset in r["datasets"]}
+        if not runs:
+            continue
+        cell: dict[str, Any] = {"n_seeds": len(runs)}
+        for key in (metric, "Recall@100"):
+            values = {s: r["metrics"][key] for s, r in runs.items() if key in r["metrics"]}
+            if values:
+                mean, sd = _mean_sd(list(values.values()))
+                cell[key] = {"mean": mean, "sd": sd, "values": {str(s): v for s, v in sorted(values.items())}}
+        first_iso = next(iter(runs.values()))["isotropy"]
+        keys = [k for k, v in first_iso.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        cell["isotropy"] = {k: float(np.mean([r["isotropy"][k] for r in runs.values()])) for k in keys}
+        cell["isotropy_sd"] = {k: float(np.std([r["isotropy"][k] for r in runs.values()], ddof=1))
+                               for k in keys if len(runs) > 1}
+        row["datasets"][dataset] = cell
+    macro = endpoint_values(arm, endpoint_ds, metric)
+    if macro and len(endpoint_ds) > 1:
+        mean, sd = _mean_sd(list(macro.values()))
+        row["macro"] = {"mean": mean, "sd": sd, "values": {str(s): v for s, v in sorted(macro.items())},
+                        "datasets": list(endpoint_ds)}
+    return row
 
 
 def _read_json(path: Path):
@@ -165,11 +265,7 @@ def _dev_summary(results: Path):
     return None if info is None else {k: v for k, v in info.items() if k != "dev_query_ids"}
 
 
-def _plan_baseline(results: Path) -> str | None:
-    path = results / "plan.json"
-    return json.loads(path.read_text()).get("baseline") if path.is_file() else None
-
-
+# -- Markdown ----------------------------------------------------------------------------------------------------
 def _fmt(cell: dict | None, key: str) -> str:
     if not cell or key not in cell:
         return "-"
@@ -177,44 +273,88 @@ def _fmt(cell: dict | None, key: str) -> str:
     return f"{mean:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
 
 
+def _p(p: float) -> str:
+    return f"{p:.3g}"
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def _run_cells(cell: dict[str, Any]) -> list[str]:
+    """seeds | per-seed Δ | Δ | 95% CI (t) | 95% CI (two-level bootstrap) | p | p TOST | MDE"""
+    if "none" in cell:
+        return ["-", "-", "-", "-", "-", "-", "-", f"- ({cell['none']})"]
+    per_seed = ", ".join(f"{float(v):+.4f}" for v in cell["diffs"].values())
+    return [str(cell["n"]), per_seed, f"{cell['mean']:+.4f}", _ci(cell["ci95"]), _ci(cell["bootstrap_ci95"]),
+            _p(cell["p"]), _p(cell["p_tost"]), f"{cell['mde']:.4f}"]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
-    metric, lines = report["metric"], []
-    lines.append(f"Baseline arm: `{report['baseline']}`. {metric} mean ± sd over seeds; Δ = per-query {metric} "
-                 f"averaged over seeds, arm − baseline, with a bootstrap 95% CI over queries; p from a paired "
-                 f"{'t-test' if report['test'] == 'student' else 'randomization test'} (ranx), Holm-corrected over "
-                 f"{report['tests']} tests. Isotropy of the searched corpus embeddings (a fixed sample of n documents, raw "
-                 "vectors; I(W) also on L2-normalized ones where recorded: raw I(W) is ~0 for any cloud whose norms are "
-                 "large, as unnormalized embeddings' are). SIGReg beside its exact N(0, I) floor for that n.")
+    metric, margin, alpha = report["metric"], report["margin"], report["alpha"]
+    family, prereg = report["primary"], report["preregistration"]
+    lines = [f"# Ablation report: {report['name']}", "", f"**Pre-registration:** {prereg['note']}."]
+    if family is not None:
+        over = (f"the macro-average over {', '.join(family['datasets'])}" if family["average"] == "macro"
+                else f"each of {', '.join(family['datasets'])}")
+        lines.append("")
+        lines.append(f"**Primary family** (Holm corrects over these {report['tests']} tests only): {metric} on {over}; "
+                     f"{'; '.join(family['comparisons'])}; margin ±{family['margin']:g}; alpha {family['alpha']:g}."
+                     + ("" if report["verdicts"] else " **Exploratory analysis: the family differs from the recorded "
+                        "one, so no comparison gets a verdict.**"))
+    else:
+        lines += ["", "**Every comparison is exploratory** (the plan declares no [primary]): trained arms against "
+                  f"`{report['baseline']}`, training-free arms against `base`; p-values unadjusted, no verdicts."]
+    lines += ["", "**Run-level analysis** (the unit is a trained model): a run's endpoint is its dataset-level "
+              f"{metric}" + (" (macro: the mean over the endpoint's datasets)" if MACRO in report["endpoints"] else "")
+              + "; per-seed Δ = arm's run − control's run with the same seed (a training-free control: its one run); "
+              "Δ is their mean, p a t-test over seeds (scipy), 95% CI (t) its interval; the two-level bootstrap "
+              f"resamples seeds, then queries within each seed ({report['bootstrap']['resamples']} resamples, seed "
+              f"{report['bootstrap']['seed']}; with few seeds it is narrower than the t interval, which the verdicts "
+              f"use); p TOST: two one-sided t-tests against ±{margin:g} (below {alpha:g} when the "
+              f"{100 * (1 - 2 * alpha):g}% t interval lies inside ±{margin:g}); MDE: the true Δ these seeds detect "
+              f"with power 0.8 at {alpha:g} two-sided (noncentral t, the observed sd of the per-seed Δ). Verdicts "
+              f"(primary family only): better / worse when Holm-adjusted p < {alpha:g}, equivalent when p TOST < "
+              f"{alpha:g}, inconclusive otherwise; inconclusive is not \"no effect\"."]
+    head = "| comparison | endpoint | seeds | per-seed Δ | Δ | 95% CI (t) | 95% CI (bootstrap) | p | p TOST | MDE |"
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
+    primary = [c for c in report["comparisons"] if c["role"] in ("primary", "exploratory")]
+    secondary = [c for c in report["comparisons"] if c["role"] == "secondary"]
+    if primary:
+        title = "Primary comparisons" if report["verdicts"] else "Comparisons (exploratory)"
+        lines += ["", f"## {title}", ""]
+        if report["verdicts"]:
+            lines += [head[:-1] + "| p (Holm) | verdict |", rule + "---|---|"]
+        else:
+            lines += [head, rule]
+        for c in primary:
+            for endpoint, cell in c["run_level"].items():
+                cells = [f"{c['arm']} vs {c['control']}", endpoint, *_run_cells(cell)]
+                if report["verdicts"]:
+                    cells += [_p(cell["p_holm"]) if "p_holm" in cell else "-", f"**{cell.get('verdict', '-')}**"]
+                lines.append("| " + " | ".join(cells) + " |")
+    if secondary:
+        lines += ["", "## Secondary comparisons (exploratory: unadjusted p, no verdicts)", "", head, rule]
+        for c in secondary:
+            for endpoint, cell in c["run_level"].items():
+                lines.append("| " + " | ".join([f"{c['arm']} vs {c['control']}", endpoint, *_run_cells(cell)]) + " |")
+    lines += ["", "## Query-level tests, conditional on these runs", "",
+              f"Per-query {metric} averaged over each arm's runs, arm − control, a paired "
+              f"{'t-test' if report['test'] == 'student' else 'randomization test'} over queries (ranx) and a "
+              "bootstrap 95% CI over queries. This asks whether these particular trained models differ on these "
+              "queries; it leaves the seed-to-seed variance of training out, so its p-values are not evidence that "
+              "the arm changes a trained model's quality (the run-level tables are). No verdicts, no correction.", "",
+              "| comparison | dataset | runs (arm, control) | queries | Δ | 95% CI (queries) | p |",
+              "|---|---|---|---|---|---|---|"]
+    for c in report["comparisons"]:
+        for dataset, q in c["query_level"].items():
+            lines.append(f"| {c['arm']} vs {c['control']} | {dataset} | {q['runs'][0]}, {q['runs'][1]} | "
+                         f"{q['queries']} | {q['diff']:+.4f} | {_ci(q['ci95'])} | {_p(q['p'])} |")
+    lines += _arm_tables(report)
     sel = report.get("selection")
     if sel:
-        lines.append("")
-        lines.append(f"λ chosen on the dev split (arm `{sel['arm']}`, seed {sel['seed']}, {sel['metric']}): "
-                     f"**{sel['chosen']:g}** from " + ", ".join(f"{k}: {v:.4f}" for k, v in sel["dev"].items()))
-    for dataset in report["datasets"]:
-        lines += ["", f"### {dataset}", "",
-                  f"| arm | seeds | trainable | λ | batch | λ·N | {metric} | R@100 | Δ {metric} [95% CI] | p (Holm) | "
-                  "verdict | IsoScore | I(W) raw / l2 | SIGReg (floor) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for row in report["arms"]:
-            cell = row["datasets"].get(dataset)
-            if cell is None:
-                continue
-            vs = cell.get("vs_baseline")
-            delta = (f"{vs['diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]" if vs else "baseline"
-                     if row["arm"] == report["baseline"] else "-")
-            iso = cell["isotropy"]
-            lam, batch = row["lambda"], row["global_batch"]
-            lines.append(" | ".join([
-                f"| {row['arm']}", str(len(row["seeds"])) if row["trained"] else "-",
-                f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "-",
-                f"{lam:g}" if lam is not None else "-", str(batch) if batch else "-",
-                f"{lam * batch:g}" if lam is not None and batch else "-",
-                _fmt(cell, metric), _fmt(cell, "Recall@100"), delta,
-                f"{vs['p']:.3g} ({vs['p_holm']:.3g})" if vs else "-", vs["verdict"] if vs else "-",
-                f"{iso.get('isoscore', math.nan):.3f}",
-                f"{iso.get('partition_isotropy_raw', math.nan):.3f} / "
-                + (f"{iso['partition_isotropy_l2']:.3f}" if "partition_isotropy_l2" in iso else "-"),
-                f"{iso.get('sigreg_raw', math.nan):.2f} ({iso.get('sigreg_gaussian_floor', math.nan):.2f}) |"]))
+        lines += ["", f"λ chosen on the dev split (arm `{sel['arm']}`, seed {sel['seed']}, {sel['metric']}): "
+                  f"**{sel['chosen']:g}** from " + ", ".join(f"{k}: {v:.4f}" for k, v in sel["dev"].items())]
     wall = report.get("wall_s")
     if wall:
         lines += ["", "Time (wall, this machine, as measured by the runs themselves; a run is its training and its "
@@ -229,42 +369,144 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _arm_tables(report: dict[str, Any]) -> list[str]:
+    metric, datasets = report["metric"], report["datasets"]
+    lines = ["", f"## {metric} per arm (mean ± sd over seeds)", ""]
+    macro = any("macro" in r for r in report["arms"])
+    lines.append("| arm | runs | " + " | ".join(datasets) + (
+        f" | macro ({', '.join(report['endpoint_datasets'])}) |" if macro else " |"))
+    lines.append("|---|---|" + "---|" * (len(datasets) + macro))
+    for row in report["arms"]:
+        cells = [row["arm"], str(len(row["seeds"])) if row["trained"] else "1 (fixed)"]
+        cells += [_fmt(row["datasets"].get(d), metric) for d in datasets]
+        if macro:
+            cells.append(_fmt(row, "macro"))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Isotropy of the searched corpus embeddings (a fixed sample of n documents, raw vectors; I(W) also "
+              "on L2-normalized ones where recorded: raw I(W) is ~0 for any cloud whose norms are large, as "
+              "unnormalized embeddings' are), means over seeds. SIGReg beside its exact N(0, I) floor for that n."]
+    for dataset in datasets:
+        lines += ["", f"### {dataset}", "",
+                  f"| arm | seeds | trainable | λ | batch | λ·N | {metric} | per seed | R@100 | IsoScore | "
+                  "I(W) raw / l2 | SIGReg (floor) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in report["arms"]:
+            cell = row["datasets"].get(dataset)
+            if cell is None:
+                continue
+            iso = cell["isotropy"]
+            lam, batch = row["lambda"], row["global_batch"]
+            per_seed = ", ".join(f"{v:.4f}" for v in cell[metric]["values"].values()) if metric in cell else "-"
+            lines.append(" | ".join([
+                f"| {row['arm']}", str(len(row["seeds"])) if row["trained"] else "-",
+                f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "-",
+                f"{lam:g}" if lam is not None else "-", str(batch) if batch else "-",
+                f"{lam * batch:g}" if lam is not None and batch else "-",
+                _fmt(cell, metric), per_seed if row["trained"] else "-", _fmt(cell, "Recall@100"),
+                f"{iso.get('isoscore', math.nan):.3f}",
+                f"{iso.get('partition_isotropy_raw', math.nan):.3f} / "
+                + (f"{iso['partition_isotropy_l2']:.3f}" if "partition_isotropy_l2" in iso else "-"),
+                f"{iso.get('sigreg_raw', math.nan):.2f} ({iso.get('sigreg_gaussian_floor', math.nan):.2f}) |"]))
+    return lines
+
+
+# -- plots -------------------------------------------------------------------------------------------------------
+MIN_SPAN = 0.05  # the y-range of a metric plot spans at least this much: a 0.001 difference must look small
+
+
+def _ylim(ax, values: list[float], min_span: float = MIN_SPAN) -> None:
+    lo, hi = min(values), max(values)
+    span = max(min_span, 1.15 * (hi - lo))
+    mid = (lo + hi) / 2
+    ax.set_ylim(mid - span / 2, mid + span / 2)
+
+
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    """ndcg.png (metric per arm with its spread over seeds, per dataset) and isotropy_vs_ndcg.png."""
+    """ndcg.png: each arm's own runs (dots) with their mean ± sd, per dataset (and the macro-average);
+    differences.png: each comparison's run-level Δ with its 95% t and bootstrap intervals and the ±margin band
+    (query-level, conditional intervals for comparisons without a run-level test, hollow); isotropy_vs_ndcg.png:
+    IsoScore against the metric, ± sd over seeds, on a y-range of at least 0.05."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metric, datasets, paths = report["metric"], report["datasets"], []
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        rows = [r for r in report["arms"] if dataset in r["datasets"] and metric in r["datasets"][dataset]]
-        means = [r["datasets"][dataset][metric]["mean"] for r in rows]
-        errs = []
-        for r in rows:
-            vs = r["datasets"][dataset].get("vs_baseline")
-            errs.append([0, 0] if vs is None else [vs["diff"] - vs["ci95"][0], vs["ci95"][1] - vs["diff"]])
-        ax.errorbar(range(len(rows)), means, yerr=np.array(errs).T if errs else None, fmt="o", capsize=4)
+    panels = [(d, lambda r, d=d: r["datasets"].get(d, {}).get(metric)) for d in datasets]
+    if any("macro" in r for r in report["arms"]):
+        panels.append((f"macro ({', '.join(report['endpoint_datasets'])})", lambda r: r.get("macro")))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (title, get) in zip(axes[0], panels):
+        rows = [r for r in report["arms"] if get(r)]
+        shown = []
+        for i, r in enumerate(rows):
+            cell = get(r)
+            values = list(cell["values"].values())
+            shown += values
+            jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+            ax.scatter(i + np.asarray(jitter), values, s=14, color="0.55", zorder=2,
+                       label="one run" if i == 0 else None)
+            ax.errorbar([i], [cell["mean"]], yerr=[[cell["sd"] or 0.0], [cell["sd"] or 0.0]], fmt="_", ms=16,
+                        mew=2, color="C0", capsize=5, zorder=3, label="mean ± sd over seeds" if i == 0 else None)
         ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=30, ha="right")
-        ax.set_title(f"{dataset}: {metric} (bars: 95% CI of Δ vs baseline)")
-        lo, hi = min(means), max(means)
-        pad = max(0.005, 0.15 * (hi - lo))
-        ax.set_ylim(lo - pad - max((e[0] for e in errs), default=0), hi + pad + max((e[1] for e in errs), default=0))
+        ax.set_title(f"{title}: {metric}")
+        if shown:
+            _ylim(ax, shown)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     paths.append(out / "ndcg.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
+    items = []
+    for c in report["comparisons"]:
+        label = f"{c['arm']} vs {c['control']}"
+        for endpoint, cell in c["run_level"].items():
+            if "none" not in cell:
+                items.append((f"{label} [{endpoint}]", c["role"], cell["mean"], cell["ci95"],
+                              cell["bootstrap_ci95"], False))
+            else:
+                for dataset, q in c["query_level"].items():
+                    if dataset in endpoint_datasets(endpoint, report["endpoint_datasets"]):
+                        items.append((f"{label} [{dataset}, query-level]", c["role"], q["diff"], q["ci95"], None,
+                                      True))
+    if items:
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(items) + 1.6))
+        margin = report["margin"]
+        ax.axvspan(-margin, margin, color="0.9", zorder=0, label=f"±{margin:g} (equivalence margin)")
+        ax.axvline(0, color="0.4", lw=0.8)
+        for y, (label, role, mean, ci, boot, conditional) in enumerate(reversed(items)):
+            color = "C0" if role == "primary" else "C1" if role == "exploratory" else "0.35"
+            ax.errorbar([mean], [y], xerr=[[mean - ci[0]], [ci[1] - mean]], fmt="o", color=color, capsize=4,
+                        mfc="white" if conditional else color)
+            if boot is not None:
+                ax.plot(boot, [y - 0.22, y - 0.22], color=color, lw=3, alpha=0.45)
+        ax.set_yticks(range(len(items)), [i[0] for i in reversed(items)], fontsize=8)
+        ax.set_xlabel(f"Δ {metric}, arm − control (bars: 95% t CI over seeds; thick: two-level bootstrap 95%; "
+                      "hollow: query-level, conditional on the runs)", fontsize=8)
+        ax.set_title("Run-level differences (primary: blue; secondary: grey)")
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        paths.append(out / "differences.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
+        shown = []
         for r in report["arms"]:
             cell = r["datasets"].get(dataset)
             if cell and metric in cell and "isoscore" in cell["isotropy"]:
-                ax.scatter(cell["isotropy"]["isoscore"], cell[metric]["mean"])
-                ax.annotate(r["arm"], (cell["isotropy"]["isoscore"], cell[metric]["mean"]), fontsize=8)
+                x, y = cell["isotropy"]["isoscore"], cell[metric]["mean"]
+                ax.errorbar([x], [y], yerr=[cell[metric]["sd"] or 0.0], xerr=[cell["isotropy_sd"].get("isoscore", 0.0)],
+                            fmt="o", capsize=3)
+                ax.annotate(r["arm"], (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+                shown += [y - (cell[metric]["sd"] or 0.0), y + (cell[metric]["sd"] or 0.0)]
+        if shown:
+            _ylim(ax, shown)
         ax.set_xlabel("IsoScore of the searched corpus embeddings")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric} (± sd over seeds)")
         ax.set_title(dataset)
     fig.tight_layout()
     paths.append(out / "isotropy_vs_ndcg.png")
@@ -274,7 +516,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
 
 
 def write_report(results: str | Path, **kwargs: Any) -> tuple[dict[str, Any], list[Path]]:
-    """Build the comparison and write report.md, report.json and the two plots into ``results``."""
+    """Build the comparison and write report.md, report.json and the plots into ``results``."""
     results = Path(results)
     report = compare(results, **kwargs)
     (results / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

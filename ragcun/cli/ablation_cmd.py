@@ -1,17 +1,36 @@
-"""``ragcun ablation``: run a plan of arms x seeds (``run``) and build its comparison table (``compare``)."""
+"""``ragcun ablation``: run a plan of arms x seeds (``run``), build its report (``compare``) and size it
+(``power``)."""
 
 from __future__ import annotations
+
+import math
 
 import click
 
 from ragcun.cli.options import echo_json, format_option
 
 
+class PositiveFinite(click.ParamType):
+    """A finite number above 0 (``nan``, ``inf``, 0 and negatives are refused)."""
+
+    name = "positive number"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(number) and number > 0):
+            self.fail(f"{value!r}: give a finite number above 0", param, ctx)
+        return number
+
+
 @click.group("ablation")
 def ablation_group() -> None:
-    """Arms x seeds from a TOML plan, evaluated on BEIR, compared with paired significance tests.
+    """Arms x seeds from a TOML plan, evaluated on BEIR, compared run by run (paired by seed).
 
     \b
+      ragcun ablation power benchmarks/ablation/minilm-scifact.toml --target 0.01
       ragcun ablation run benchmarks/ablation/minilm-scifact.toml
       ragcun ablation compare benchmarks/ablation/minilm-scifact
     """
@@ -70,22 +89,85 @@ def run_command(plan_file: str, data_dir: str | None, results: str | None, work_
 
 @ablation_group.command("compare")
 @click.argument("results", type=click.Path(file_okay=False, exists=True))
-@click.option("--baseline", default=None, help="arm every other arm is tested against [default: the plan's]")
+@click.option("--plan", "plan_file", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="the plan file whose [primary] and [secondary] to use [default: those in RESULTS/plan.json]")
+@click.option("--exploratory", is_flag=True,
+              help="analyse against a primary family that differs from the recorded one (a changed plan or "
+                   "--margin), without verdicts")
+@click.option("--margin", type=PositiveFinite(), default=None,
+              help="equivalence margin of TOST [default: the plan's [primary] margin, else 0.01]; one other than "
+                   "the recorded one changes the primary family (--exploratory)")
+@click.option("--baseline", default=None,
+              help="for a plan without [primary]: the control of the trained arms [default: the plan's baseline]")
 @click.option("--test", type=click.Choice(["student", "fisher"]), default="student", show_default=True,
-              help="paired t-test or Fisher's randomization test (both from ranx)")
-@click.option("--margin", type=float, default=0.01, show_default=True,
-              help="differences whose 95% CI lies inside +-margin are reported as equivalent")
+              help="the query-level test (conditional on the runs): paired t-test or Fisher's randomization "
+                   "test (both from ranx)")
+@click.option("--resamples", type=click.IntRange(100), default=10_000, show_default=True,
+              help="resamples of the two-level bootstrap (seeds, then queries)")
+@click.option("--seed", type=int, default=0, show_default=True, help="the bootstrap's seed (same seed, same intervals)")
 @format_option
-def compare_command(results: str, baseline: str | None, test: str, margin: float, output_format: str) -> None:
-    """Build the table of RESULTS (a plan's results folder): report.md, report.json, ndcg.png,
-    isotropy_vs_ndcg.png."""
+def compare_command(results: str, plan_file: str | None, exploratory: bool, margin: float | None,
+                    baseline: str | None, test: str, resamples: int, seed: int, output_format: str) -> None:
+    """Build the report of RESULTS (a plan's results folder): report.md, report.json, ndcg.png,
+    differences.png, isotropy_vs_ndcg.png.
+
+    Verdicts (better / worse / equivalent / inconclusive) come from the run-level analysis of the plan's
+    [primary] comparisons only: the per-seed differences of the endpoint, a t-test over seeds Holm-corrected over
+    that family, TOST at the margin. Secondary comparisons get unadjusted p-values and intervals; the query-level
+    test is reported as conditional on the runs. A [primary] family other than the one recorded in
+    RESULTS/preregistration.json is refused unless --exploratory.
+    """
     from ragcun.ablation.compare import write_report
 
-    report, paths = write_report(results, baseline=baseline, test=test, margin=margin)
+    plan = None
+    if plan_file:
+        from ragcun.ablation.plan import load_plan
+
+        plan = load_plan(plan_file, results=results)
+    report, paths = write_report(results, plan=plan, baseline=baseline, test=test, margin=margin,
+                                 exploratory=exploratory, resamples=resamples, seed=seed)
     if output_format == "json":
         echo_json(report)
     else:
         click.echo((paths[0]).read_text())
+
+
+@ablation_group.command("power")
+@click.argument("plan_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--pilot", default=None, type=click.Path(file_okay=False, exists=True),
+              help="a pilot's or a finished plan's results folder to take the variances from [default: the plan's "
+                   "results folder]")
+@click.option("--target", type=PositiveFinite(), default=None,
+              help="an effect size: also print how many seeds detect it (power 0.8), and how many show equivalence "
+                   "within +-target when the truth is 0")
+@click.option("--rho", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="assumed correlation of an arm's and its control's runs with the same seed, used only when the "
+                   "pilot has no paired runs of a comparison (sd of the difference = sqrt(2) x sd x sqrt(1 - rho))")
+@click.option("--power", "power_level", type=click.FloatRange(0.5, 1, max_open=True), default=0.8,
+              show_default=True, help="the power the MDE is computed for")
+@format_option
+def power_command(plan_file: str, pilot: str | None, target: float | None, rho: float, power_level: float,
+                  output_format: str) -> None:
+    """The minimum detectable effect (MDE: alpha 0.05 two-sided, power 0.8 or --power) of each primary
+    comparison of PLAN_FILE with its seeds, from the between-seed variance of the endpoint difference in a pilot
+    or finished results folder (paired t over seeds, noncentral t); with --target, the seeds that detect that
+    effect, and that show equivalence within +-target when the truth is 0. Also the baseline's per-query spread,
+    and how much of its seed-to-seed spread per-query noise alone would explain.
+    """
+    from pathlib import Path
+
+    from ragcun.ablation.inference import power_markdown, power_report
+    from ragcun.ablation.plan import load_plan
+
+    plan = load_plan(plan_file)
+    folder = Path(pilot) if pilot else plan.results
+    if pilot is None and not any(folder.glob("runs/*/*/result.json")):
+        raise click.UsageError(f"{folder} has no finished runs: give --pilot RESULTS (a pilot's results folder)")
+    report = power_report(plan, folder, target=target, rho=rho, power=power_level)
+    if output_format == "json":
+        echo_json(report)
+    else:
+        click.echo(power_markdown(report), nl=False)
 
 
 def add_to(group: click.Group) -> None:

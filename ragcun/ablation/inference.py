@@ -1,0 +1,439 @@
+"""Run-level inference for an ablation: the unit is a trained model (a run), not a query.
+
+A query-level test over the per-query scores of a few trained models answers "do these particular models differ
+on these queries?"; the seed-to-seed variation of training is left out of its p-value, so it calls differences
+"significant" that another set of seeds would not reproduce. The question an ablation asks is "does the arm
+change the expected quality of a trained model?", so its unit is the run:
+
+* the **endpoint** of a run is its dataset-level metric (``result.json``), or for a ``macro`` endpoint the mean
+  of those over the endpoint's datasets;
+* arm A against a trained control C: the differences ``A_s - C_s`` of runs with the same seed ``s`` (paired by
+  seed); against a training-free control (one deterministic run) the differences ``A_s - C``;
+* a t-test over those differences (``scipy.stats.ttest_1samp``: the paired t over seeds), its 95% interval, the
+  two one-sided tests (TOST) at ``+-margin`` (equivalence: the 90% t interval inside the margin), and the
+  minimum detectable effect (MDE) of that many seeds at power 0.8 (noncentral t);
+* a two-level bootstrap interval (resample seeds, then queries within each resampled seed; for a macro endpoint
+  queries within each dataset), seeded and reproducible: it also carries the sampling of queries.
+
+:func:`mde`, :func:`seeds_needed` and :func:`power_report` size a plan before it runs (``ragcun ablation power``).
+Everything here is numpy/scipy; :mod:`ragcun.ablation.compare` builds the report from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ragcun.ablation.runner import RESULT_FILE
+
+METRIC = "NDCG@10"
+MACRO = "macro"
+
+
+# -- the statistics ----------------------------------------------------------------------------------------------
+def seed_t(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised t-test over the last axis (the seeds) of per-seed differences: ``(mean, se, p)``, two-sided
+    (``scipy.stats.ttest_1samp``, which is the paired t-test over seeds when ``diffs = arm - control``)."""
+    from scipy import stats
+
+    diffs = np.asarray(diffs, dtype=np.float64)
+    n = diffs.shape[-1]
+    mean = diffs.mean(axis=-1)
+    se = diffs.std(axis=-1, ddof=1) / math.sqrt(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = stats.ttest_1samp(diffs, 0.0, axis=-1).pvalue
+    p = np.where(se > 0, p, np.where(mean == 0, 1.0, 0.0))  # no spread: 0/0 -> identical, else certain
+    return mean, se, p
+
+
+def seed_test(diffs: Sequence[float], *, margin: float, alpha: float = 0.05, power: float = 0.8) -> dict[str, Any]:
+    """The run-level analysis of per-seed differences: mean, sd, t-test, 95% and 90% t intervals, TOST at
+    ``+-margin`` (its p is the larger of the two one-sided p-values) and the MDE of this many seeds."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    n = len(d)
+    if n < 2:
+        raise ValueError(f"a run-level test needs at least 2 paired runs, got {n}")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    se, df = sd / math.sqrt(n), n - 1
+    out: dict[str, Any] = {"n": n, "mean": mean, "sd": sd, "se": se, "df": df, "margin": margin}
+    if se > 0:
+        res = stats.ttest_1samp(d, 0.0)
+        ci95, ci90 = res.confidence_interval(0.95), res.confidence_interval(1 - 2 * alpha)
+        p_low = float(stats.t.sf((mean + margin) / se, df))  # H0: diff <= -margin
+        p_high = float(stats.t.cdf((mean - margin) / se, df))  # H0: diff >= +margin
+        out.update(t=float(res.statistic), p=float(res.pvalue), ci95=[float(ci95.low), float(ci95.high)],
+                   ci90=[float(ci90.low), float(ci90.high)], p_tost=max(p_low, p_high))
+    else:
+        inside = abs(mean) < margin
+        out.update(t=math.copysign(math.inf, mean) if mean else 0.0, p=1.0 if mean == 0 else 0.0,
+                   ci95=[mean, mean], ci90=[mean, mean], p_tost=0.0 if inside else 1.0)
+    out["mde"] = mde(sd, n, alpha=alpha, power=power)
+    out["mde_power"] = power
+    return out
+
+
+def tost_p(mean: float, se: float, df: int, margin: float) -> float:
+    """The p-value of the two one-sided t-tests of ``|diff| >= margin``: below alpha iff the ``1 - 2 alpha`` t
+    interval lies inside ``+-margin``."""
+    from scipy import stats
+
+    if se <= 0:
+        return 0.0 if abs(mean) < margin else 1.0
+    return float(max(stats.t.sf((mean + margin) / se, df), stats.t.cdf((mean - margin) / se, df)))
+
+
+def t_power(effect: float, sd: float, n: int, *, alpha: float = 0.05) -> float:
+    """Power of the two-sided one-sample (paired) t-test over ``n`` runs against a true mean ``effect`` when the
+    per-run differences have standard deviation ``sd`` (noncentral t)."""
+    from scipy import stats
+
+    if n < 2 or not sd > 0:
+        return math.nan
+    df, nc = n - 1, abs(effect) / (sd / math.sqrt(n))
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    # the far tail can come back as nan from scipy's nct at 1 df (it is ~0 there)
+    return float(np.nan_to_num(stats.nct.sf(crit, df, nc)) + np.nan_to_num(stats.nct.cdf(-crit, df, nc)))
+
+
+def mde(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable effect: the smallest true mean difference that the two-sided t-test over ``n`` paired
+    runs with per-run sd ``sd`` detects with probability ``power`` at level ``alpha`` (noncentral t)."""
+    from scipy.optimize import brentq
+
+    if n < 2 or not math.isfinite(sd) or sd < 0:
+        return math.nan
+    if sd == 0:
+        return 0.0
+    se = sd / math.sqrt(n)
+    high = se
+    while t_power(high, sd, n, alpha=alpha) < power:
+        high *= 2
+    return float(brentq(lambda e: t_power(e, sd, n, alpha=alpha) - power, 0.0, high, xtol=1e-12 * max(se, 1e-300)))
+
+
+def tost_power(sd: float, n: int, margin: float, *, alpha: float = 0.05, true_diff: float = 0.0) -> float:
+    """A lower bound on the power of TOST at ``+-margin`` (each one-sided test at ``alpha``) over ``n`` paired
+    runs when the true difference is ``true_diff``: ``1 - P(the lower test fails) - P(the upper test fails)``,
+    each from the noncentral t."""
+    from scipy import stats
+
+    if n < 2 or not sd > 0:
+        return math.nan
+    df, se = n - 1, sd / math.sqrt(n)
+    crit = stats.t.ppf(1 - alpha, df)
+    fail_low = _nct_tail(crit, df, (true_diff + margin) / se, lower=True)
+    fail_high = _nct_tail(-crit, df, (true_diff - margin) / se, lower=False)
+    return float(max(0.0, 1.0 - fail_low - fail_high))
+
+
+def _nct_tail(x: float, df: int, nc: float, *, lower: bool) -> float:
+    """P(T <= x) (``lower``) or P(T > x) of a noncentral t, through the other tail where scipy returns nan."""
+    from scipy import stats
+
+    first, other = (stats.nct.cdf, stats.nct.sf) if lower else (stats.nct.sf, stats.nct.cdf)
+    value = float(first(x, df, nc))
+    if math.isnan(value):
+        value = 1.0 - float(other(x, df, nc))
+    if math.isnan(value):  # both tails lost: the mass is on one side of x
+        value = float((x > nc) == lower)
+    return value
+
+
+def seeds_needed(target: float, sd: float, *, alpha: float = 0.05, power: float = 0.8, kind: str = "detect",
+                 max_seeds: int = 10_000) -> int | None:
+    """The fewest paired runs (seeds) with which a true difference of ``target`` is detected (``kind="detect"``:
+    MDE <= target), or with which TOST at ``+-target`` shows equivalence when the true difference is 0
+    (``kind="equivalence"``), with probability ``power``. ``None`` past ``max_seeds``."""
+    if kind not in ("detect", "equivalence"):
+        raise ValueError(f"kind must be detect or equivalence, got {kind!r}")
+    if not (sd > 0 and math.isfinite(sd)):
+        return 2 if sd == 0 else None
+    ok = ((lambda n: t_power(target, sd, n, alpha=alpha) >= power) if kind == "detect" else
+          (lambda n: tost_power(sd, n, target, alpha=alpha) >= power))
+    low, high = 2, 2
+    while not ok(high):
+        if high >= max_seeds:
+            return None
+        low, high = high, min(2 * high, max_seeds)
+    while low < high:  # the smallest n that is ok (power grows with n)
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if not ok(mid) else (low, mid)
+    return high
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (statsmodels)."""
+    if not len(p_values):
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(p) for p in multipletests(list(p_values), method="holm")[1]]
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed for one comparison's bootstrap that depends on its name, not on its place in the report."""
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def two_level_bootstrap(blocks: Sequence[np.ndarray], *, resamples: int = 10_000, seed: int = 0,
+                        level: float = 0.95, chunk: int = 500) -> tuple[float, float]:
+    """Percentile interval of the endpoint difference by a two-level bootstrap.
+
+    ``blocks``: one array per dataset of the endpoint, ``[seed, query]`` per-query differences of the paired runs
+    (the rows of every block are the same seeds, in the same order). Each resample draws the seeds with
+    replacement, then for each drawn seed that dataset's queries with replacement; the statistic is the mean over
+    the drawn seeds of the mean over the drawn queries, averaged over the datasets (a macro endpoint). Seeded:
+    the same ``seed`` gives the same interval."""
+    blocks = [np.asarray(b, dtype=np.float64) for b in blocks]
+    n_seeds = blocks[0].shape[0]
+    if any(b.ndim != 2 or b.shape[0] != n_seeds or b.shape[1] == 0 for b in blocks):
+        raise ValueError("every block must be a [seed, query] array over the same seeds")
+    rng = np.random.default_rng(seed)
+    stats = []
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        seed_idx = rng.integers(0, n_seeds, (b, n_seeds))
+        total = np.zeros(b)
+        for block in blocks:
+            q_idx = rng.integers(0, block.shape[1], (b, n_seeds, block.shape[1]))
+            total += block[seed_idx[:, :, None], q_idx].mean(axis=(1, 2))
+        stats.append(total / len(blocks))
+    values = np.concatenate(stats)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+# -- the data of a results folder ---------------------------------------------------------------------------------
+def load_results(results: Path) -> dict[str, dict[str, Any]]:
+    """``{arm: {"seeds": {seed: result}, "per_query": {dataset: {seed: {qid: {metric: v}}}}, "trained": bool}}``
+    from a results folder's ``runs/ARM/seed-S/result.json`` (and ``runs/ARM/fixed/`` for training-free arms)."""
+    arms: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(results).glob(f"runs/*/*/{RESULT_FILE}")):
+        result = json.loads(path.read_text())
+        arm = arms.setdefault(result["arm"], {"seeds": {}, "per_query": {}, "what": result.get("what", ""),
+                                              "trained": bool(result.get("trained", True))})
+        arm["seeds"][result["seed"]] = result
+        for dataset in result["datasets"]:
+            pq = path.parent / f"{dataset}.per_query.json"
+            if not pq.is_file():
+                raise ValueError(f"{pq}: missing (the run in {path.parent} is incomplete; delete its {RESULT_FILE} "
+                                 "and run the plan again)")
+            arm["per_query"].setdefault(dataset, {})[result["seed"]] = json.loads(pq.read_text())
+    return arms
+
+
+def run_metric(result: dict[str, Any], per_query: dict[str, Any] | None, dataset: str, metric: str) -> float | None:
+    """A run's dataset-level ``metric`` as it recorded it (else the mean of its per-query values)."""
+    cell = result["datasets"].get(dataset)
+    if cell is None:
+        return None
+    if metric in cell.get("metrics", {}):
+        return float(cell["metrics"][metric])
+    if per_query:
+        values = [v[metric] for v in per_query.values() if metric in v]
+        if values:
+            return float(np.mean(values))
+    return None
+
+
+def endpoint_values(arm: dict[str, Any], datasets: Sequence[str], metric: str = METRIC) -> dict[int, float]:
+    """``{seed: endpoint}``: each run's metric, averaged over ``datasets`` (one dataset: its metric), for the runs
+    that have every one of them."""
+    out = {}
+    for seed, result in arm["seeds"].items():
+        values = [run_metric(result, arm["per_query"].get(d, {}).get(seed), d, metric) for d in datasets]
+        if values and all(v is not None for v in values):
+            out[seed] = float(np.mean(values))
+    return out
+
+
+def endpoint_datasets(endpoint: str, primary_datasets: Sequence[str]) -> list[str]:
+    return list(primary_datasets) if endpoint == MACRO else [endpoint]
+
+
+def paired_runs(arm: dict[str, Any], control: dict[str, Any], datasets: Sequence[str],
+                metric: str = METRIC) -> tuple[list[int], np.ndarray, str] | None:
+    """The seeds, per-seed endpoint differences and pairing of ``arm`` against ``control`` (``None`` when no
+    run-level test is possible: fewer than 2 runs of the arm, or fewer than 2 shared seeds)."""
+    a = endpoint_values(arm, datasets, metric)
+    c = endpoint_values(control, datasets, metric)
+    if not arm["trained"] or not c:
+        return None
+    if control["trained"]:
+        seeds = sorted(set(a) & set(c))
+        if len(seeds) < 2:
+            return None
+        return seeds, np.array([a[s] - c[s] for s in seeds]), "paired by seed"
+    seeds = sorted(a)
+    if len(seeds) < 2:
+        return None
+    fixed = next(iter(c.values()))
+    return seeds, np.array([a[s] - fixed for s in seeds]), "against the fixed run"
+
+
+def query_blocks(arm: dict[str, Any], control: dict[str, Any], seeds: Sequence[int], datasets: Sequence[str],
+                 metric: str = METRIC) -> list[np.ndarray]:
+    """Per dataset, the ``[seed, query]`` per-query differences of the paired runs (queries judged in all of them)."""
+    blocks = []
+    for dataset in datasets:
+        a_runs = arm["per_query"][dataset]
+        c_runs = control["per_query"][dataset]
+        c_of = (lambda s: c_runs[s]) if control["trained"] else (lambda s: next(iter(c_runs.values())))
+        qids = sorted(set.intersection(*[set(a_runs[s]) & set(c_of(s)) for s in seeds]))
+        blocks.append(np.array([[a_runs[s][q][metric] - c_of(s)[q][metric] for q in qids] for s in seeds]))
+    return blocks
+
+
+# -- power before the runs (``ragcun ablation power``) ------------------------------------------------------------
+def power_report(plan, pilot: str | Path, *, target: float | None = None, rho: float = 0.0, power: float = 0.8,
+                 alpha: float = 0.05, metric: str | None = None) -> dict[str, Any]:
+    """For each primary comparison of ``plan`` and its endpoints: the sd of the per-seed endpoint difference
+    (observed in ``pilot`` when both arms ran there with >= 2 paired seeds; else estimated from the control's
+    per-seed sd as ``sqrt(2) * sd * sqrt(1 - rho)``, ``rho`` the assumed correlation of paired runs), the MDE
+    (two-sided ``alpha``, ``power``) with the plan's seeds, and the seeds needed to detect ``target`` (and to
+    show equivalence within ``+-target`` when the truth is 0). A plan without ``[primary]`` gets its trained
+    arms against its baseline (exploratory). Also the baseline's per-query spread and what a query-level test
+    (conditional on the runs) would detect, for contrast."""
+    from ragcun.ablation.plan import Comparison
+
+    pilot = Path(pilot)
+    arms = load_results(pilot)
+    if not arms:
+        raise ValueError(f"{pilot}: no finished runs to take the variances from (looked for runs/*/*/{RESULT_FILE})")
+    if not 0 <= rho < 1:
+        raise ValueError(f"rho (the assumed correlation of two runs with the same seed) must be in [0, 1), got {rho}")
+    primary = plan.primary
+    metric = metric or (primary.metric if primary else METRIC)
+    if primary is not None:
+        comparisons, endpoints, datasets = primary.comparisons, primary.endpoints(), primary.datasets
+        role = "primary"
+    else:
+        comparisons = [Comparison(a.name, plan.baseline) for a in plan.arms.values()
+                       if a.trained and a.name != plan.baseline and len(plan.seeds_of(a)) >= 2]
+        endpoints, datasets, role = list(plan.datasets), list(plan.datasets), "exploratory (no [primary])"
+    baseline = plan.baseline if plan.baseline in arms else next((n for n, a in arms.items()
+                                                                if a["trained"] and len(a["seeds"]) >= 2), None)
+    rows = []
+    for comparison in comparisons:
+        arm, control = plan.arms[comparison.arm], plan.arms[comparison.control]
+        n = (len(set(plan.seeds_of(arm)) & set(plan.seeds_of(control))) if control.trained
+             else len(plan.seeds_of(arm)))
+        for endpoint in endpoints:
+            eds = endpoint_datasets(endpoint, datasets)
+            sd, source = _difference_sd(arms, comparison, control.trained, eds, metric, baseline, rho)
+            row = {"comparison": str(comparison), "endpoint": endpoint, "seeds": n, "sd_diff": sd, "source": source,
+                   "mde": mde(sd, n, alpha=alpha, power=power) if sd is not None else None}
+            if target is not None and sd is not None:
+                row["seeds_to_detect_target"] = seeds_needed(target, sd, alpha=alpha, power=power)
+                row["seeds_for_equivalence_at_target"] = seeds_needed(target, sd, alpha=alpha, power=power,
+                                                                      kind="equivalence")
+            rows.append(row)
+    return {"plan": str(plan.path), "pilot": str(pilot), "metric": metric, "alpha": alpha, "power": power,
+            "target": target, "rho": rho, "role": role, "rows": rows,
+            "per_query": _per_query_spread(arms, baseline, plan.datasets, metric)}
+
+
+def _difference_sd(arms, comparison, control_trained: bool, datasets, metric, baseline, rho):
+    a, c = arms.get(comparison.arm), arms.get(comparison.control)
+    if a is not None and c is not None:
+        pairs = paired_runs(a, c, datasets, metric)
+        if pairs is not None:
+            seeds, diffs, how = pairs
+            return float(np.std(diffs, ddof=1)), (f"observed: sd of {len(seeds)} per-seed differences "
+                                                 f"{comparison} ({how})")
+    if not control_trained:  # A_s - C: its sd is the arm's own between-seed sd
+        for name in (comparison.arm, baseline):
+            if name in arms and arms[name]["trained"]:
+                values = list(endpoint_values(arms[name], datasets, metric).values())
+                if len(values) >= 2:
+                    return float(np.std(values, ddof=1)), (f"the between-seed sd of {name!r} over {len(values)} runs"
+                                                           + (" (standing in for the arm's)" if name != comparison.arm
+                                                              else "") + "; the control is one fixed run")
+        return None, "no trained arm with 2 or more runs in the pilot"
+    for name in (comparison.control, baseline):
+        if name in arms and arms[name]["trained"]:
+            values = list(endpoint_values(arms[name], datasets, metric).values())
+            if len(values) >= 2:
+                sd = float(np.std(values, ddof=1))
+                return math.sqrt(2) * sd * math.sqrt(1 - rho), (
+                    f"estimated: sqrt(2) x sd({name!r} over {len(values)} runs = {sd:.4g}) x sqrt(1 - rho), "
+                    f"rho = {rho:g} assumed (the correlation of an arm's and its control's run with the same seed)")
+    return None, "no trained arm with 2 or more runs in the pilot"
+
+
+def _per_query_spread(arms, baseline, datasets, metric) -> dict[str, Any]:
+    """The baseline's variances on each dataset: per query (over the queries of one run), the per-query
+    run-to-run noise (two of its runs, paired by query), the between-seed sd of its endpoint that this noise alone
+    would give if queries varied independently, and the between-seed sd observed. Observed above implied: training
+    moves whole runs up or down together, which a test over queries cannot see."""
+    out = {}
+    if baseline is None:
+        return out
+    arm = arms[baseline]
+    for dataset in datasets:
+        runs = arm["per_query"].get(dataset, {})
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        qids = sorted(set.intersection(*[set(runs[s]) for s in seeds]))
+        scores = np.array([[runs[s][q][metric] for q in qids] for s in seeds])
+        cell = {"arm": baseline, "queries": len(qids), "runs": len(seeds), "sd_query": float(scores[0].std(ddof=1))}
+        if len(seeds) >= 2:
+            pair_sd = float(np.sqrt(np.mean([np.var(scores[i] - scores[j], ddof=1) for i in range(len(seeds))
+                                             for j in range(i + 1, len(seeds))])))
+            cell["sd_query_diff_two_runs"] = pair_sd
+            cell["endpoint_sd_if_queries_independent"] = pair_sd / math.sqrt(2) / math.sqrt(len(qids))
+            values = list(endpoint_values(arm, [dataset], metric).values())
+            cell["endpoint_sd_observed"] = float(np.std(values, ddof=1))
+        out[dataset] = cell
+    return out
+
+
+def power_markdown(report: dict[str, Any]) -> str:
+    alpha, power = report["alpha"], report["power"]
+    lines = [f"Power of the run-level test ({report['metric']}, paired t over seeds, two-sided alpha {alpha:g}, power "
+             f"{power:g}, noncentral t) for {report['plan']}, variances from {report['pilot']} "
+             f"({report['role']} comparisons):", ""]
+    target = report["target"]
+    header = "| comparison | endpoint | seeds | sd of the per-seed difference | MDE |"
+    rule = "|---|---|---|---|---|"
+    if target is not None:
+        header += f" seeds to detect {target:g} | seeds for TOST ±{target:g} (truth 0) |"
+        rule += "---|---|"
+    lines += [header, rule]
+    for r in report["rows"]:
+        sd = "-" if r["sd_diff"] is None else f"{r['sd_diff']:.4f}"
+        cells = [r["comparison"], r["endpoint"], str(r["seeds"]), sd, _num(r["mde"])]
+        if target is not None:
+            cells += [_count(r.get("seeds_to_detect_target")), _count(r.get("seeds_for_equivalence_at_target"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"* {r['comparison']} ({r['endpoint']}): {r['source']}" for r in report["rows"]]
+    if target is not None:
+        lines.append(f"* TOST seeds: a lower bound on its power (1 - both one-sided failure probabilities) reaches "
+                     f"{power:g} with the true difference 0")
+    for dataset, cell in report["per_query"].items():
+        line = (f"* per query, {dataset}: `{cell['arm']}`'s {report['metric']} has sd {cell['sd_query']:.3f} over "
+                f"{cell['queries']} queries")
+        if "sd_query_diff_two_runs" in cell:
+            line += (f"; two of its runs differ per query with sd {cell['sd_query_diff_two_runs']:.3f}, which "
+                     f"alone (queries independent) would move the endpoint from seed to seed by sd "
+                     f"{cell['endpoint_sd_if_queries_independent']:.4f}; observed over its {cell['runs']} runs: "
+                     f"{cell['endpoint_sd_observed']:.4f}")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _num(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def _count(value) -> str:
+    return "> 10000" if value is None else str(value)
