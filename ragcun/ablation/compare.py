@@ -281,13 +281,14 @@ def _ci(ci) -> str:
     return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
-def _run_cells(cell: dict[str, Any]) -> list[str]:
-    """seeds | per-seed Δ | Δ | 95% CI (t) | 95% CI (two-level bootstrap) | p | p TOST | MDE"""
+def _run_cells(cell: dict[str, Any], holm_column: bool = False) -> list[str]:
+    """seeds | per-seed Δ | Δ | 95% CI (t) | 95% CI (two-level bootstrap) | p | [p (Holm)] | p TOST | MDE"""
     if "none" in cell:
-        return ["-", "-", "-", "-", "-", "-", "-", f"- ({cell['none']})"]
+        return ["-"] * (7 + holm_column) + [f"- ({cell['none']})"]
     per_seed = ", ".join(f"{float(v):+.4f}" for v in cell["diffs"].values())
+    holm = [_p(cell["p_holm"]) if "p_holm" in cell else "-"] if holm_column else []
     return [str(cell["n"]), per_seed, f"{cell['mean']:+.4f}", _ci(cell["ci95"]), _ci(cell["bootstrap_ci95"]),
-            _p(cell["p"]), _p(cell["p_tost"]), f"{cell['mde']:.4f}"]
+            _p(cell["p"]), *holm, _p(cell["p_tost"]), f"{cell['mde']:.4f}"]
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -324,14 +325,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         title = "Primary comparisons" if report["verdicts"] else "Comparisons (exploratory)"
         lines += ["", f"## {title}", ""]
         if report["verdicts"]:
-            lines += [head[:-1] + "| p (Holm) | verdict |", rule + "---|---|"]
+            lines += [head.replace("| p |", "| p | p (Holm) |") + " verdict |", rule + "---|---|"]
         else:
             lines += [head, rule]
         for c in primary:
             for endpoint, cell in c["run_level"].items():
-                cells = [f"{c['arm']} vs {c['control']}", endpoint, *_run_cells(cell)]
+                cells = [f"{c['arm']} vs {c['control']}", endpoint, *_run_cells(cell, report["verdicts"])]
                 if report["verdicts"]:
-                    cells += [_p(cell["p_holm"]) if "p_holm" in cell else "-", f"**{cell.get('verdict', '-')}**"]
+                    cells.append(f"**{cell['verdict']}**" if "verdict" in cell else "-")
                 lines.append("| " + " | ".join(cells) + " |")
     if secondary:
         lines += ["", "## Secondary comparisons (exploratory: unadjusted p, no verdicts)", "", head, rule]
@@ -483,8 +484,8 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
             if boot is not None:
                 ax.plot(boot, [y - 0.22, y - 0.22], color=color, lw=3, alpha=0.45)
         ax.set_yticks(range(len(items)), [i[0] for i in reversed(items)], fontsize=8)
-        ax.set_xlabel(f"Δ {metric}, arm − control (bars: 95% t CI over seeds; thick: two-level bootstrap 95%; "
-                      "hollow: query-level, conditional on the runs)", fontsize=8)
+        ax.set_xlabel(f"Δ {metric}, arm − control\nbars: 95% t CI over seeds; thick: two-level bootstrap 95%;\n"
+                      "hollow: no run-level test, query-level 95% CI (conditional on the runs)", fontsize=8)
         ax.set_title("Run-level differences (primary: blue; secondary: grey)")
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
