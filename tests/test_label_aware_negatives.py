@@ -370,6 +370,7 @@ def _masked_counts(batch) -> dict[str, int]:
     query's positive (masked before too), another pair of the same query, a document another query brought
     that the qrels judge relevant to this one."""
     logits = []
+    saved = ContrastiveLoss.__dict__["_mask"]  # the staticmethod itself, to put back as it was
     original = ContrastiveLoss._mask
 
     def recording(scores, relevant, labels):
@@ -384,7 +385,7 @@ def _masked_counts(batch) -> dict[str, int]:
         ContrastiveLoss()(LossInputs(**inputs, relevant_ids=batch.relevant_ids))
         ContrastiveLoss()(LossInputs(**inputs))  # the rule before: duplicates of the positive only
     finally:
-        ContrastiveLoss._mask = original
+        ContrastiveLoss._mask = saved
     masked, before = (torch.isinf(x) for x in logits)
     query, doc = _codes(batch.queries), _codes(batch.positive_ids)
     same_doc = doc[:, None] == doc[None, :]

@@ -22,16 +22,19 @@ from ragcun.losses.base import Loss, LossInputs
 _NO_ID = -1  # hashed ids are >= 0; a missing id never matches anything
 
 
+def _hash_values(ids) -> list[int]:
+    """Stable 63-bit hashes of document ids (Python's ``hash`` differs between processes); None -> ``_NO_ID``."""
+    return [_NO_ID if i is None else
+            int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") >> 1 for i in ids]
+
+
 def _hash_ids(ids: list[str] | None, n: int, device) -> torch.Tensor:  # (n,) int64
-    """Stable 63-bit hashes of document ids (Python's ``hash`` differs between processes)."""
+    """Hashed document ids as a tensor (all ``_NO_ID`` when ids are not given)."""
     if ids is None:
         return torch.full((n,), _NO_ID, dtype=torch.long, device=device)
     if len(ids) != n:
         raise ValueError(f"got {len(ids)} document ids for {n} documents")
-    values = [_NO_ID if i is None else
-              int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") >> 1
-              for i in ids]
-    return torch.tensor(values, dtype=torch.long, device=device)
+    return torch.tensor(_hash_values(ids), dtype=torch.long, device=device)
 
 
 def _hash_relevant(relevant: list[list[str]] | None, n: int, device) -> torch.Tensor | None:  # (n, R) int64
@@ -41,11 +44,7 @@ def _hash_relevant(relevant: list[list[str]] | None, n: int, device) -> torch.Te
     if len(relevant) != n:
         raise ValueError(f"got relevant ids for {len(relevant)} queries, expected {n}")
     width = max((len(r) for r in relevant), default=0)
-    flat = _hash_ids([i for r in relevant for i in r], sum(len(r) for r in relevant), device).tolist()
-    rows, at = [], 0
-    for r in relevant:
-        rows.append(flat[at:at + len(r)] + [_NO_ID] * (width - len(r)))
-        at += len(r)
+    rows = [_hash_values(r) + [_NO_ID] * (width - len(r)) for r in relevant]
     return torch.tensor(rows, dtype=torch.long, device=device).reshape(n, width)
 
 
