@@ -38,6 +38,7 @@ class EmbeddingModel(nn.Module):
     def __init__(self, encoder: nn.Module, head: nn.Module, distance: Any, *, query_prefix: str = "",
                  document_prefix: str = "") -> None:
         super().__init__()
+        self.training_token_limit: int | None = None  # training's --max-seq-length (not saved)
         self.encoder = encoder
         self.head = head
         self.distance = distance
@@ -69,7 +70,19 @@ class EmbeddingModel(nn.Module):
         return self.head(self.encoder(features))
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.training_token_limit is not None:
+            return self.encoder.tokenize(texts, max_length=self.training_token_limit)
         return self.encoder.tokenize(texts)
+
+    def limit_training_tokens(self, limit: int | None) -> None:
+        """Truncate texts to ``limit`` tokens in this process (training's ``--max-seq-length``); not saved with the
+        model, which keeps its encoder's own limit. The encoder's ``tokenize`` must take ``max_length``."""
+        import inspect
+
+        if limit is not None and "max_length" not in inspect.signature(self.encoder.tokenize).parameters:
+            raise ValueError(f"--max-seq-length: the encoder {type(self.encoder).__name__} does not take a token limit "
+                             "(its tokenize() has no max_length); leave --max-seq-length out")
+        self.training_token_limit = limit
 
     def embed(self, texts: list[str]) -> Embedding:
         """Embed with autograd (for training): tokenize, move to the model's device, forward."""

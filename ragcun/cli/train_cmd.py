@@ -44,6 +44,9 @@ def _train_options(fn):
                       help="GradCache: embed in chunks of K texts (large batches in bounded memory)"),
         config_option("--gradient-checkpointing", is_flag=True,
                       help="recompute each encoder layer in the backward pass: less memory, about 1.3x the time"),
+        config_option("--max-seq-length", type=int,
+                      help="tokens per text while training  [default: the encoder's own]; the saved model keeps the "
+                           "encoder's limit, so evaluation reads whole texts"),
         config_option("--dtype", help="auto, float32, bfloat16 or float16 (autocast; weights stay float32); auto: bf16 "
                                       "on GPUs that support it, float32 on CPUs; bfloat16 also works on a CPU, 1.55x "
                                       "faster on one with AVX512-BF16, see benchmarks/RESULTS.md"),

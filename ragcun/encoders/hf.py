@@ -156,11 +156,13 @@ class HFEncoder(nn.Module):
         dense = [m for m in self.post if isinstance(m, STDense)]
         self.dim = int(dense[-1].out_features if dense else config.hidden_size)
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """``max_length``: a tighter limit than the encoder's own for this call (training's --max-seq-length)."""
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
+        limit = self.max_seq_length if max_length is None else min(int(max_length), self.max_seq_length)
         return dict(self.tokenizer(texts, padding=True, truncation="longest_first",
-                                   max_length=self.max_seq_length, return_tensors="pt"))
+                                   max_length=limit, return_tensors="pt"))
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:  # -> (B, H)
         mask = features["attention_mask"]

@@ -55,6 +55,9 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # None: no clipping (the CLI's --max-grad-norm 0)
     grad_cache_chunk: int | None = None
     gradient_checkpointing: bool = False  # recompute each encoder layer in the backward pass (less memory)
+    # tokens per text while training (None: the encoder's own limit); the saved model keeps the encoder's own
+    # limit, so evaluation reads whole texts as the base model does
+    max_seq_length: int | None = None
     dtype: str = "auto"
     seed: int = 42
     device: str | None = None  # None -> cuda:LOCAL_RANK if available, else cpu
@@ -82,7 +85,8 @@ class TrainConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{flag} must be a positive integer, got {getattr(self, name)}")
         for name, flag in {"steps": "--steps", "eval_every": "--eval-every", "grad_cache_chunk": "--grad-cache-chunk",
-                           "diagnostics_every": "--diagnostics-every", "max_eval_queries": "--max-eval-queries"}.items():
+                           "diagnostics_every": "--diagnostics-every", "max_eval_queries": "--max-eval-queries",
+                           "max_seq_length": "--max-seq-length"}.items():
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"{flag} must be a positive integer, got {value}")

@@ -24,6 +24,7 @@ def build_training_model(config: TrainConfig):
     # dropout masks drawn 10x faster on a CPU (half of a CPU step was torch's attention dropout); nothing changes
     # on a GPU or in evaluation, and RAGCUN_CPU_FAST_DROPOUT=0 keeps torch's
     install_fast_dropout(model)
+    model.limit_training_tokens(config.max_seq_length)
     return model
 
 
