@@ -275,3 +275,24 @@ def test_a_plan_with_the_datasets_own_dev_split_trains_on_all_of_train(data_dir,
     assert info["train_queries"] > 2000 and info["dev_queries"] > 300
     with pytest.raises(ValueError, match="no qrels/dev.tsv"):
         own_dev_split("scifact", str(data_dir), "dev")
+
+
+def test_a_dry_run_checks_every_run_and_writes_nothing(tiny_model_dir, data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from ragcun.cli.root import build_cli
+
+    plan = _write(tmp_path, TINY_PLAN.format(model=tiny_model_dir))
+    args = ["ablation", "run", str(plan), "--data-dir", str(data_dir), "--work-dir", str(tmp_path / "work"), "--dry-run"]
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 0, result.output
+    assert "ft-iso seed 1: contrastive+0*isotropy" in result.output and "ft seed 2: contrastive" in result.output
+    assert "nothing was trained or written" in result.output
+    assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()
+    bad = _write(tmp_path, TINY_PLAN.format(model=tiny_model_dir).replace('lr = 1e-3', 'lr = -1'))
+    result = CliRunner().invoke(build_cli(), ["ablation", "run", str(bad), "--data-dir", str(data_dir), "--dry-run"])
+    assert result.exit_code != 0 and "--lr must be positive" in result.output
+    missing = _write(tmp_path, TINY_PLAN.format(model=tiny_model_dir).replace('datasets = ["nq-utd"]',
+                                                                               'datasets = ["nq-utd", "nope"]'))
+    result = CliRunner().invoke(build_cli(), ["ablation", "run", str(missing), "--data-dir", str(data_dir), "--dry-run"])
+    assert result.exit_code != 0 and "nope" in result.output

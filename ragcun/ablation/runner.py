@@ -221,16 +221,21 @@ class PlanRunner:
                                 "batch_size": config.batch_size, "global_batch": config.batch_size * config.grad_accum,
                                 "lr": config.lr, "head_lr": config.head_lr, "dtype": config.dtype,
                                 "settings": config.settings}
-        if not (folder / CONFIG_FILE).is_file():
-            resume = ckpt.latest_checkpoint(folder) is not None
-            self.show(f"{arm.name} seed {seed}: training ({config.loss}{', frozen encoder' if arm.freeze_encoder else ''})"
-                      f" -> {folder}" + (" (resuming)" if resume else ""))
-            t0 = time.perf_counter()
-            result = train(config, resume=resume)
-            if result.interrupted:
-                raise KeyboardInterrupt
-            info.update({"train_s": time.perf_counter() - t0, "steps": result.step, "pairs_per_s": result.pairs_per_s})
-        model = load(folder)
+        from ragcun.run_lock import acquire
+
+        with acquire(folder, what="ragcun ablation run", label=f"the ablation run {folder}"):  # one writer
+            if not (folder / CONFIG_FILE).is_file():
+                resume = ckpt.latest_checkpoint(folder) is not None
+                self.show(f"{arm.name} seed {seed}: training ({config.loss}"
+                          f"{', frozen encoder' if arm.freeze_encoder else ''}) -> {folder}"
+                          + (" (resuming)" if resume else ""))
+                t0 = time.perf_counter()
+                result = train(config, resume=resume)
+                if result.interrupted:
+                    raise KeyboardInterrupt
+                info.update({"train_s": time.perf_counter() - t0, "steps": result.step,
+                             "pairs_per_s": result.pairs_per_s})
+            model = load(folder)
         trainable = sum(p.numel() for n, p in model.named_parameters()
                         if not (config.freeze_encoder and n.startswith("encoder.")))
         info["trainable_params"] = trainable
@@ -299,6 +304,75 @@ class PlanRunner:
         self.show(f"lambda chosen on dev ({plan.dev_metric}): {chosen:g}  " + "  ".join(
             f"{k}: {r['score']:.4f}" + (f" ± {r['se']:.4f}" if "se" in r else "") for k, r in detail.items()))
         return chosen
+
+    def dry_run(self) -> list[str]:
+        """Check the whole plan without training or writing anything: the datasets and splits exist, every
+        trained run's settings resolve and validate and name registered components, and the pre-registration
+        agrees; returns the lines describing what a real run would do, in order."""
+        from ragcun.ablation.data import own_dev_split
+        from ragcun.ablation.preregistration import changed_fields, read
+        from ragcun.components import check_settings, components_in_use
+        from ragcun.data.beir import available_splits, find_dataset
+
+        plan = self.plan
+        lines = [f"plan {plan.name} ({plan.path}): {len(plan.arms)} arm(s), results {plan.results}, work {plan.work_dir}"]
+        if plan.dev_split:
+            self.train_folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split)
+            lines.append(f"training data: {plan.train_data} train ({info['train_queries']} queries); lambda chosen on "
+                         f"its own {plan.dev_split} split ({info['dev_queries']} queries)")
+        else:
+            source = find_dataset(plan.train_data, self.data_dir, download=False)
+            if "train" not in available_splits(source):
+                raise ValueError(f"{plan.path} [train]: {source} has no train split")
+            self.train_folder = plan.work_dir / "data" / f"{Path(plan.train_data).name}-train-dev"
+            lines.append(f"training data: {plan.train_data} train minus a {plan.dev_fraction:g} dev split carved from it")
+        for name in plan.datasets:
+            folder = find_dataset(name, self.data_dir, download=False)
+            if "test" not in available_splits(folder):
+                raise ValueError(f"{plan.path}: dataset {name!r} ({folder}) has no test split")
+        lines.append(f"test collections: {', '.join(plan.datasets)} (test splits present)")
+        if plan.primary is not None:
+            recorded = read(plan.results)
+            family = plan.primary.family()
+            if recorded is None:
+                lines.append(f"primary analysis: would be pre-registered now (hash {plan.primary.family_hash()}): "
+                             + "; ".join(str(c) for c in plan.primary.comparisons))
+            elif changed_fields(recorded["family"], family):
+                raise ValueError(f"{plan.path} [primary]: differs from the recorded {plan.results}/preregistration.json "
+                                 f"({', '.join(changed_fields(recorded['family'], family))})")
+            else:
+                lines.append(f"primary analysis: as recorded (hash {recorded['hash']})")
+        lambdas = plan.select_values if plan.select_arm else []
+        in_use: dict[str, set[str]] = {}  # a shared --set must address a component of some arm, as in training
+        settings = []
+        if lambdas:
+            lines.append(f"lambda selection: arm {plan.select_arm}, seed {plan.seeds_of(plan.arms[plan.select_arm])[0]}, "
+                         f"candidates {', '.join(f'{v:g}' for v in lambdas)}"
+                         + ("" if 0.0 in lambdas else "  (refused when it runs: 0 must be a candidate)"))
+        for arm, seed in plan.order():
+            done = (run_dir(plan, arm, seed) / RESULT_FILE).is_file()
+            if not arm.trained:
+                lines.append(f"  {arm.name}: training-free ({arm.transform}, {arm.distance or 'cosine'})"
+                             + ("  [finished]" if done else ""))
+                continue
+            for lam in (lambdas if arm.selects_lambda else [None]):
+                config = self.train_config(arm, seed, lam).validate()
+                check_settings(config.settings)
+                settings.append(config.settings)
+                for kind, names in components_in_use({"encoder": config.encoder, "head": config.head,
+                                                      "distance": config.distance, "loss": config.loss}).items():
+                    in_use.setdefault(kind, set()).update(names)
+                if arm.selects_lambda and seed != plan.seeds_of(arm)[0]:
+                    lines.append(f"  {arm.name} seed {seed}: {arm.loss} with the chosen lambda"
+                                 + ("  [finished]" if done else ""))
+                    break
+                lines.append(f"  {arm.name} seed {seed}: {config.loss} ({config.encoder}, {config.head}, "
+                             f"{config.distance}; {config.steps or config.epochs} {'steps' if config.steps else 'epochs'} "
+                             f"x {config.batch_size * config.grad_accum}, lr {config.lr:g}, {config.dtype})"
+                             + ("  [finished]" if done else ""))
+        for each in settings:
+            check_settings(each, {kind: sorted(names) for kind, names in in_use.items()})
+        return lines
 
     def todo(self) -> list[tuple[Arm, int]]:
         """The (arm, seed) runs of the plan not finished yet, in run order (``only`` / ``seeds`` applied)."""
@@ -418,12 +492,31 @@ def run_side_by_side(runner: PlanRunner, runs: list[tuple[Arm, int]], processes:
 
     import torch
 
+    from ragcun.signals import ChildProcesses
+
     plan = runner.plan
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     threads = max(1, (os.cpu_count() or 1) // processes)
     logs = plan.work_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     queue, running, done, failed = list(runs), {}, [], []
+    # the workers die with this process: a signal or an error here stops them (they save a checkpoint), and the
+    # kernel stops them if this process is killed
+    with ChildProcesses() as children:
+        _supervise(runner, queue, running, done, failed, children, processes, gpus, threads, logs)
+    if failed:
+        raise ValueError("ablation: run(s) failed: " + "; ".join(f"{a} seed {s} (log {log})" for (a, s), log in failed)
+                         + "; the finished ones are kept: run the plan again to retry the rest")
+    return [f"{a}/seed-{s}" for (a, s), _ in done]
+
+
+def _supervise(runner, queue, running, done, failed, children, processes: int, gpus: int, threads: int,
+               logs: Path) -> None:
+    """Start the queued runs ``processes`` at a time (as ``children``) and collect them as they finish."""
+    import subprocess
+    import sys
+
+    plan = runner.plan
     while queue or running:
         while queue and len(running) < processes:
             arm, seed = queue.pop(0)
@@ -439,7 +532,7 @@ def run_side_by_side(runner: PlanRunner, runs: list[tuple[Arm, int]], processes:
             log = open(logs / f"{arm.name}-seed-{seed}.log", "a")  # noqa: SIM115 (outlives this block)
             runner.show(f"{arm.name} seed {seed}: started in its own process "
                         f"({'GPU ' + env['CUDA_VISIBLE_DEVICES'] if gpus else f'{threads} CPU thread(s)'}); log {log.name}")
-            running[(arm.name, seed)] = (slot, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+            running[(arm.name, seed)] = (slot, children.popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
         time.sleep(0.5)
         for key, (slot, proc, log) in list(running.items()):
             if proc.poll() is None:
@@ -449,10 +542,6 @@ def run_side_by_side(runner: PlanRunner, runs: list[tuple[Arm, int]], processes:
             (done if proc.returncode == 0 else failed).append((key, log.name))
             runner.show(f"{key[0]} seed {key[1]}: " + ("finished" if proc.returncode == 0 else
                                                        f"failed (exit {proc.returncode}), see {log.name}"))
-    if failed:
-        raise ValueError("ablation: run(s) failed: " + "; ".join(f"{a} seed {s} (log {log})" for (a, s), log in failed)
-                         + "; the finished ones are kept: run the plan again to retry the rest")
-    return [f"{a}/seed-{s}" for (a, s), _ in done]
 
 
 def run_plan(plan: Plan, *, data_dir: str | None = None, show=print, only: set[str] | None = None,

@@ -53,8 +53,12 @@ def ablation_group() -> None:
               help="how many runs at once with --parallel [default: the GPU count, or 2 on a CPU]")
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="build the comparison table from every finished run at the end")
+@click.option("--dry-run", is_flag=True,
+              help="check the plan (datasets, splits, every run's settings and components, the pre-registration) "
+                   "and print what would run, without training or writing anything")
 def run_command(plan_file: str, data_dir: str | None, results: str | None, work_dir: str | None,
-                only: str | None, seed_list: str | None, parallel: str, slots: int | None, compare: bool) -> None:
+                only: str | None, seed_list: str | None, parallel: str, slots: int | None, compare: bool,
+                dry_run: bool) -> None:
     """Run every arm x seed of PLAN_FILE that has not finished yet, one after another.
 
     Finished runs (a result.json in the results folder) are skipped, so an interrupted plan resumes where it
@@ -62,9 +66,14 @@ def run_command(plan_file: str, data_dir: str | None, results: str | None, work_
     """
     from ragcun.ablation.compare import write_report
     from ragcun.ablation.plan import load_plan
-    from ragcun.ablation.runner import run_plan
+    from ragcun.ablation.runner import PlanRunner, run_plan
 
     plan = load_plan(plan_file, results=results, work_dir=work_dir)
+    if dry_run:
+        for line in PlanRunner(plan, data_dir=data_dir).dry_run():
+            click.echo(line)
+        click.echo("dry run: the plan checks out; nothing was trained or written")
+        return
     chosen = None
     if only:
         chosen = {a.strip() for a in only.split(",") if a.strip()}
