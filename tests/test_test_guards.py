@@ -101,3 +101,65 @@ def test_after_the_opt_in_the_next_test_is_isolated_again():
 
     assert ("head", "mlp") not in get_host().registry
     assert "params" not in build_cli().commands and "train" in build_cli().commands
+
+
+_LEAKY_TEST = '''
+import subprocess, sys, time
+from pathlib import Path
+
+def test_leaves_a_child(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    Path({pid_file!r}).write_text(str(child.pid))
+    if {wait}:
+        time.sleep(300)
+'''
+
+
+@pytest.mark.parametrize("how", ["test ends", "SIGTERM", "Ctrl-C"])
+def test_no_process_a_test_started_outlives_the_session(tmp_path, how):
+    """The no-orphans plugin ends a child a test left running: after the test, and when the session is
+    interrupted (SIGTERM as from CI, SIGINT as Ctrl-C) while the test still runs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    (tmp_path / "test_leaky.py").write_text(_LEAKY_TEST.format(pid_file=str(pid_file), wait=how != "test ends"))
+    session = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "ragcun.testing.no_orphans",
+                                "-p", "no:cacheprovider", str(tmp_path / "test_leaky.py")], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = None
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert session.poll() is None or pid_file.is_file(), session.stdout.read().decode()
+            assert time.monotonic() < deadline, "the inner test never started its child"
+            time.sleep(0.2)
+        pid = int(pid_file.read_text())
+        if how != "test ends":
+            time.sleep(1)
+            session.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+        session.wait(timeout=120)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            child = psutil.Process(pid)
+        assert not _alive(pid), f"the child {pid} outlived the pytest session ({how})"
+    finally:
+        if session.poll() is None:
+            session.kill()
+        if child is not None:
+            child.kill()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
