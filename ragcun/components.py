@@ -10,10 +10,32 @@ from ragcun.registry import Entry, Registry
 from ragcun.spec import Settings, Term, check_params, parse_spec
 
 # Arguments ragcun itself passes to constructors; users may not set them.
-RESERVED = {"encoder": ("init_weights",), "head": ("in_dim",), "loss": ("distance", "dim"), "distance": (),
+RESERVED = {"encoder": ("init_weights",), "head": ("in_dim",), "loss": ("distance", "dim", "inner"), "distance": (),
             "evaluator": ()}
 # The constructor parameter that receives a term's ':ARG' (hf:PATH).
 ARG_PARAM = {"encoder": "path"}
+# A loss registered with ``wraps=True`` (``matryoshka``) takes another loss term as its ':ARG'
+# (``matryoshka:contrastive``): ragcun.losses.composite.build_loss builds that term and passes it as ``inner``.
+WRAPS = "wraps"
+
+
+def wraps_loss(entry: Entry) -> bool:
+    """True for a loss whose ':ARG' is another loss term (a wrapper such as ``matryoshka``)."""
+    return entry.kind == "loss" and bool(entry.extra.get(WRAPS))
+
+
+def inner_term(term: Term, entry: Entry) -> Term:
+    """The loss term a wrapper's ':ARG' names (``matryoshka:contrastive`` -> ``contrastive``), without a weight."""
+    from ragcun.spec import parse_term
+
+    if term.arg is None:
+        raise ValueError(f"loss {entry.name!r} wraps another loss: give it as {entry.name}:LOSS, e.g. "
+                         f"{entry.name}:contrastive")
+    inner = parse_term(term.arg, term.format())
+    if inner.weight != 1.0:
+        raise ValueError(f"loss spec {term.format()!r}: the wrapped loss takes no weight; weigh the wrapper "
+                         f"({inner.weight!r}*{entry.name}:{inner.name})")
+    return inner
 
 
 def _registry(registry: Registry | None) -> Registry:
@@ -31,10 +53,13 @@ def term_config(kind: str, term: Term, entry: Entry, settings: Settings | None,
     by_name = (settings or {}).get(kind, {})
     for key in (entry.name, *entry.aliases, term.name):
         config.update(by_name.get(key, {}))
-    if term.arg is not None:
+    if term.arg is not None and not (kind == "loss" and entry.extra.get(WRAPS)):
         param = ARG_PARAM.get(kind)
         if param is None:
-            raise ValueError(f"{kind} spec '{term.format()}' has an argument, but {kind}s take none; "
+            from ragcun.registry import PLURALS
+
+            wrapper = " (a wrapper such as matryoshka takes a loss: matryoshka:contrastive)" if kind == "loss" else ""
+            raise ValueError(f"{kind} spec '{term.format()}' has an argument, but {PLURALS[kind]} take none{wrapper}; "
                              f"use --set {kind}.{entry.name}.PARAM=VALUE")
         config[param] = term.arg
     config.update(extra or {})
@@ -112,5 +137,15 @@ def components_in_use(specs: dict[str, str], *, registry: Registry | None = None
     """kind -> the canonical names a run builds, from its specs (``{"loss": "contrastive+isotropy", ...}``);
     an unknown name fails here with a did-you-mean."""
     registry = _registry(registry)
-    return {kind: [registry.get(kind, term.name).name for term in parse_spec(spec, composable=kind == "loss").terms]
-            for kind, spec in specs.items() if spec}
+
+    def names(kind: str, term: Term) -> list[str]:  # a wrapper's inner loss is built too (with its settings)
+        entry = registry.get(kind, term.name)
+        return [entry.name] + (names(kind, inner_term(term, entry)) if wraps_loss(entry) else [])
+
+    out: dict[str, list[str]] = {}
+    for kind, spec in specs.items():
+        if spec:
+            used = out.setdefault(kind, [])
+            for term in parse_spec(spec, composable=kind == "loss").terms:
+                used += [n for n in names(kind, term) if n not in used]
+    return out

@@ -34,6 +34,8 @@ class Distance:
     #: centering the embeddings changes no ranking, and retrieval searches centred embeddings (float32 inner
     #: products lose precision far from the origin).
     translation_invariant: bool = False
+    #: ``similarity(q, d)`` written out, for people (teacher-score metadata, scale warnings); None: not stated
+    formula: str | None = None
 
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:  # (Q, N)
         raise NotImplementedError
@@ -74,6 +76,13 @@ def exact_similarity(distance, q: Embedding, d: Embedding) -> torch.Tensor:  # (
     if fn is None:
         return distance.similarity(as_float64(q), as_float64(d)).to(torch.float64)
     return fn(q, d).to(torch.float64)
+
+
+def similarity_formula(distance) -> str:
+    """What ``distance.similarity(q, d)`` computes, in words (``"-||q - d||"`` for euclidean): its ``formula``, or
+    the class name for a distance that states none (a third party's)."""
+    formula = getattr(distance, "formula", None)
+    return formula if formula else f"{type(distance).__name__}.similarity(q, d)"
 
 
 def as_float64(e: Embedding) -> Embedding:

@@ -11,6 +11,7 @@ class CosineDistance(Distance):
     """Cosine similarity of the mean vectors (sentence-transformers' default); ``distance = 1 - cos``."""
 
     homogeneity = 0
+    formula = "cos(q, d) = q.d / (||q|| ||d||)"
     translation_invariant = False
 
     is_metric = False

@@ -10,6 +10,7 @@ class DotProductDistance(Distance):
     """Inner product of the mean vectors; ``distance = -dot`` (not a metric)."""
 
     homogeneity = 2
+    formula = "q.d"
     translation_invariant = False
 
     is_metric = False

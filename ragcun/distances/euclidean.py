@@ -15,6 +15,7 @@ class EuclideanDistance(Distance):
     """
 
     homogeneity = 1
+    formula = "-||q - d||"
     translation_invariant = True
 
     def __init__(self, eps: float = 1e-12) -> None:

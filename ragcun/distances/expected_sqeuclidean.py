@@ -18,6 +18,7 @@ class ExpectedSquaredEuclideanDistance(Distance):
     """
 
     needs = frozenset({"mean", "logvar"})
+    formula = "-(||mu_q - mu_d||^2 + sum(sigma_q^2) + sum(sigma_d^2))"
     translation_invariant = True  # depends on the means only through mu_q - mu_d
 
     @staticmethod

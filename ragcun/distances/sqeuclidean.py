@@ -11,6 +11,7 @@ class SquaredEuclideanDistance(Distance):
     """``||q - d||_2^2`` on the mean vectors; ranks like ``euclidean`` but has smooth gradients everywhere."""
 
     homogeneity = 2
+    formula = "-||q - d||^2"
     translation_invariant = True
 
     def similarity(self, q: Embedding, d: Embedding) -> torch.Tensor:

@@ -23,6 +23,7 @@ class WassersteinDistance(Distance):
     """
 
     needs = frozenset({"mean", "logvar"})
+    formula = "-sqrt(||mu_q - mu_d||^2 + ||sigma_q - sigma_d||^2)"
     translation_invariant = True  # a common shift of the means leaves mu_q - mu_d (and sigma) unchanged
 
     def __init__(self, eps: float = 1e-12) -> None:

@@ -29,6 +29,13 @@ class LossInputs:
     ``qrels_threshold``; JSONL: the line's ``pos`` passages, lines with the same query text being one query),
     keeping only the ids that are candidates of the current global batch, so lists stay short. It comes after
     ``step`` so that positional calls of the older signature keep their meaning.
+
+    ``teacher_scores``, when given, is a ``(B, 1 + K)`` tensor of a teacher's scores for each query's own
+    candidates: column 0 its positive, columns ``1..K`` its hard negatives in the order of ``negatives``
+    (rows ``i*K .. (i+1)*K - 1``). Larger means more relevant (a similarity; ragcun's own distances give
+    ``-distance``). The training data loader fills it from JSONL lines with ``pos_scores`` / ``neg_scores``
+    (what ``ragcun data score`` writes); distillation losses (``margin-mse``, ``distill-kl``) need it and fail
+    with an error naming the data when it is missing. Other losses ignore it.
     """
 
     queries: Embedding  # (B, D)
@@ -38,6 +45,7 @@ class LossInputs:
     negative_ids: list[str] | None = None  # (B*K,)
     step: int = 0  # global optimizer step; seeds per-step randomness identically on every rank
     relevant_ids: list[list[str]] | None = None  # (B, ragged): documents judged relevant to each query
+    teacher_scores: torch.Tensor | None = None  # (B, 1 + K): a teacher's [positive, negatives] scores per query
 
     @property
     def batch_size(self) -> int:

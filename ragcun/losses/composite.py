@@ -29,9 +29,10 @@ class CompositeLoss(nn.Module):
         (['contrastive', 'isotropy'], True)
     """
 
-    def __init__(self, terms: Iterable[tuple[str, float, nn.Module]]) -> None:
+    def __init__(self, terms: Iterable[tuple[str, float, nn.Module]], args: dict[str, str] | None = None) -> None:
         super().__init__()
         terms = list(terms)
+        self.args = dict(args or {})  # a term's ':ARG' (a wrapper's inner loss: matryoshka:contrastive)
         if not terms:
             raise ValueError("a composite loss needs at least one term")
         self.names = [name for name, _, _ in terms]
@@ -49,7 +50,7 @@ class CompositeLoss(nn.Module):
 
     @property
     def spec(self) -> str:
-        return "+".join(Term(name, self.weights[name]).format() for name in self.names)
+        return "+".join(Term(name, self.weights[name], self.args.get(name)).format() for name in self.names)
 
     def forward(self, inputs: LossInputs) -> LossOutput:
         terms = {name: self.weights[name] * self.losses[name](inputs) for name in self.names}
@@ -68,23 +69,38 @@ def build_loss(spec: str, settings: Settings | None = None, distance=None, regis
 
     Each term is built through the registry with its settings (``settings["loss"][name]``, checked against
     its constructor) and, when its constructor takes them, the model's ``distance`` and embedding width
-    ``dim`` injected. Term names in
-    the result are the canonical registry names (``infonce`` becomes ``contrastive``).
+    ``dim`` injected. A wrapper (registered with ``wraps=True``, e.g. ``matryoshka:contrastive``) gets the
+    loss its argument names, built the same way, as ``inner``. Term names in the result are the canonical
+    registry names (``infonce`` becomes ``contrastive``).
     """
-    from ragcun.components import _registry, build
+    from ragcun.components import _registry, build, inner_term, wraps_loss
 
     registry = _registry(registry)
     parsed = parse_spec(spec, composable=True)
-    terms = []
-    for term in parsed.terms:
+
+    def build_term(term: Term) -> tuple[str, nn.Module, str | None]:
         entry = registry.get("loss", term.name)
-        module = build("loss", term, settings, registry=registry, distance=distance, dim=dim)
+        extra = {}
+        arg = None
+        if wraps_loss(entry):
+            inner = inner_term(term, entry)
+            inner_name, extra["inner"], inner_arg = build_term(inner)
+            arg = Term(inner_name, 1.0, inner_arg).format()
+            term = Term(term.name, term.weight)
+        module = build("loss", term, settings, registry=registry, distance=distance, dim=dim, **extra)
         if not isinstance(module, nn.Module):
             raise ValueError(f"loss {entry.name!r} (from {entry.provider}) built a {type(module).__name__}, "
                              "not a torch.nn.Module")
-        terms.append((entry.name, term.weight, module))
+        return entry.name, module, arg
+
+    terms, args = [], {}
+    for term in parsed.terms:
+        name, module, arg = build_term(term)
+        terms.append((name, term.weight, module))
+        if arg is not None:
+            args[name] = arg
     names = [name for name, _, _ in terms]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"loss spec {spec!r} names {dupes[0]!r} twice (once by an alias); merge the weights")
-    return CompositeLoss(terms)
+    return CompositeLoss(terms, args)
