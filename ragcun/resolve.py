@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,28 +31,98 @@ def is_checkpoint(text: str) -> bool:
     return (Path(text).expanduser() / CONFIG_FILE).is_file()
 
 
-def classify(text: str) -> tuple[str, str, str | None]:
+MODEL_FORMS = "a ragcun checkpoint or run folder, hf:PATH, an encoder name or ENCODER+HEAD"
+_SPEC_WITH_ARG = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*:")  # NAME:ARG (hf:/models/x), not a path
+
+
+def looks_like_path(text: str) -> bool:
+    """Is a ``--model`` string meant as a path? Yes when it names an existing file or folder, contains a path
+    separator or starts with ``.`` or ``~``; a ``NAME:ARG`` spec (``hf:/models/x``) is not, whatever its
+    argument holds."""
+    if os.path.lexists(os.path.expanduser(text)):
+        return True
+    if _SPEC_WITH_ARG.match(text):
+        return False
+    return "/" in text or os.sep in text or (os.altsep is not None and os.altsep in text) or text.startswith((".", "~"))
+
+
+def classify(text: str, *, label: str = "--model") -> tuple[str, str, str | None]:
     """What a ``--model`` string names, before anything is loaded: ``("checkpoint", folder, None)``,
-    ``("fresh-head", encoder spec, head spec)`` or ``("base", encoder spec, None)``; a folder that is neither a
-    checkpoint nor a transformers model is a ValueError."""
+    ``("fresh-head", encoder spec, head spec)`` or ``("base", encoder spec, None)``.
+
+    A string that looks like a path (:func:`looks_like_path`) is a path: one that does not exist, or is not a
+    model (a run that has not finished, a file, another folder), is a ValueError that says what it is and what
+    to pass instead (``label`` names the argument in it: ``--model``, ``RUN_OR_MODEL``). A checkpoint's step
+    folder (``RUN/checkpoints/step-N``) stands for the model saved in it. The one classifier of model strings:
+    :func:`resolve_model` and ``ragcun export`` (:func:`ragcun.exporters.source.resolve_source`) both use it."""
     text = str(text).strip()
     if not text:
-        raise ValueError("--model is empty; give a checkpoint folder, hf:PATH, an encoder name or ENCODER+HEAD")
+        raise ValueError(f"{label} is empty; give {MODEL_FORMS}")
     path = Path(text).expanduser()
-    if is_checkpoint(text):
-        return "checkpoint", text, None
-    if "+" in text and not path.exists():
+    if "+" in text and not os.path.lexists(path):
         encoder, head = (part.strip() for part in text.rsplit("+", 1))
         if not encoder or not head:
-            raise ValueError(f"--model {text}: expected ENCODER+HEAD, e.g. all-minilm-l6-v2+gaussian")
-        folder = Path(encoder).expanduser()
-        return "fresh-head", (f"hf:{folder}" if ":" not in encoder and folder.is_dir() else encoder), head
-    if path.is_dir() and ":" not in text:
-        if not (path / "config.json").is_file():
-            raise ValueError(f"--model {text}: the folder is neither a ragcun checkpoint (no {CONFIG_FILE}) nor a "
-                             "transformers model (no config.json)")
-        text = f"hf:{path}"
+            raise ValueError(f"{label} {text}: expected ENCODER+HEAD, e.g. all-minilm-l6-v2+gaussian")
+        if looks_like_path(encoder):
+            what, folder = _path_kind(encoder, f"{label} {text}: the encoder")
+            if what == "checkpoint":
+                raise ValueError(f"{label} {text}: {encoder} is a ragcun checkpoint, which has its own head; "
+                                 f"ENCODER+HEAD takes an encoder (an encoder name, hf:PATH or a transformers folder)")
+            return "fresh-head", f"hf:{folder}", head
+        return "fresh-head", encoder, head
+    if looks_like_path(text):
+        what, folder = _path_kind(text, f"{label} {text}")
+        return (what, folder, None) if what == "checkpoint" else ("base", f"hf:{folder}", None)
     return "base", text, None
+
+
+def _path_kind(text: str, where: str) -> tuple[str, str]:
+    """``("checkpoint", folder)`` or ``("transformers", folder)`` for a path, else a ValueError saying what it is
+    and what to pass instead."""
+    from ragcun.training.checkpoint import CHECKPOINTS, MODEL_FOLDER, list_checkpoints
+
+    path = Path(text).expanduser()
+    if not os.path.lexists(path):
+        raise ValueError(f"{where}: no such folder{_close_names(path)}; give {MODEL_FORMS}")
+    if not path.exists():
+        raise ValueError(f"{where}: a symbolic link to {os.readlink(path)}, which does not exist")
+    if path.is_file():
+        if path.name in (CONFIG_FILE, "model.safetensors", "config.json"):
+            return _path_kind(str(path.parent), f"{where} (a file of the model in {path.parent})")
+        raise ValueError(f"{where}: a file, not a model folder; give {MODEL_FORMS}")
+    if (path / CONFIG_FILE).is_file():
+        return "checkpoint", text
+    if (path / MODEL_FOLDER / CONFIG_FILE).is_file():  # RUN/checkpoints/step-N: the model saved in it
+        return "checkpoint", str(Path(text) / MODEL_FOLDER)
+    if (path / CHECKPOINTS).is_dir():
+        found = list_checkpoints(path)
+        if found:
+            raise ValueError(f"{where}: this run has no final model yet ({CONFIG_FILE} is written when training "
+                             f"finishes); its latest checkpoint is {Path(text) / CHECKPOINTS / found[-1].folder.name}:"
+                             " pass that")
+        raise ValueError(f"{where}: this run has no final model yet ({CONFIG_FILE} is written when training "
+                         f"finishes) and no complete checkpoint either; `ragcun train --output-dir {text} --resume` "
+                         "continues it")
+    if (path / "config.json").is_file():
+        return "transformers", str(path)
+    raise ValueError(f"{where}: the folder is neither a ragcun checkpoint (no {CONFIG_FILE}) nor a transformers "
+                     f"model (no config.json) nor a training run (no {CHECKPOINTS}/); give {MODEL_FORMS}")
+
+
+def _close_names(path: Path, typed: str | None = None) -> str:
+    """``" (did you mean runs/nf-ddp?)"`` when the folder ``path`` would be in holds a similar name, or ``typed``
+    with ``_`` for ``/`` names something that exists (``runs_nf-ddp`` for ``runs/nf-ddp``)."""
+    import difflib
+
+    if typed is not None and "_" in typed and os.path.lexists(typed.replace("_", "/")):
+        return f" (did you mean {typed.replace('_', '/')}?)"
+    parent = path.expanduser().parent
+    try:
+        names = [p.name for p in parent.iterdir()] if parent.is_dir() else []
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f" (did you mean {path.parent / close[0] if str(path.parent) != '.' else close[0]}?)" if close else ""
 
 
 def components_built_for(models: Iterable[str], *, distance: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
@@ -90,12 +162,30 @@ def resolve_model(model_or_spec: Any, *, distance: str | None = None, settings: 
     if what == "checkpoint":
         return _with_distance(load(Path(encoder).expanduser()), distance, settings, "checkpoint head")
     if what == "fresh-head":
+        _check_registered("encoder", encoder)
         return _fresh_head(encoder, head, distance, settings, seed)
+    _check_registered("encoder", encoder)
     term = parse_spec(encoder, composable=False).single
     model = EmbeddingModel.build(term.format(), "identity", distance or "cosine", settings, **kwargs)
     if distance is None:
         model.distance = _authors_similarity(model, settings)
     return model
+
+
+def _check_registered(kind: str, spec: str) -> None:
+    """An unknown component name is reported as typed (the registry would show its normalized form), and said
+    not to be a file or folder either (a mistyped path without a separator reads as a name)."""
+    from ragcun.plugins import get_registry
+    from ragcun.registry import UnknownComponentError
+
+    name = spec.split(":", 1)[0].strip() if _SPEC_WITH_ARG.match(spec) else spec.strip()
+    try:
+        get_registry().get(kind, name)
+    except UnknownComponentError as exc:
+        message = str(exc)
+        if name == spec.strip():
+            message += f", and there is no file or folder named {spec!r} here{_close_names(Path(spec), spec)}"
+        raise UnknownComponentError(message) from None
 
 
 def _with_distance(model: EmbeddingModel, distance: str | None, settings: Settings | None, what: str):
