@@ -7,7 +7,7 @@ import math
 
 import click
 
-from ragcun.cli.options import echo_json, format_option
+from ragcun.cli.options import DATA_DIR, DATA_DIR_HELP, echo_json, format_option
 
 
 class PositiveFinite(click.ParamType):
@@ -38,8 +38,8 @@ def ablation_group() -> None:
 
 @ablation_group.command("run")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@click.option("--data-dir", default=None, envvar="RAGCUN_DATA", show_envvar=True,
-              help="folder holding the BEIR datasets")
+@click.option("--data-dir", type=DATA_DIR, default=None, envvar="RAGCUN_DATA", show_envvar=True,
+              help=DATA_DIR_HELP)
 @click.option("--results", default=None, type=click.Path(file_okay=False),
               help="results folder (per-query metrics, report) [default: the plan's `results`, beside the plan]")
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False),

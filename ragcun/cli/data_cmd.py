@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ragcun.cli.options import DATA_DIR
+
 
 @click.group("data")
 def data_group() -> None:
@@ -12,7 +14,7 @@ def data_group() -> None:
 
 @data_group.command("download")
 @click.argument("name", type=click.Choice(["msmarco"]))
-@click.option("--data-dir", default=None, envvar="RAGCUN_DATA", show_envvar=True,
+@click.option("--data-dir", type=DATA_DIR, default=None, envvar="RAGCUN_DATA", show_envvar=True,
               help="where it goes (in DATA_DIR/msmarco)  [default: ~/.cache/ragcun/beir]")
 def download_command(name: str, data_dir: str | None) -> None:
     """Download the official MS MARCO training triples (~7 GB download, ~27 GB unpacked).

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 import click
 
+from ragcun.precision import DTYPES  # names only: no torch at import
 from ragcun.training.config import config_default  # the standard library only: no torch at import
 
 format_option = click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
@@ -14,6 +15,18 @@ format_option = click.option("--format", "output_format", type=click.Choice(["ta
 
 set_option = click.option("--set", "set_options", multiple=True, metavar="KIND.NAME.PARAM=VALUE",
                           help="a component setting, e.g. loss.isotropy.num_slices=256 (repeatable)")
+
+# What several commands share, written once so their --help agrees: --data-dir is a folder (DIRECTORY) in every
+# command; training's --dtype is one of ragcun.precision.DTYPES, in that order, in train, preflight and sweep.
+DATA_DIR = click.Path(file_okay=False)
+DATA_DIR_HELP = "folder holding the BEIR datasets"
+TRAIN_DTYPES = click.Choice(DTYPES)
+TRAIN_DTYPE_HELP = ("autocast precision of the steps (weights stay float32); auto: bf16 on GPUs that support it, "
+                    "float32 on CPUs; bfloat16 also works on a CPU, 1.55x faster on one with AVX512-BF16, see "
+                    "benchmarks/RESULTS.md")
+# benchmarks/RESULTS.md, "Memory per phase": the quickstart's training on a quiet machine, 1.21x the time
+GRADIENT_CHECKPOINTING_HELP = ("recompute each encoder layer in the backward pass: less memory (0.58x the peak), "
+                               "about 1.21x the training time, the same losses")
 
 
 def echo_json(data: Any) -> None:
