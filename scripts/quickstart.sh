@@ -17,7 +17,7 @@ OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing i
 # the same); benchmarks/ablation/ has the measured effect of the isotropy term.
 # each phase prints its label, then its wall time and peak memory (scripts/phase.py)
 # --gradient-checkpointing keeps one encoder layer's activations at a time: the same losses to the last digit, peak
-# memory 4.9 GB -> 2.8 GB for 1.2x the training time (benchmarks/RESULTS.md, "Memory per phase")
+# memory 4.9 GB -> 2.8 GB for 1.21x the training time (benchmarks/RESULTS.md, "Memory per phase")
 python scripts/phase.py "1/3 train" ragcun train --head gaussian --loss contrastive+isotropy \
   --train-data beir:scifact:train --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15 \
   --gradient-checkpointing

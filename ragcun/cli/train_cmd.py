@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from ragcun.cli.options import config_flags, config_option, given_options, set_option
+from ragcun.cli.options import (DATA_DIR, DATA_DIR_HELP, GRADIENT_CHECKPOINTING_HELP, TRAIN_DTYPE_HELP, TRAIN_DTYPES,
+                                 config_flags, config_option, given_options, set_option)
 
 def _train_options(fn):
     # defaults: TrainConfig's (config_option), shown in --help; an option the user does not give leaves the
@@ -20,7 +21,7 @@ def _train_options(fn):
         config_option("--distance", help="distance spec"),
         config_option("--train-data", metavar="SPEC", show_default=False,
                       help="beir:NAME[:SPLIT] (qrels pairs), jsonl:PATH (MS MARCO-style) or triples:PATH (MS MARCO TSV)"),
-        config_option("--data-dir", envvar="RAGCUN_DATA", show_envvar=True, help="folder holding the BEIR datasets"),
+        config_option("--data-dir", type=DATA_DIR, envvar="RAGCUN_DATA", show_envvar=True, help=DATA_DIR_HELP),
         config_option("--output-dir", help="run folder: config, metrics, checkpoints, final model"),
         config_option("--batch-size", type=int, help="per process and micro-step"),
         config_option("--steps", type=int, help="optimizer steps"),
@@ -42,14 +43,11 @@ def _train_options(fn):
                       help="a global batch holds each query at most once (a repeat waits for a later batch)"),
         config_option("--grad-cache-chunk", type=int,
                       help="GradCache: embed in chunks of K texts (large batches in bounded memory)"),
-        config_option("--gradient-checkpointing", is_flag=True,
-                      help="recompute each encoder layer in the backward pass: less memory, about 1.3x the time"),
+        config_option("--gradient-checkpointing", is_flag=True, help=GRADIENT_CHECKPOINTING_HELP),
         config_option("--max-seq-length", type=int,
                       help="tokens per text while training  [default: the encoder's own]; the saved model keeps the "
                            "encoder's limit, so evaluation reads whole texts"),
-        config_option("--dtype", help="auto, float32, bfloat16 or float16 (autocast; weights stay float32); auto: bf16 "
-                                      "on GPUs that support it, float32 on CPUs; bfloat16 also works on a CPU, 1.55x "
-                                      "faster on one with AVX512-BF16, see benchmarks/RESULTS.md"),
+        config_option("--dtype", type=TRAIN_DTYPES, help=TRAIN_DTYPE_HELP),
         config_option("--device", help="cpu, cuda, cuda:1  [default: cuda:LOCAL_RANK if available]"),
         config_option("--save-every", type=int, help="checkpoint every K steps"),
         config_option("--keep-checkpoints", type=int, help="checkpoints kept"),
