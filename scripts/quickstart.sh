@@ -18,14 +18,15 @@ OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing i
 # each phase prints its label, then its wall time and peak memory (scripts/phase.py)
 # --gradient-checkpointing keeps one encoder layer's activations at a time: the same losses to the last digit, peak
 # memory 4.9 GB -> 2.8 GB for 1.21x the training time (benchmarks/RESULTS.md, "Memory per phase")
+# bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): training 1.48x sentence-transformers' bf16 Trainer
+# and evaluation 3.5-4x float32 there, at equal quality (benchmarks/RESULTS.md); elsewhere auto (float32 on a CPU that
+# would emulate bfloat16, about 5x slower; bfloat16 on a GPU that has it)
+DTYPE=$(python -c "from ragcun.precision import cpu_has_native_bfloat16 as n; print('bfloat16' if n() else 'auto')")
 python scripts/phase.py "1/3 train" ragcun train --head gaussian --loss contrastive+isotropy \
   --train-data beir:scifact:train --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15 \
-  --gradient-checkpointing
-# bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX: 3.5-4x faster than float32 with AMX); elsewhere auto
-# (float32 on a CPU that would emulate bfloat16, about 5x slower; bfloat16 on a GPU that has it)
-EVAL_DTYPE=$(python -c "from ragcun.precision import cpu_has_native_bfloat16 as n; print('bfloat16' if n() else 'auto')")
+  --gradient-checkpointing --dtype "$DTYPE"
 python scripts/phase.py "2/3 eval beir" ragcun eval beir --model "$OUT/model" --datasets scifact --split test \
-  --dtype "$EVAL_DTYPE" --output "$OUT/eval.json"
+  --dtype "$DTYPE" --output "$OUT/eval.json"
 python scripts/phase.py "3/3 isotropy report" ragcun isotropy report --model all-minilm-l6-v2 --model "$OUT/model" \
   --dataset scifact --sample 1000 --output-dir "$OUT/isotropy"
 echo "done in $SECONDS s: $OUT/eval.json, $OUT/isotropy/report.html"

@@ -56,3 +56,34 @@ def test_an_encoder_without_support_names_the_flag_and_the_alternative():
     with pytest.raises(ValueError, match=r"--gradient-checkpointing: the encoder mlp \(Linear\).*--grad-cache-chunk"):
         enable_gradient_checkpointing(torch.nn.Linear(2, 2), "mlp")
 
+
+
+def test_no_cache_warning_from_transformers(tiny_model_dir):
+    """An encoder keeps no key/value cache: enabling checkpointing turns the config's use_cache off, so
+    transformers' "use_cache=True is incompatible with gradient checkpointing" line stays out of ragcun's output."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from ragcun.model import EmbeddingModel
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    library = logging.getLogger("transformers")
+    library.addHandler(handler)
+    cache_clear = getattr(hf_logging.warning_once, "cache_clear", None)
+    if cache_clear is not None:  # warning_once says a message once per process: let this test see it
+        cache_clear()
+    try:
+        model = EmbeddingModel.build(f"hf:{tiny_model_dir}", "identity", "cosine")
+        model.encoder.model.config.use_cache = True  # as BERT-style configs ship
+        enable_gradient_checkpointing(model.encoder, "tiny")
+        step(model)
+    finally:
+        library.removeHandler(handler)
+    assert not [r for r in records if "incompatible with gradient checkpointing" in r], records

@@ -185,6 +185,10 @@ class HFEncoder(nn.Module):
         """Keep only each transformer layer's input for the backward pass and recompute the layer there
         (``--gradient-checkpointing``): the activations of one layer at a time instead of all of them, for about
         one more forward pass. The recomputation replays the same dropout masks, so the gradient is the same."""
+        # an encoder keeps no key/value cache, and transformers warns that a cache is incompatible with
+        # checkpointing on every training run unless the config says so
+        if getattr(self.model.config, "use_cache", None):
+            self.model.config.use_cache = False
         # transformers 5 renamed it (the old name warns that it goes in v6)
         enable = getattr(self.model, "activation_checkpointing_enable", None)
         if enable is not None:
