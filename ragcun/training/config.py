@@ -38,7 +38,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     # data
     negatives: int = 0  # hard negatives per query (0 = in-batch negatives only)
-    mine_negatives: str | None = None  # None, "bm25" or "model" (BEIR data only)
+    mine_negatives: str | None = None  # None, "bm25" or "model", with filters: "bm25:skip=3,range=10-50,margin=0.05"
     qrels_threshold: int = 1  # a (query, doc) pair is relevant when its qrels score >= this
     shuffle_buffer: int = 10_000  # streamed sources: size of the deterministic shuffle buffer
     no_duplicate_queries: bool = False  # a global batch holds each query at most once (repeats deferred)
@@ -110,8 +110,10 @@ class TrainConfig:
         check_dtype_name(self.dtype)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.mine_negatives not in (None, "bm25", "model"):
-            raise ValueError(f"--mine-negatives must be bm25 or model, got {self.mine_negatives!r}")
+        if self.mine_negatives is not None:
+            from ragcun.data.negatives import parse_mining_spec
+
+            parse_mining_spec(self.mine_negatives)  # bm25 or model, with filters: a bad one names the flag
         if self.mine_negatives and self.negatives < 1:
             raise ValueError("--mine-negatives needs --negatives K (how many hard negatives per query)")
         if self.device is not None and not re.fullmatch(r"(cpu|cuda|mps|xpu)(:\d+)?", str(self.device)):
