@@ -388,3 +388,27 @@ def test_power_uses_the_observed_paired_differences_or_says_what_it_assumed(tmp_
     assert out.exit_code == 0, out.output
     assert "| noisy vs a | macro | 5 |" in out.output and "seeds to detect 0.01" in out.output
     assert "rho = 0 assumed" in out.output
+
+
+def test_power_from_a_pilot_of_other_datasets_uses_those_it_has_and_says_so(tmp_path):
+    """A zero-shot plan piloted by in-domain runs: the endpoint's datasets the pilot has stand in for the rest;
+    with none of them, there is no estimate and no seed count (not "> 10000")."""
+    from ragcun.ablation.inference import power_markdown, power_report
+    from ragcun.ablation.plan import load_plan
+
+    pilot = tmp_path / "pilot"
+    arms = _arms(np.random.default_rng(8))
+    _fake(pilot, {k: arms[k] for k in ("a", "noisy")}, primary=None)
+    text = ('baseline = "a"\ndatasets = ["d", "zz"]\nseeds = [1, 2, 3, 4, 5]\n[train]\ndata = "x"\n[primary]\n'
+            'comparisons = ["noisy vs a"]\naverage = "macro"\n'
+            '[arms.a]\nloss = "contrastive"\n[arms.noisy]\nloss = "contrastive"\n')
+    (tmp_path / "plan.toml").write_text(text)
+    row = power_report(load_plan(tmp_path / "plan.toml"), pilot, target=0.01)["rows"][0]
+    runs = load_results(pilot)
+    diffs = np.subtract(*[[runs[a]["seeds"][s]["datasets"]["d"]["metrics"]["NDCG@10"] for s in (1, 2, 3)]
+                          for a in ("noisy", "a")])
+    assert row["sd_diff"] == pytest.approx(diffs.std(ddof=1)) and "the pilot has d of the endpoint's 2" in row["source"]
+    (tmp_path / "plan.toml").write_text(text.replace('datasets = ["d", "zz"]', 'datasets = ["yy", "zz"]'))
+    report = power_report(load_plan(tmp_path / "plan.toml"), pilot, target=0.01)
+    assert report["rows"][0]["sd_diff"] is None
+    assert "> 10000" not in power_markdown(report)

@@ -328,7 +328,14 @@ def power_report(plan, pilot: str | Path, *, target: float | None = None, rho: f
              else len(plan.seeds_of(arm)))
         for endpoint in endpoints:
             eds = endpoint_datasets(endpoint, datasets)
-            sd, source = _difference_sd(arms, comparison, control.trained, eds, metric, baseline, rho)
+            # a pilot of another plan (e.g. in-domain runs piloting a zero-shot plan) may lack some of the
+            # endpoint's datasets: the ones it has stand in, and the row says so
+            held = [d for d in eds if any(d in a["per_query"] for a in arms.values())]
+            proxy = held and held != eds
+            sd, source = _difference_sd(arms, comparison, control.trained, held or eds, metric, baseline, rho)
+            if proxy and sd is not None:
+                source += (f"; the pilot has {', '.join(held)} of the endpoint's {len(eds)} dataset(s), so their "
+                           f"{'mean' if len(held) > 1 else 'value'} stands in for it")
             row = {"comparison": str(comparison), "endpoint": endpoint, "seeds": n, "sd_diff": sd, "source": source,
                    "mde": mde(sd, n, alpha=alpha, power=power) if sd is not None else None}
             if target is not None and sd is not None:
@@ -413,7 +420,9 @@ def power_markdown(report: dict[str, Any]) -> str:
         sd = "-" if r["sd_diff"] is None else f"{r['sd_diff']:.4f}"
         cells = [r["comparison"], r["endpoint"], str(r["seeds"]), sd, _num(r["mde"])]
         if target is not None:
-            cells += [_count(r.get("seeds_to_detect_target")), _count(r.get("seeds_for_equivalence_at_target"))]
+            known = r["sd_diff"] is not None  # no variance, no count (not "more than 10000")
+            cells += [_count(r.get("seeds_to_detect_target"), known),
+                      _count(r.get("seeds_for_equivalence_at_target"), known)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"* {r['comparison']} ({r['endpoint']}): {r['source']}" for r in report["rows"]]
     if target is not None:
@@ -435,5 +444,7 @@ def _num(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def _count(value) -> str:
+def _count(value, known: bool = True) -> str:
+    if not known:
+        return "-"
     return "> 10000" if value is None else str(value)
