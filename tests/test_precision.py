@@ -131,8 +131,18 @@ def test_bfloat16_on_a_cpu_with_native_support_is_not_warned_about(native_bf16):
     assert precision_warning(torch.bfloat16, "cpu") is None
 
 
-def test_the_native_check_answers_on_this_machine():
-    assert isinstance(cpu_has_native_bfloat16(), bool)
+def test_the_native_check_agrees_with_the_cpu_flags():
+    """On Linux x86 the kernel lists the CPU's features: oneDNN computes bfloat16 natively with AVX512-BF16 or AMX
+    (bf16 tiles), so the answer must match what /proc/cpuinfo says this machine has."""
+    import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() not in ("x86_64", "AMD64") or not cpuinfo.is_file():
+        pytest.skip("the CPU flags are read from /proc/cpuinfo on Linux x86 only")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), [])
+    assert cpu_has_native_bfloat16() is bool({"avx512_bf16", "amx_bf16"} & set(flags)), flags
 
 
 def test_eval_and_training_warn_before_an_emulated_bfloat16_run(native_bf16, tiny_model_dir, tmp_path):
