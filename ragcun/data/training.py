@@ -5,7 +5,9 @@ Sources (``--train-data SPEC``)::
     beir:NAME[:SPLIT]      (query, relevant document) pairs from qrels/SPLIT.tsv (default split: train);
                            a pair counts when its graded score >= qrels_threshold; NAME is a folder or a name
                            under --data-dir
-    jsonl:PATH | *.jsonl   MS MARCO-style lines {"query": str, "pos": [str, ...], "neg": [str, ...]}, streamed
+    jsonl:PATH | *.jsonl   MS MARCO-style lines {"query": str, "pos": [str, ...], "neg": [str, ...]}, streamed;
+                           optional teacher scores "pos_scores"/"neg_scores" (one per passage) and ids
+                           "query_id", "pos_ids"/"neg_ids", "relevant_ids" (the layout `ragcun data score` writes)
     triples:PATH | *.tsv   the official MS MARCO ``query<TAB>positive<TAB>negative`` triples, streamed
                            (``.gz`` files are read compressed)
 
@@ -22,6 +24,12 @@ id; triples: the positive). :class:`BatchStream` turns them into each example's 
 candidates (positives and hard negatives of every rank) relevant to its query, examples with the same query
 (the same query text: the same id, or two ids with one text) pooling theirs, so the contrastive loss masks a query's
 other relevant documents out of its in-batch negatives (``LossInputs.relevant_ids``).
+
+Teacher scores: a JSONL line may carry a teacher's score for each passage (``pos_scores``, ``neg_scores``:
+numbers, one per ``pos`` / ``neg`` entry, larger = more relevant; the MS MARCO sample and ``ragcun data
+score`` output have them). Each example then carries the scores of the positive and the negatives it drew, and
+a batch's ``teacher_scores[i]`` is ``[positive, negative_1..K]`` of example ``i`` (``LossInputs.teacher_scores``,
+what ``margin-mse`` and ``distill-kl`` learn from). A batch mixing lines with and without scores is an error.
 
 ``no_duplicate_queries``: :func:`distinct_query_order` reorders each epoch's order so that a global batch holds
 each query at most once, deferring a repeat to a later batch (deterministic, so resuming stays exact).
@@ -47,6 +55,8 @@ class TrainingExample:
     positive_id: str | None = None
     negative_ids: list[str] | None = None
     relevant_ids: list[str] | None = None  # every document judged relevant to this query (None: unknown)
+    positive_score: float | None = None  # a teacher's score of the positive (JSONL pos_scores)
+    negative_scores: list[float] | None = None  # ... of each negative, in the order of ``negatives``
 
 
 @dataclass
@@ -63,6 +73,7 @@ class TrainingBatch:
     positive_ids: list[str] | None
     negative_ids: list[str] | None
     relevant_ids: list[list[str]] | None = None
+    teacher_scores: list[list[float]] | None = None  # (B, 1 + K): [positive, negatives] per query, when the data has them
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -237,13 +248,55 @@ class JsonlExamples(_StreamedSource):
             raise ValueError(f"{where}: 'pos' must be a non-empty list of strings")
         if not isinstance(neg, list) or not all(isinstance(n, str) for n in neg):
             raise ValueError(f"{where}: 'neg' must be a list of strings")
+        pos_scores = _scores(record, "pos_scores", len(pos), where)
+        neg_scores = _scores(record, "neg_scores", len(neg), where)
+        pos_ids = _ids(record, "pos_ids", len(pos), where)
+        neg_ids = _ids(record, "neg_ids", len(neg), where)
+        query_id = record.get("query_id")
+        if query_id is not None and not isinstance(query_id, str):
+            raise ValueError(f"{where}: 'query_id' must be a string")
         k = self.negatives_per_example
         if k and not neg:
             raise ValueError(f"{where}: --negatives {k} but this line has no 'neg' passages")
-        positive = pos[0] if len(pos) == 1 else rng.choice(pos)
-        # Passages carry no ids in this format; the text itself identifies a passage for duplicate detection.
-        negatives = choose_negatives(neg, k, rng)
-        return TrainingExample(query, positive, negatives, None, positive, list(negatives), list(pos))
+        pick = 0 if len(pos) == 1 else rng.randrange(len(pos))
+        # Without ids a passage's text identifies it (duplicate detection, label-aware negatives).
+        chosen = choose_negatives(range(len(neg)), k, rng)
+        negatives = [neg[j] for j in chosen]
+        negative_ids = [neg_ids[j] for j in chosen] if neg_ids is not None else list(negatives)
+        positive_id = pos_ids[pick] if pos_ids is not None else pos[pick]
+        relevant = _ids(record, "relevant_ids", None, where)
+        relevant = list(pos_ids if pos_ids is not None else pos) + [r for r in (relevant or []) if r not in
+                                                                      (pos_ids or pos)]
+        return TrainingExample(query, pos[pick], negatives, query_id, positive_id, negative_ids, relevant,
+                               None if pos_scores is None else pos_scores[pick],
+                               None if neg_scores is None or pos_scores is None else [neg_scores[j] for j in chosen])
+
+
+def _scores(record: dict, key: str, n: int, where: str) -> list[float] | None:
+    """A JSONL line's teacher scores ``key`` (one finite number per passage), or None when absent."""
+    import math
+
+    values = record.get(key)
+    if values is None:
+        return None
+    if (not isinstance(values, list) or len(values) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+        passages = "pos" if key.startswith("pos") else "neg"
+        raise ValueError(f"{where}: '{key}' must be a list of {n} finite numbers, one per '{passages}' passage "
+                         "(a teacher's scores; see docs/data.md)")
+    return [float(v) for v in values]
+
+
+def _ids(record: dict, key: str, n: int | None, where: str) -> list[str] | None:
+    """A JSONL line's passage ids ``key`` (one string per passage when ``n`` is given), or None when absent."""
+    values = record.get(key)
+    if values is None:
+        return None
+    if (not isinstance(values, list) or (n is not None and len(values) != n)
+            or not all(isinstance(v, str) and v for v in values)):
+        count = f"{n} " if n is not None else ""
+        raise ValueError(f"{where}: '{key}' must be a list of {count}non-empty strings (document ids)")
+    return values
 
 
 class TriplesExamples(_StreamedSource):
@@ -491,4 +544,16 @@ def collate(examples: list[TrainingExample], k: int, relevant: list[list[str]] |
     neg_ids = [n for e in examples for n in (e.negative_ids or [])[:k]] if k and has_ids else None
     return TrainingBatch([e.query for e in examples], [e.positive for e in examples], negatives,
                          [e.positive_id for e in examples] if has_ids else None, neg_ids,
-                         relevant if has_ids else None)
+                         relevant if has_ids else None, teacher_scores(examples, k))
+
+
+def teacher_scores(examples: list[TrainingExample], k: int) -> list[list[float]] | None:
+    """``[positive score, negative scores...]`` per example (``(B, 1 + K)``), None when no example has scores; a
+    batch in which only some examples have them is an error (the file mixes lines with and without scores)."""
+    scored = [e.positive_score is not None and e.negative_scores is not None for e in examples]
+    if not any(scored):
+        return None
+    if not all(scored):
+        raise ValueError("the training data mixes lines with teacher scores ('pos_scores'/'neg_scores') and lines "
+                         "without: give every line its scores (ragcun data score writes them all), or none")
+    return [[e.positive_score, *e.negative_scores[:k]] for e in examples]

@@ -44,9 +44,14 @@ def touch(emb: Embedding) -> torch.Tensor:
 
 
 def loss_inputs(batch, embeddings: dict[str, Embedding | None], step: int) -> LossInputs:
+    """The loss's view of a batch: its embeddings, ids, relevance lists and (when the data has them) the teacher's
+    scores as a ``(B, 1 + K)`` tensor on the embeddings' device."""
+    teacher = getattr(batch, "teacher_scores", None)
+    if teacher is not None:
+        teacher = torch.tensor(teacher, dtype=torch.float32, device=embeddings["queries"].mean.device)
     return LossInputs(embeddings["queries"], embeddings["positives"], embeddings["negatives"],
                       positive_ids=batch.positive_ids, negative_ids=batch.negative_ids, step=step,
-                      relevant_ids=batch.relevant_ids)
+                      relevant_ids=batch.relevant_ids, teacher_scores=teacher)
 
 
 def _rng_state(device: torch.device):

@@ -32,8 +32,7 @@ class StepOutput:
 def accumulate(*, model, forward_module, loss_module, stream, step: int, grad_accum: int, device, autocast,
                scaler, grad_cache=None) -> StepOutput:
     """Forward and backward over ``grad_accum`` micro-batches; DDP syncs gradients on the last one only."""
-    from ragcun.losses.base import LossInputs
-    from ragcun.training.grad_cache import forward_texts, touch
+    from ragcun.training.grad_cache import forward_texts, loss_inputs, touch
 
     out_sum = StepOutput(torch.zeros((), device=device), {}, torch.zeros((), device=device))
     for micro in range(grad_accum):
@@ -49,9 +48,8 @@ def accumulate(*, model, forward_module, loss_module, stream, step: int, grad_ac
                 p = forward_texts(forward_module, model.tokenize, batch.positives, device, autocast)
                 n = (forward_texts(forward_module, model.tokenize, batch.negatives, device, autocast)
                      if batch.negatives else None)
-                out = as_output(loss_module(LossInputs(q, p, n, positive_ids=batch.positive_ids,
-                                                       negative_ids=batch.negative_ids, step=step,
-                                                       relevant_ids=batch.relevant_ids)))
+                out = as_output(loss_module(loss_inputs(batch, {"queries": q, "positives": p, "negatives": n},
+                                                        step)))
                 # touch(): every embedding takes part in the graph, so DDP sees a gradient for every parameter
                 total = out.total / grad_accum + touch(q) + touch(p) + (touch(n) if n is not None else 0.0)
                 (scaler.scale(total) if scaler is not None else total).backward()
