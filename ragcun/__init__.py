@@ -60,12 +60,14 @@ def isotropy_report(models: Any, dataset: str, data_dir: Any = None, **kwargs: A
 
 
 def export(model_or_path: Any, out: str, to: str = "sentence-transformers", *, mean_only: bool = False,
-           overwrite: bool = False) -> Any:
-    """Export a model or checkpoint to another library's folder format (see :mod:`ragcun.exporters`)."""
+           overwrite: bool = False, truncate_dim: int | None = None) -> Any:
+    """Export a model or checkpoint to another library's folder format (see :mod:`ragcun.exporters`);
+    ``truncate_dim``: its embeddings' first D coordinates (a Matryoshka prefix)."""
     from ragcun.cli.command_line import training_command
     from ragcun.exporters import export as _export
 
-    return _export(model_or_path, out, to, mean_only=mean_only, overwrite=overwrite, training_command=training_command)
+    return _export(model_or_path, out, to, mean_only=mean_only, overwrite=overwrite, training_command=training_command,
+                   truncate_dim=truncate_dim)
 
 
 def get_registry() -> "Registry":

@@ -37,6 +37,10 @@ class Embedding:
         return Embedding(torch.cat([e.mean for e in items]),
                          torch.cat([e.logvar for e in items]) if all(has_logvar) and items else None)
 
+    def truncate(self, dim: int) -> "Embedding":
+        """The first ``dim`` coordinates (of the mean, and of the log-variance): a Matryoshka prefix."""
+        return Embedding(self.mean[..., :dim], None if self.logvar is None else self.logvar[..., :dim])
+
     def detach(self) -> "Embedding":
         return Embedding(self.mean.detach(), None if self.logvar is None else self.logvar.detach())
 

@@ -151,3 +151,95 @@ def test_isotropy_composes_on_the_full_embedding():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         torch.testing.assert_close(out.total, out.terms["matryoshka"] + out.terms["isotropy"])
+
+
+# -- the truncated model: eval, isotropy report, export ------------------------------------------------------------
+
+def test_truncate_model_shares_the_weights_and_leaves_the_model_alone(tiny_model):
+    from ragcun.truncation import TruncatedHead, truncate_model
+
+    texts = ["a query", "a longer document about things"]
+    full = tiny_model.encode(texts)
+    cut = truncate_model(tiny_model, 5)
+    assert isinstance(cut.head, TruncatedHead) and cut.dim == 5 and tiny_model.dim == 16
+    assert cut.head.inner is tiny_model.head and cut.encoder is tiny_model.encoder
+    assert (cut.encode(texts) == full[:, :5]).all()
+    assert truncate_model(tiny_model, None) is tiny_model and truncate_model(tiny_model, 16) is tiny_model
+    assert cut.head.get_config()["truncate_dim"] == 5 and cut.head.get_config()["full_dim"] == 16
+    for bad, match in [(0, "positive"), (17, "16 dimensions"), (2.5, "positive integer")]:
+        with pytest.raises(ValueError, match=match):
+            truncate_model(tiny_model, bad)
+
+
+def test_the_truncated_distance_is_the_distance_of_the_prefixes(tiny_model_dir):
+    from ragcun.model import EmbeddingModel
+    from ragcun.truncation import truncate_model
+
+    model = EmbeddingModel.build(f"hf:{tiny_model_dir}", "gaussian", "wasserstein",
+                                 {"head": {"gaussian": {"out_dim": 12, "logvar": True}}})
+    cut = truncate_model(model, 4)
+    q, d = model.encode_embeddings(["query"]), model.encode_embeddings(["doc one", "doc two"])
+    expected = model.distance.similarity(q.truncate(4), d.truncate(4))
+    got = cut.distance.similarity(cut.encode_embeddings(["query"]), cut.encode_embeddings(["doc one", "doc two"]))
+    torch.testing.assert_close(got, expected)
+
+
+def test_eval_beir_at_a_truncated_width(data_dir, tiny_model_dir):
+    from ragcun.evaluation.beir_eval import evaluate_beir
+    from ragcun.model import EmbeddingModel
+
+    torch.manual_seed(0)
+    model = EmbeddingModel.build(f"hf:{tiny_model_dir}", "gaussian", "euclidean", {"head": {"gaussian": {"out_dim": 16}}})
+    args = dict(datasets="nq-utd", data_dir=data_dir, k=10, download=False, show_progress=False)
+    full = evaluate_beir(model, **args)
+    same = evaluate_beir(model, truncate_dim=16, **args)
+    cut = evaluate_beir(model, truncate_dim=4, **args)
+    assert same["datasets"] == full["datasets"] and full["settings"]["dim"] == 16
+    assert cut["settings"]["dim"] == 4 and cut["settings"]["truncate_dim"] == 4 and "first 4 of 16" in cut["model"]
+    assert cut["datasets"]["nq-utd"] != full["datasets"]["nq-utd"]
+    assert model.dim == 16  # the caller's model is not changed
+
+
+def test_isotropy_report_on_prefixes(data_dir, tiny_model_dir, tmp_path):
+    from ragcun.diagnostics.report import isotropy_report
+
+    report = isotropy_report([f"{tiny_model_dir}+gaussian"], "nq-utd", data_dir, sample=40, output_dir=tmp_path,
+                             plots=False, html_page=False, progress=False, truncate_dim=6,
+                             settings={"head": {"gaussian": {"out_dim": 16}}})
+    assert report["models"][0]["dim"] == 6 and report["settings"]["truncate_dim"] == 6
+
+
+@pytest.mark.parametrize("head", ["gaussian", "identity"])
+def test_export_at_a_truncated_width_loads_in_sentence_transformers(tiny_model_dir, tmp_path, head):
+    pytest.importorskip("sentence_transformers")
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from ragcun.exporters import export
+    from ragcun.model import EmbeddingModel
+    from ragcun.truncation import truncate_model
+
+    torch.manual_seed(0)
+    model = EmbeddingModel.build(f"hf:{tiny_model_dir}", head, "euclidean",
+                                 {"head": {"gaussian": {"out_dim": 16}}} if head == "gaussian" else None)
+    model.save_pretrained(tmp_path / "ckpt")
+    result = export(str(tmp_path / "ckpt"), tmp_path / "st", truncate_dim=8)
+    # the gaussian head's Dense keeps its first 8 rows; the identity head gets a selecting Dense: one Dense either way
+    assert result.dim == 8 and result.pipeline.endswith("Pooling(mean) -> Dense(32->8, Identity)"), result.pipeline
+    texts = ["what is a word", "a word is a unit of language"]
+    ours = truncate_model(model, 8).encode(texts)
+    theirs = SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(texts)
+    assert theirs.shape == (2, 8)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-6)
+
+
+def test_the_commands_take_truncate_dim():
+    from click.testing import CliRunner
+
+    from ragcun.cli.root import build_cli
+
+    for command in (["eval", "beir"], ["isotropy", "report"], ["export"]):
+        result = CliRunner().invoke(build_cli(), [*command, "--help"])
+        assert "--truncate-dim D" in result.output, command
+    bad = CliRunner().invoke(build_cli(), ["eval", "beir", "--truncate-dim", "0"])
+    assert bad.exit_code == 2 and "--truncate-dim" in bad.output

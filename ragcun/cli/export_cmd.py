@@ -16,8 +16,11 @@ from ragcun.cli.options import echo_json, format_option
               help="export a log-variance model (wasserstein, expected-sqeuclidean) as its mean vectors with "
                    "Euclidean similarity; the variance terms are lost, and the model card says so")
 @click.option("--overwrite", is_flag=True, help="replace OUT when it exists and is not empty")
+@click.option("--truncate-dim", type=click.IntRange(min=1), default=None, metavar="D",
+              help="export the first D coordinates of the embeddings (a model trained with --loss matryoshka:LOSS)")
 @format_option
-def export_command(model: str, out: str, to: str, mean_only: bool, overwrite: bool, output_format: str) -> None:
+def export_command(model: str, out: str, to: str, mean_only: bool, overwrite: bool, truncate_dim: int | None,
+                   output_format: str) -> None:
     """Write RUN_OR_MODEL (a ragcun run or checkpoint folder, hf:PATH or an encoder name) to the folder OUT in
     another library's format, with a model card (README.md).
 
@@ -28,7 +31,7 @@ def export_command(model: str, out: str, to: str, mean_only: bool, overwrite: bo
     """
     from ragcun import export
 
-    result = export(model, out, to, mean_only=mean_only, overwrite=overwrite)
+    result = export(model, out, to, mean_only=mean_only, overwrite=overwrite, truncate_dim=truncate_dim)
     run = result.run
     summary = {"path": str(result.path), "format": to, "modules": result.pipeline, "dim": result.dim,
                "similarity_fn_name": result.similarity, "lost": result.lost, "notes": result.notes,

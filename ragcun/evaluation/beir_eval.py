@@ -249,7 +249,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
                   ignore_identical_ids: bool = True, search: str = "exact",
                   corpus_chunk_size: int = CORPUS_CHUNK_SIZE, per_query: bool = False, download: bool = True,
                   device: str | None = None, settings=None, show_progress: bool | None = None,
-                  return_results: bool = False) -> dict[str, Any]:
+                  return_results: bool = False, truncate_dim: int | None = None) -> dict[str, Any]:
     """Evaluate ``model`` (an EmbeddingModel, or a spec: checkpoint folder, ``hf:PATH``, encoder name) on BEIR
     datasets (names, a comma list, or ``all``) and return::
 
@@ -258,7 +258,9 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
 
     Prefixes default to the model's own (a ragcun checkpoint stores them); ``dtype="bfloat16"`` encodes with
     the whole encoder in bfloat16, ``"bfloat16-autocast"`` under autocast (:data:`DTYPES`). ``return_results``
-    adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``).
+    adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``). ``truncate_dim`` evaluates the
+    first ``D`` coordinates of every embedding (a Matryoshka prefix, scored with the model's own distance;
+    :mod:`ragcun.truncation`).
     """
     import torch
 
@@ -280,6 +282,12 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
 
     t_load = time.perf_counter()
     model, model_name = _resolve(model, distance, settings)
+    if truncate_dim is not None:
+        from ragcun.truncation import truncate_model
+
+        full_dim = model.dim
+        model = truncate_model(model, truncate_dim)
+        model_name = f"{model_name} (first {truncate_dim} of {full_dim} dims)"
     model.to(target)
     model_load_s = time.perf_counter() - t_load
     encoder_model = _inference_copy(model, dtype)
@@ -298,6 +306,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
             "distance": getattr(getattr(model.distance, "_ragcun_entry", None), "name", type(model.distance).__name__),
             "query_prefix": q_prefix, "document_prefix": d_prefix, "ignore_identical_ids": ignore_identical_ids,
             "search": search, "corpus_chunk_size": corpus_chunk_size, "data_dir": str(data_dir),
+            "dim": model.dim, "truncate_dim": truncate_dim,
             "max_seq_length": getattr(model.encoder, "max_seq_length", None),
             "device": str(target), "world_size": world_size, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "platform": platform.platform(),
@@ -347,10 +356,11 @@ class BeirEvaluator:
 
     def __init__(self, datasets: str | Sequence[str] = "all", data_dir: str | None = None, split: str = "test",
                  k: int = 1000, batch_size: int = 128, dtype: str = "float32", query_prefix: str | None = None,
-                 document_prefix: str | None = None, ignore_identical_ids: bool = True, search: str = "exact") -> None:
+                 document_prefix: str | None = None, ignore_identical_ids: bool = True, search: str = "exact",
+                 truncate_dim: int | None = None) -> None:
         self.config = {"datasets": datasets, "data_dir": data_dir, "split": split, "k": k, "batch_size": batch_size,
                            "dtype": dtype, "query_prefix": query_prefix, "document_prefix": document_prefix,
-                           "ignore_identical_ids": ignore_identical_ids, "search": search}
+                           "ignore_identical_ids": ignore_identical_ids, "search": search, "truncate_dim": truncate_dim}
 
     def __call__(self, model: Any, **overrides: Any) -> dict[str, Any]:
         return evaluate_beir(model, **{**self.config, **overrides})

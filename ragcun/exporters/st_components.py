@@ -88,7 +88,10 @@ def _declared_head_modules(head: Any) -> list[STModule]:
     from ragcun.heads.gaussian import GaussianHead
     from ragcun.heads.identity import IdentityHead
     from ragcun.heads.linear import LinearHead
+    from ragcun.truncation import TruncatedHead
 
+    if isinstance(head, TruncatedHead):  # --truncate-dim: the inner head's modules, cut to the first dims
+        return truncated_modules(_declared_head_modules(head.inner), head.out_dim, int(head.inner.out_dim))
     if hasattr(head, METHOD):
         return list(getattr(head, METHOD)())
     if isinstance(head, IdentityHead):
@@ -106,6 +109,20 @@ def _declared_head_modules(head: Any) -> list[STModule]:
     raise ValueError(f"head {component_name(head)!r} cannot be exported to sentence-transformers: give it a "
                      f"{METHOD}() method (Dense/Normalize modules) or an affine() method returning "
                      "(weight, bias); see ragcun.exporters.st_components")
+
+
+def truncated_modules(modules: list[STModule], dim: int, width: int) -> list[STModule]:
+    """``modules`` (giving ``width`` dims) followed by keeping the first ``dim`` coordinates: a last Dense without
+    activation keeps its first ``dim`` rows (the same numbers, fewer weights); otherwise a Dense selecting the
+    first ``dim`` coordinates (an identity block) is appended, after any Normalize, as the truncation comes
+    after the head."""
+    from ragcun.exporters.st_modules import IDENTITY
+
+    last = modules[-1] if modules else None
+    if isinstance(last, Dense) and last.activation == IDENTITY:
+        bias = None if last.bias is None else last.bias[:dim]
+        return [*modules[:-1], Dense(last.weight[:dim], bias, IDENTITY)]
+    return [*modules, Dense(torch.eye(dim, width), None, IDENTITY)]
 
 
 def apply_modules(modules: list[STModule], x: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,7 @@ from ragcun.losses.base import Loss, LossInputs
 
 def truncate_embedding(e: Embedding | None, dim: int) -> Embedding | None:
     """The first ``dim`` coordinates of the mean (and of the log-variance, for Gaussian embeddings)."""
-    if e is None:
-        return None
-    return Embedding(e.mean[..., :dim], None if e.logvar is None else e.logvar[..., :dim])
+    return None if e is None else e.truncate(dim)
 
 
 def default_dims(dim: int) -> list[int]:
