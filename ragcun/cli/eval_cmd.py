@@ -139,12 +139,15 @@ def eval_group() -> None:
 @click.option("--download/--no-download", default=True, show_default=True,
               help="download a missing BEIR dataset from the official BEIR location")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available]")
+@click.option("--truncate-dim", type=click.IntRange(min=1), default=None, metavar="D",
+              help="evaluate the first D coordinates of every embedding (a model trained with --loss matryoshka:LOSS)")
 @set_option
 @format_option
 def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: str, output: str | None, k: int,
                  batch_size: int, dtype: str, distance: str | None, query_prefix: str | None,
                  document_prefix: str | None, search: str, ignore_identical_ids: bool, per_query: bool,
-                 save_run: str | None, download: bool, device: str | None, set_options: tuple[str, ...], output_format: str) -> None:
+                 save_run: str | None, download: bool, device: str | None, truncate_dim: int | None,
+                 set_options: tuple[str, ...], output_format: str) -> None:
     """Retrieve with MODEL on BEIR datasets and score with beir's metrics (pytrec_eval).
 
     \b
@@ -162,7 +165,7 @@ def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: st
                                distance=distance, query_prefix=query_prefix, document_prefix=document_prefix,
                                ignore_identical_ids=ignore_identical_ids, search=search,
                                per_query=per_query or save_run is not None, return_results=save_run is not None,
-                               download=download, device=device, settings=settings)
+                               download=download, device=device, settings=settings, truncate_dim=truncate_dim)
     finally:
         teardown(ctx)  # only if setup started the group
     if rank != 0:

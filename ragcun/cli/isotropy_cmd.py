@@ -33,11 +33,14 @@ def isotropy_group() -> None:
               help="random directions of the SIGReg statistic")
 @click.option("--device", default=None, help="where to embed, e.g. cpu or cuda:1 [default: cuda if available]")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="write the PNG plots (needs matplotlib)")
+@click.option("--truncate-dim", type=click.IntRange(min=1), default=None, metavar="D",
+              help="report on the first D coordinates of every model's embeddings (a Matryoshka prefix)")
 @set_option
 @format_option
 def report_command(models: tuple[str, ...], dataset: str, data_dir: str | None, split: str, sample: int,
                    query_sample: int | None, seed: int, output_dir: str | None, batch_size: int, num_slices: int,
-                   device: str | None, plots: bool, set_options: tuple[str, ...], output_format: str) -> None:
+                   device: str | None, plots: bool, truncate_dim: int | None, set_options: tuple[str, ...],
+                   output_format: str) -> None:
     """Embed a seeded sample of a dataset's documents and queries with each --model and report isotropy
     metrics side by side (one column per model), with report.json, PNG plots and a self-contained
     report.html in --output-dir.
@@ -56,7 +59,7 @@ def report_command(models: tuple[str, ...], dataset: str, data_dir: str | None, 
     report = isotropy_report(list(models), dataset, data_dir, split=split, sample=sample,
                              query_sample=query_sample, seed=seed, output_dir=output_dir, batch_size=batch_size,
                              num_slices=num_slices, settings=settings, plots=plots,
-                             device=device)
+                             device=device, truncate_dim=truncate_dim)
     if output_format == "json":
         echo_json(report)
         return

@@ -226,7 +226,8 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
                     seed: int = 0, output_dir: str | Path | None = None, batch_size: int = 32,
                     num_slices: int = DEFAULT_NUM_SLICES, top_k: Sequence[int] = DEFAULT_TOP_K,
                     settings: Any = None, plots: bool = True, html_page: bool = True, progress: bool = True,
-                    labels: Sequence[str] | None = None, device: str | None = None) -> dict[str, Any]:
+                    labels: Sequence[str] | None = None, device: str | None = None,
+                    truncate_dim: int | None = None) -> dict[str, Any]:
     """Embed a seeded sample of ``dataset`` with every model, compute every metric, write the files.
 
     ``models``: ``--model`` strings (see :func:`ragcun.resolve.resolve_model`, ``ENCODER+HEAD`` included) or
@@ -234,7 +235,8 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
     ``report.json``, the PNG plots (``spectrum``, ``norms``, ``projections``, ``pca``) and ``report.html``
     (images inlined) into ``output_dir`` (default ``isotropy-report-<dataset>``) and returns the JSON's dict.
     Models loaded from strings are moved to ``device`` (default: CUDA when available, else the CPU); model
-    objects are used where they are. The metrics are computed on the CPU in float64.
+    objects are used where they are. The metrics are computed on the CPU in float64. ``truncate_dim``: every
+    model's embeddings cut to their first ``D`` coordinates (a Matryoshka prefix; :mod:`ragcun.truncation`).
     """
     from ragcun import __version__
 
@@ -260,6 +262,10 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
 
             model = resolve_model(model, settings=settings, seed=seed)
             model.to(pick_device(device))
+        if truncate_dim is not None:
+            from ragcun.truncation import truncate_model
+
+            model = truncate_model(model, truncate_dim)
         started = time.perf_counter()
         docs = _embed(model, [model.document_prefix + t for t in data.doc_texts], batch_size, progress,
                       f"{label}: documents")
@@ -286,7 +292,7 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
         "dataset": {**data.summary(), "seed": seed},
         "settings": {"sample": sample, "query_sample": query_sample, "seed": seed, "batch_size": batch_size,
                      "sigreg_num_slices": num_slices, "sigreg_grid": "17 points on [0, 3]", "top_k": list(top_k),
-                     "uniformity_t": UNIFORMITY_T, "alignment_alpha": ALIGNMENT_ALPHA},
+                     "uniformity_t": UNIFORMITY_T, "alignment_alpha": ALIGNMENT_ALPHA, "truncate_dim": truncate_dim},
         "vectors": VECTORS,
         "models": results,
         "output_dir": str(out_dir),

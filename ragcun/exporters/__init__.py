@@ -27,11 +27,12 @@ FORMATS = ("sentence-transformers",)
 
 
 def export(model_or_path: Any, out: str | os.PathLike, to: str = "sentence-transformers", *, mean_only: bool = False,
-           overwrite: bool = False, training_command=None) -> "ExportResult":
+           overwrite: bool = False, training_command=None, truncate_dim: int | None = None) -> "ExportResult":
     """Export a model (an ``EmbeddingModel``, a checkpoint or run folder, ``hf:PATH`` or an encoder name) to ``out``.
 
     ``mean_only``: export a log-variance model's mean vectors (its distance cannot be represented otherwise;
-    the result says what is lost). ``overwrite``: replace a non-empty ``out``. Returns an ``ExportResult``
+    the result says what is lost). ``overwrite``: replace a non-empty ``out``. ``truncate_dim``: export the first
+    ``D`` coordinates of the embeddings (a Matryoshka prefix; :mod:`ragcun.truncation`). Returns an ``ExportResult``
     (``.path``, ``.similarity``, ``.pipeline``, ``.lost``, ``.notes``). Raises ``ValueError`` with the reason
     when the model cannot be exported; nothing is written then.
     """
@@ -41,6 +42,10 @@ def export(model_or_path: Any, out: str | os.PathLike, to: str = "sentence-trans
     from ragcun.exporters.st_export import export_sentence_transformers
 
     model, source = resolve_source(model_or_path)
+    if truncate_dim is not None:
+        from ragcun.truncation import truncate_model
+
+        model = truncate_model(model, truncate_dim)
     spec = None if source is None and not isinstance(model_or_path, (str, os.PathLike)) else os.fspath(model_or_path)
     return export_sentence_transformers(model, Path(out), mean_only=mean_only, overwrite=overwrite, source=source,
                                         source_spec=spec, training_command=training_command)
