@@ -27,7 +27,7 @@ from ragcun.cli.options import (DATA_DIR, DATA_DIR_HELP, GRADIENT_CHECKPOINTING_
 @config_option("--head-lr", type=float, help="[default: --lr; 1e-3 for the frozen run]")
 @config_option("--warmup", type=float, help="warmup: a fraction of the steps (< 1) or a number of steps")
 @config_option("--negatives", type=int, help="hard negatives per query")
-@config_option("--mine-negatives", help="bm25 or model")
+@config_option("--mine-negatives", help="bm25 or model, with filters (bm25:skip=3,range=10-50,margin=0.05)")
 @config_option("--no-duplicate-queries", is_flag=True, help="each query at most once per global batch")
 @config_option("--grad-cache-chunk", type=int, help="GradCache chunk, as for ragcun train")
 @config_option("--gradient-checkpointing", is_flag=True, help=GRADIENT_CHECKPOINTING_HELP)

@@ -36,7 +36,8 @@ def _train_options(fn):
         config_option("--seed", type=int),
         config_option("--freeze-encoder", is_flag=True, help="train only the head"),
         config_option("--negatives", type=int, help="hard negatives per query"),
-        config_option("--mine-negatives", help="bm25 or model: mine hard negatives (BEIR data), cached"),
+        config_option("--mine-negatives", help="bm25 or model: mine hard negatives (BEIR data), cached; filters "
+                                               "against false negatives: bm25:skip=3,range=10-50,margin=0.05"),
         config_option("--qrels-threshold", type=int, help="graded qrels: a pair is relevant when its score >= this"),
         config_option("--shuffle-buffer", type=int, help="streamed data: shuffle buffer"),
         config_option("--no-duplicate-queries", is_flag=True,
