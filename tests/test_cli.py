@@ -36,12 +36,21 @@ def test_a_misspelt_kind_says_what_to_type():
     assert result.exit_code == 2 and "did you mean heads?" in result.output
 
 
-def test_list_never_breaks_a_name_at_80_columns():
-    result = CliRunner().invoke(build_cli(), ["list"], env={"COLUMNS": "80"})
+@pytest.mark.parametrize("columns", [80, 100, 200])
+def test_list_fits_the_terminal_and_never_breaks_a_word(columns):
+    """At 80 columns (a terminal or a pipe) one block per entry, wider a table: no line longer than the terminal,
+    and every name, alias and word of every summary whole (issue 29, item 8)."""
+    result = CliRunner().invoke(build_cli(), ["list"], env={"COLUMNS": str(columns)})
     assert result.exit_code == 0, result.output
-    names = json.loads(invoke("list", "--format", "json").output)
-    cells = [cell.strip() for line in result.output.splitlines() for cell in line.split("│")]
-    assert all(r["name"] in cells for r in names), [r["name"] for r in names if r["name"] not in cells]
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= columns, [line for line in lines if len(line) > columns]
+
+    def words(text: str) -> set[str]:
+        return {w.strip("()") for w in text.replace("│", " ").replace(",", " ").split()} - {""}
+
+    entries = json.loads(invoke("list", "--format", "json").output)
+    expected = words(" ".join(w for e in entries for w in [e["name"], *e["aliases"], e["summary"]]))
+    assert expected <= words(result.output), sorted(expected - words(result.output))
 
 
 def test_list_bad_kind_is_a_usage_error():

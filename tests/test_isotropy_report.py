@@ -199,3 +199,74 @@ def test_isotropy_curves_plot_one_or_several_runs(tiny_model_dir, tmp_path):
     train(tiny_config(tiny_model_dir, no_diag, data, steps=2, save_every=2))
     result = CliRunner().invoke(build_cli(), ["isotropy", "curves", str(no_diag)])
     assert result.exit_code == 1 and "--diagnostics-every" in result.output
+
+
+# -- issue 29: 80 columns, the words of the output ---------------------------------------------------------------
+def _synthetic_report(labels) -> dict:
+    from ragcun.diagnostics.report import pair_metrics, population_metrics
+    from ragcun.diagnostics.verdict import isotropy_verdict
+
+    gen = torch.Generator().manual_seed(0)
+    docs, queries = torch.randn(40, 16, generator=gen, dtype=torch.float64), torch.randn(12, 16, generator=gen,
+                                                                                         dtype=torch.float64)
+    metrics = {"documents": population_metrics(docs, num_slices=16), "pairs": pair_metrics(queries, docs[:12]),
+               "queries": population_metrics(queries, num_slices=16)}
+    verdict = isotropy_verdict({"sigreg_raw": 800.0, "sigreg_gaussian_floor": 1.05, "norm_mean": 1.0}, 16)
+    models = [{"label": label, "spec": label, "head": head, "dim": 16, "verdict": verdict,
+               "metrics": {g: {m.key: m.as_dict() for m in ms} for g, ms in metrics.items()}}
+              for label, head in labels]
+    dataset = {"name": "scifact", "split": "test", "seed": 0, "corpus_size": 5183, "judged_queries": 300,
+               "documents": 400, "queries": 300, "pairs": 339, "extra_relevant_documents": 140}
+    return {"dataset": dataset, "models": models, "files": {"json": "report.json", "html": "report.html"},
+            "output_dir": "isotropy-report-scifact"}
+
+
+@pytest.mark.parametrize("n_models", [1, 2, 3])
+def test_the_table_fits_80_columns_and_breaks_no_word(monkeypatch, n_models):
+    import io
+
+    from rich.console import Console
+
+    from ragcun import console
+    from ragcun.cli.isotropy_cmd import print_report_table
+
+    labels = [("all-minilm-l6-v2", "identity"), ("all-minilm-l6-v2+gaussian", "gaussian"),
+              ("runs/scifact-isotropy-seed-1", "gaussian")][:n_models]
+    report = _synthetic_report(labels)
+    recording = Console(width=80, file=io.StringIO(), record=True)
+    monkeypatch.setattr(console, "stdout", recording)
+    print_report_table(report)
+    text = recording.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]
+
+    def words(value: str) -> set[str]:  # "label:" ends a legend or verdict line's name
+        return {w.rstrip(":") for w in value.replace("│", " ").split()}
+
+    expected = words(" ".join(label for _, label, _ in report_rows(report)))
+    expected |= words(" ".join(f"{m['label']} {m['verdict']}" for m in report["models"]))
+    assert expected <= words(text), sorted(expected - words(text))
+
+
+def test_the_output_explains_the_documents_beyond_the_sample(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from ragcun import console
+    from ragcun.cli.isotropy_cmd import print_report_table
+
+    recording = Console(width=200, file=io.StringIO(), record=True)
+    monkeypatch.setattr(console, "stdout", recording)
+    print_report_table(_synthetic_report([("m", "identity")]))
+    text = " ".join(recording.export_text().split())
+    assert "sample: 400 of 5183 documents, 300 of 300 judged queries, 339 query / relevant-document pairs" in text
+    assert "140 relevant documents of those pairs that are not in the sample were embedded too" in text
+    assert "(540 documents embedded in all)" in text
+
+
+def test_the_verdict_does_not_say_collapsed_to_the_gaussian():
+    from ragcun.diagnostics.verdict import isotropy_verdict
+
+    line = isotropy_verdict({"sigreg_raw": 800.0, "sigreg_gaussian_floor": 1.05}, 384)
+    assert "collapsed to it" not in line and "much narrower than unit spread" in line

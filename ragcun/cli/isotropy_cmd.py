@@ -80,19 +80,32 @@ def curves_command(runs: tuple[str, ...], output: str, labels: tuple[str, ...]) 
 
 
 def print_report_table(report: dict) -> None:
+    """The report as a table on stdout, fitted to the terminal: on a narrow one (80 columns) the model columns are
+    numbered, with a legend above, so the metric names keep their room and every cell wraps between words."""
     from rich.markup import escape
     from rich.table import Table
 
     from ragcun.console import stdout
-    from ragcun.diagnostics.report import GROUP_TITLES, report_rows
+    from ragcun.diagnostics.report import GROUP_TITLES, report_rows, sample_line
 
     ds = report["dataset"]
-    table = Table(title=f"isotropy: {ds['name']} ({ds['split']}), seed {ds['seed']}", title_justify="left")
-    table.add_column(escape("metric [vectors, n]"), overflow="fold")
-    for m in report["models"]:
-        table.add_column(escape(f"{m['label']}\n{m['head']} head, D={m['dim']}"), justify="right", overflow="fold")
+    models = report["models"]
+    rows = report_rows(report)
+    headers = [(m["label"], f"{m['head']} head, D={m['dim']}") for m in models]
+    widest_cells = [max([len(cells[i]) for _, _, cells in rows] + [1]) for i in range(len(models))]
+    full = sum(max(len(a), len(b), w) + 3 for (a, b), w in zip(headers, widest_cells))
+    numbered = stdout.width - full - 4 < 36  # the metric column would get less than 36 characters
+    stdout.print(f"isotropy: {escape(ds['name'])} ({escape(ds['split'])}), seed {ds['seed']}", highlight=False)
+    stdout.print(escape(sample_line(ds)), highlight=False)
+    table = Table(show_header=True)
+    table.add_column(escape("metric [vectors, n]"), overflow="fold", ratio=1)
+    for i, (label, what) in enumerate(headers, 1):
+        if numbered:
+            stdout.print(f"({i}) [bold]{escape(label)}[/]: {escape(what)}", highlight=False)
+        table.add_column(f"({i})" if numbered else escape(f"{label}\n{what}"), justify="right",
+                         no_wrap=numbered, overflow="fold")
     current = None
-    for group, label, cells in report_rows(report):
+    for group, label, cells in rows:
         if group != current:
             if current is not None:
                 table.add_section()
@@ -100,12 +113,12 @@ def print_report_table(report: dict) -> None:
             table.add_row(f"[bold]{GROUP_TITLES[group]}[/]", *([""] * len(cells)))
         table.add_row(escape(label), *cells)
     stdout.print(table)
-    for m in report["models"]:
+    for m in models:
         if m.get("verdict"):
-            stdout.print(f"[bold]{escape(m['label'])}[/]: {escape(m['verdict'])}", soft_wrap=True)
+            stdout.print(f"[bold]{escape(m['label'])}[/]: {escape(m['verdict'])}", highlight=False)
     files = report["files"]
     written = ["report.json"] + ([files["html"]] if "html" in files else []) + list(files.get("plots", {}).values())
-    stdout.print(f"wrote {', '.join(written)} to [bold]{escape(report['output_dir'])}[/]")
+    stdout.print(f"wrote {', '.join(written)} to [bold]{escape(report['output_dir'])}[/]", highlight=False)
 
 
 def add_to(group: click.Group) -> None:

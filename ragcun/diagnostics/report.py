@@ -267,8 +267,10 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
 
             model = truncate_model(model, truncate_dim)
         started = time.perf_counter()
+        extra = len(data.doc_texts) - data.sampled_docs
         docs = _embed(model, [model.document_prefix + t for t in data.doc_texts], batch_size, progress,
-                      f"{label}: documents")
+                      f"{label}: documents ({data.sampled_docs} sampled + {extra} relevant to sampled queries)"
+                      if extra else f"{label}: documents")
         queries = _embed(model, [model.query_prefix + t for t in data.query_texts], batch_size, progress,
                          f"{label}: queries")
         embed_seconds = time.perf_counter() - started
@@ -331,6 +333,18 @@ def format_value(value: float) -> str:
     if abs(value) >= 1e5 or abs(value) < 1e-3:
         return f"{value:.3e}"
     return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
+
+
+def sample_line(ds: dict[str, Any]) -> str:
+    """What was embedded, in one sentence: the documents sampled, the queries, the pairs and the relevant documents
+    outside the sample that the pairs add (which is why more documents are embedded than ``--sample``)."""
+    line = (f"sample: {ds['documents']} of {ds['corpus_size']} documents, {ds['queries']} of {ds['judged_queries']} "
+            f"judged queries, {ds['pairs']} query / relevant-document pairs")
+    extra = int(ds.get("extra_relevant_documents") or 0)
+    if extra:
+        line += (f"; {extra} relevant documents of those pairs that are not in the sample were embedded too, for the "
+                 f"pair rows only ({ds['documents'] + extra} documents embedded in all)")
+    return line
 
 
 def report_rows(report: dict[str, Any]) -> list[tuple[str, str, list[str]]]:

@@ -27,7 +27,8 @@ def isotropy_verdict(documents: dict[str, Any], dim: int) -> str:
         elif ratio < 100:
             shape = "far from N(0, I)"
         else:
-            shape = "very far from N(0, I) (nearly collapsed to it, or badly off-centre)"
+            shape = ("very far from N(0, I): the cloud is much narrower than unit spread (nearly collapsed to a "
+                     "point) or badly off-centre")
         parts.append(f"SIGReg {sigreg:.3g} is {ratio:.3g}x its Gaussian floor {floor:.3g}: {shape}")
     erank = _value(documents, "effective_rank_ratio")
     if erank is not None:
