@@ -164,15 +164,71 @@ def _training_section(inputs: CardInputs) -> list[str]:
     if inputs.unflagged:
         lines += ["Settings no flag sets (they are in the config file below): " +
                   ", ".join(f"`{k}={v!r}`" for k, v in inputs.unflagged.items()) + ".", ""]
-    if inputs.resumes:
-        lines += [f"The run was resumed {inputs.resumes} time(s); the settings above are those of its last "
-                  "invocation (`config_history.json` in the run folder lists what changed).", ""]
+    calibrated = calibrated_init_scale(run.train_config, inputs.head, inputs.head_config)
+    if calibrated is not None:
+        lines += [f"`head.{inputs.head}.init_scale` is `\"auto\"` in these settings: training calibrated the head "
+                  f"before its first step, and the model holds the value it chose, **{calibrated:.4g}** (the head "
+                  "configuration above; `metrics.jsonl` records it at step 0).", ""]
+    resumes = resume_history(run)
+    changed = [entry for entry in resumes if entry.get("changes")]
     copy = inputs.train_config_copy or _shown(run.train_config_path, inputs)
-    lines += [f"Every resolved setting is in `{copy}` (copied from `{_shown(run.train_config_path, inputs)}`); "
-              f"`ragcun train --config {copy}` repeats the run exactly.", "", "<details><summary>All settings"
-              "</summary>", "", "```json", json.dumps(run.train_config, indent=2, sort_keys=True), "```", "",
-              "</details>", ""]
+    source = _shown(run.train_config_path, inputs)
+    if changed:
+        what = "; ".join(f"at step {entry.get('step', '?')}: " + ", ".join(
+            f"`{key}` {_setting(change)}" for key, change in sorted(entry["changes"].items())) for entry in changed)
+        lines += [f"**The run was resumed {len(resumes)} time(s), with changed settings** ({what}). The settings "
+                  f"above and in `{copy}` (copied from `{source}`) are those of its last invocation, so `ragcun "
+                  f"train --config {copy}` trains with them from the first step: it does **not** repeat this run "
+                  "exactly (`config_history.json` in the run folder lists every invocation).", ""]
+    else:
+        if resumes or inputs.resumes:
+            lines += [f"The run was resumed {len(resumes) or inputs.resumes} time(s), each with the same settings "
+                      "(`config_history.json` in the run folder).", ""]
+        lines += [f"Every resolved setting is in `{copy}` (copied from `{source}`); `ragcun train --config {copy}` "
+                  "repeats the run exactly.", ""]
+    lines += ["<details><summary>All settings</summary>", "", "```json",
+              json.dumps(run.train_config, indent=2, sort_keys=True), "```", "", "</details>", ""]
     return lines
+
+
+def _setting(change: Any) -> str:
+    if isinstance(change, dict) and "from" in change and "to" in change:
+        return f"{json.dumps(change['from'])} -> {json.dumps(change['to'])}"
+    return json.dumps(change)
+
+
+def resume_history(run: RunFiles) -> list[dict[str, Any]]:
+    """The ``resume`` entries of the run's ``config_history.json`` (each with the settings it changed), oldest
+    first; empty when there is none or it cannot be read."""
+    if run.train_config_path is None:
+        return []
+    try:
+        entries = json.loads((run.train_config_path.parent / "config_history.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and e.get("event") == "resume"]
+
+
+def calibrated_init_scale(train_config: dict[str, Any] | None, head: str, head_config: dict[str, Any]) -> float | None:
+    """The gain a head calibrated at training start holds (``init_scale`` a number in the model) when the run's
+    settings say ``"auto"`` (explicitly, or by leaving the default of a head whose default is ``"auto"``)."""
+    value = head_config.get("init_scale")
+    if train_config is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    settings = ((train_config.get("settings") or {}).get("head") or {}).get(head) or {}
+    if "init_scale" in settings:
+        return float(value) if settings["init_scale"] == "auto" else None
+    try:
+        import inspect
+
+        from ragcun.plugins import get_registry
+
+        default = inspect.signature(get_registry().get("head", head).load()).parameters["init_scale"].default
+    except Exception:  # an unknown or unloadable head, a head without init_scale: nothing to explain
+        return None
+    return float(value) if default == "auto" else None
 
 
 def _isotropy_section(inputs: CardInputs) -> list[str]:
