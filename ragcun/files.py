@@ -1,14 +1,127 @@
 """Writing files so that a crash never leaves half of one: a temporary file beside the target, renamed over it.
 
 The temporary name is unique (``tempfile.mkstemp``), so processes writing the same target at the same moment
-(ablation runs side by side) never rename each other's temporary file.
+(ablation runs side by side) never rename each other's temporary file. A target that is a symbolic link is
+refused (ragcun never writes through a link it did not make).
+
+Full disks and read-only folders: :class:`OutputError` is the one-line error (no traceback) naming the path and
+the cause; :func:`output_error` turns an ``OSError`` (or the error torch or safetensors makes of one) into it,
+:func:`check_writable` finds an unwritable output before the work starts, and :func:`torch_save` keeps the
+errno that ``torch.save`` loses (it reports a full disk as ``inline_container.cc ... unexpected pos``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from pathlib import Path
+from typing import Any
+
+# the write errors that are about the place written to, not about ragcun: said in one line, no traceback
+WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
+
+
+class OutputError(ValueError):
+    """A write failed because of the place written to (a full disk, a read-only or unwritable folder)."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.path, self.errno = path, errno_
+
+
+def write_errno(exc: BaseException) -> int | None:
+    """The errno of a failed write, when it is one of :data:`WRITE_ERRORS`: from an ``OSError``, or from the text
+    safetensors makes of one (``... (os error 28)``)."""
+    if isinstance(exc, OutputError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+        return exc.errno
+    found = re.search(r"os error (\d+)", str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    if found and int(found.group(1)) in WRITE_ERRORS:
+        return int(found.group(1))
+    return None
+
+
+def output_error(exc: BaseException, path: str | os.PathLike, *, what: str | None = None,
+                 then: str = "") -> OutputError | None:
+    """``OutputError("cannot write PATH: no space left on the device (ENOSPC)THEN")`` for a write error of
+    :data:`WRITE_ERRORS`; ``None`` for anything else (a bug, to be raised as it is)."""
+    if isinstance(exc, OutputError):
+        return exc
+    code = write_errno(exc)
+    if code is None:
+        return None
+    return OutputError(f"cannot write {what or path}: {WRITE_ERRORS[code]} ({errno.errorcode.get(code, code)})"
+                       + then, path, code)
+
+
+def check_writable(folder: str | os.PathLike, *, what: str | None = None) -> None:
+    """Raise :class:`OutputError` unless a file can be created in ``folder`` (created when missing): an output
+    that cannot be written fails before the work, not after it. The probe file is removed again."""
+    folder = Path(folder)
+    created = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".ragcun-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        error = output_error(exc, folder, what=what)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        for made in created:  # only a probe: the command creates what it needs when it writes
+            try:
+                made.rmdir()
+            except OSError:
+                break
+
+
+def _write(fh: Any, data: bytes) -> int:
+    """Every byte :func:`torch_save` and :func:`write_text_atomic` write goes through here (tests inject a full
+    disk at this point)."""
+    return fh.write(data)
+
+
+class _Recorder:
+    """A file object for ``torch.save`` that remembers the OSError torch turns into a RuntimeError."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return _write(self.fh, data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, raising the real ``OSError`` (with its errno) when a write fails."""
+    import torch
+
+    with open(path, "wb") as fh:
+        recorder = _Recorder(fh)
+        try:
+            torch.save(obj, recorder)
+            fh.flush()
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
 
 
 def current_umask() -> int:
@@ -25,7 +138,13 @@ class atomic_path:  # noqa: N801 (used as a context manager, like open)
         self.target = Path(target)
 
     def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        if self.target.is_symlink():
+            raise ValueError(f"{self.target} is a symbolic link (to {os.readlink(self.target)}); ragcun does not "
+                             "replace or write through links it did not make: remove it or write elsewhere")
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        except OSError as exc:
+            raise (output_error(exc, self.target) or exc) from None
         os.close(fd)
         self.tmp = Path(name)
         return self.tmp
@@ -33,13 +152,19 @@ class atomic_path:  # noqa: N801 (used as a context manager, like open)
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.tmp.unlink(missing_ok=True)
+            error = output_error(exc, self.target)
+            if error is not None and error is not exc:
+                raise error from None
             return
         try:
             with self.tmp.open("rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(self.tmp, self.target)
-        except BaseException:  # a failed rename (or a kill right then) must not leave the temporary file
+        except BaseException as failed:  # a failed rename (or a kill right then) must not leave the temporary file
             self.tmp.unlink(missing_ok=True)
+            error = output_error(failed, self.target)
+            if error is not None and error is not failed:
+                raise error from None
             raise
 
 
@@ -49,9 +174,13 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, skip_unchanged: boo
     path = Path(path)
     if skip_unchanged and path.is_file() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (output_error(exc, path.parent) or exc) from None
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        with open(tmp, "wb") as fh:
+            _write(fh, text.encode("utf-8"))
         tmp.chmod(0o666 & ~current_umask())
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from ragcun import __version__
 from ragcun.components import build, check_compatible, provenance
 from ragcun.embedding import Embedding
-from ragcun.files import atomic_path
+from ragcun.files import atomic_path, output_error
 from ragcun.registry import UnknownComponentError
 from ragcun.spec import Settings
 
@@ -142,15 +142,18 @@ class EmbeddingModel(nn.Module):
         from safetensors.torch import save_model
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = self.config_dict()
-        if hasattr(self.encoder, "save_assets"):
-            config["encoder"]["config"] = self.encoder.save_assets(folder / "encoder")
-        with atomic_path(folder / WEIGHTS_FILE) as tmp:
-            save_model(self, str(tmp), metadata={"format": "pt", "ragcun_version": __version__})
-        config["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(folder / WEIGHTS_FILE)}
-        with atomic_path(folder / CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            config = self.config_dict()
+            if hasattr(self.encoder, "save_assets"):
+                config["encoder"]["config"] = self.encoder.save_assets(folder / "encoder")
+            with atomic_path(folder / WEIGHTS_FILE) as tmp:
+                save_model(self, str(tmp), metadata={"format": "pt", "ragcun_version": __version__})
+            config["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(folder / WEIGHTS_FILE)}
+            with atomic_path(folder / CONFIG_FILE) as tmp:
+                tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:  # a full disk or a read-only folder: one line naming the folder (OutputError)
+            raise (output_error(exc, folder) or exc) from None
         return folder
 
     @classmethod
@@ -176,11 +179,15 @@ def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu")
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{config_path}: checkpoint format {config.get('format_version')!r} is not supported "
                          f"by ragcun {__version__} (it reads format {FORMAT_VERSION})")
-    weights = folder / config.get("weights", {}).get("file", WEIGHTS_FILE)
+    weights_entry = config.get("weights") if isinstance(config.get("weights"), dict) else {}
+    weights = inside(folder, weights_entry.get("file", WEIGHTS_FILE), f"{config_path}: weights.file")
     if not weights.is_file():
         raise ValueError(f"{folder}: weights file {weights.name} is missing")
-    expected = config.get("weights", {}).get("sha256")
-    if expected and _sha256(weights) != expected:
+    expected = weights_entry.get("sha256")
+    if not expected:
+        raise ValueError(f"{config_path} has no checksum for {weights.name} (ragcun writes one with every model): "
+                         "the file was edited or not written by ragcun; refusing to load weights it cannot verify")
+    if _sha256(weights) != expected:
         raise ValueError(f"{weights}: checksum does not match {CONFIG_FILE}; the file is corrupt or truncated")
 
     parts = {}
@@ -190,8 +197,8 @@ def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu")
             raise ValueError(f"{config_path}: missing or malformed '{kind}' section")
         params = dict(section.get("config") or {})
         if kind == "encoder":
-            if "path" in params and not os.path.isabs(params["path"]):
-                params["path"] = str(folder / params["path"])
+            if "path" in params:  # the encoder's files saved beside the weights (save_assets)
+                params["path"] = str(inside(folder, params["path"], f"{config_path}: encoder.config.path"))
         injected = {"init_weights": False} if kind == "encoder" else {}
         if kind == "head":
             params.pop("in_dim", None)
@@ -227,6 +234,19 @@ def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu")
     model.load_state_dict(state, strict=False)
     model.eval()
     return model
+
+
+def inside(folder: Path, name: Any, what: str) -> Path:
+    """``folder / name``, refused unless it stays inside ``folder`` (no absolute path, no ``..``, no symbolic
+    link leading out): a model folder's ragcun.json names only its own files."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or name.startswith("~"):
+        raise ValueError(f"{what} is {name!r}: a model folder may only name files inside itself (a relative path)")
+    path = folder / name
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(f"{what} is {name!r}, which leads outside {folder}: a model folder may only name files "
+                         "inside itself")
+    return path
 
 
 def corpus_texts(corpus: list[dict[str, str]] | dict[str, list[str]]) -> list[str]:

@@ -108,14 +108,14 @@ def test_truncated_weights_are_detected(tiny_model, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         ragcun.load(folder)
-    _edit_config(folder, lambda c: c["weights"].pop("sha256"))  # without the checksum, safetensors notices
-    with pytest.raises(ValueError, match="corrupt or truncated"):
+    _edit_config(folder, lambda c: c["weights"].pop("sha256"))  # without the checksum: refused (issue 28)
+    with pytest.raises(ValueError, match="has no checksum for model.safetensors"):
         ragcun.load(folder)
 
 
 def test_config_weights_mismatch(tiny_model, tmp_path):
     folder = _saved(tiny_model, tmp_path)
-    _edit_config(folder, lambda c: (c["head"]["config"].update(out_dim=17), c["weights"].pop("sha256")))
+    _edit_config(folder, lambda c: c["head"]["config"].update(out_dim=17))  # the weights still verify
     with pytest.raises(ValueError, match="does not match ragcun.json.*shape"):
         ragcun.load(folder)
     _edit_config(folder, lambda c: c["head"]["config"].update(out_dim=16, logvar=True))

@@ -11,7 +11,8 @@ Layout::
 
 A checkpoint is first written to ``checkpoints/.tmp-step-…`` and renamed into place, so a folder named
 ``step-*`` is always complete; a crash mid-write leaves only a ``.tmp-*`` folder, which is ignored and
-cleaned up by the next save.
+cleaned up when the run starts again (holding the run folder's lock, :mod:`ragcun.run_lock`, so never another
+live process's).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ragcun.files import current_umask
+from ragcun.files import current_umask, torch_save
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.pt"
@@ -107,18 +108,25 @@ def verify_model_folder(model_dir: Path) -> str | None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ragcun.model import CONFIG_FILE, WEIGHTS_FILE, _sha256
+    from ragcun.model import CONFIG_FILE, WEIGHTS_FILE, _sha256, inside
 
     model_dir = Path(model_dir)
     try:
         config = json.loads((model_dir / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         return f"{model_dir / CONFIG_FILE} cannot be read ({exc})"
-    weights = model_dir / (config.get("weights") or {}).get("file", WEIGHTS_FILE)
+    entry = config.get("weights") if isinstance(config, dict) and isinstance(config.get("weights"), dict) else {}
+    try:  # the weights a checkpoint names are its own: inside its folder
+        weights = inside(model_dir, entry.get("file", WEIGHTS_FILE), f"{model_dir / CONFIG_FILE}: weights.file")
+    except ValueError as exc:
+        return str(exc)
     if not weights.is_file():
         return f"{weights} is missing"
-    expected = (config.get("weights") or {}).get("sha256")
-    if expected and _sha256(weights) != expected:
+    expected = entry.get("sha256")
+    if not expected:  # ragcun writes one with every model: without it nothing says the weights are whole
+        return (f"{model_dir / CONFIG_FILE} has no checksum for {weights.name}; the file was edited or not written by "
+                "ragcun")
+    if _sha256(weights) != expected:
         return f"{weights}: checksum does not match {CONFIG_FILE}; the file is corrupt or truncated"
     try:
         state = load_file(str(weights))
@@ -157,19 +165,23 @@ def nonfinite_tensors(named_tensors) -> list[str]:
 def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, scheduler, scaler, rng_states: list,
                     data_position: dict[str, int], loss_state: dict | None = None,
                     extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
-    """Write ``checkpoints/step-STEP`` atomically and delete all but the newest ``keep`` checkpoints."""
+    """Write ``checkpoints/step-STEP`` atomically and delete all but the newest ``keep`` checkpoints.
+
+    A full disk or an unwritable folder raises :class:`ragcun.files.OutputError` (one line: the checkpoint, the
+    cause, the newest checkpoint that is still intact); nothing of the failed checkpoint is left behind."""
     root = Path(output_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # leftovers of a crash mid-write
-        shutil.rmtree(stale, ignore_errors=True)
     final = root / step_folder_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    except OSError as exc:
+        raise (_checkpoint_error(exc, final, output_dir) or exc) from None
     try:
         model.save_pretrained(tmp / MODEL_FOLDER)
         trainer = {"step": int(step), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict() if scaler is not None else None,
                    "rng": rng_states, "data": dict(data_position), "loss": loss_state or None}
-        torch.save(trainer, tmp / TRAINER_FILE)
+        torch_save(trainer, tmp / TRAINER_FILE)
         state = {"step": int(step), "data": dict(data_position), **(extra or {})}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         apply_umask(tmp)  # mkdtemp/mkstemp make 0700/0600: give the files the user's usual permissions
@@ -181,12 +193,26 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, sche
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        error = _checkpoint_error(exc, final, output_dir)
+        if error is not None:
+            raise error from None
         raise
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old.folder, ignore_errors=True)
     return final
+
+
+def _checkpoint_error(exc: BaseException, final: Path, output_dir: str | Path):
+    """An OutputError for a checkpoint that could not be written (full disk, read-only), naming what is safe."""
+    from ragcun.files import output_error
+
+    kept = latest_checkpoint(output_dir)
+    then = (f"; the checkpoint was not written and nothing of it is left; {kept.folder.name} (step {kept.step}) is "
+            "intact: free some space (or make the folder writable) and continue with --resume" if kept is not None
+            else "; the checkpoint was not written and nothing of it is left (no earlier checkpoint exists)")
+    return output_error(exc, final, what=f"the checkpoint {final}", then=then)
 
 
 def load_trainer_state(checkpoint: Checkpoint, map_location: str | torch.device = "cpu") -> dict[str, Any]:

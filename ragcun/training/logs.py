@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,18 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        line = json.dumps(record, sort_keys=True) + "\n"
+        try:  # appended without following a symbolic link someone left in the run folder
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            with os.fdopen(fd, "a") as fh:
+                fh.write(line)
+        except OSError as exc:
+            from ragcun.files import output_error
+
+            if exc.errno == errno.ELOOP:
+                raise ValueError(f"{self.path} is a symbolic link; a run never writes through links it did not "
+                                 "make") from None
+            raise (output_error(exc, self.path, then="; the checkpoints written so far are intact") or exc) from None
         if self.tb is not None:
             step = record.get("step", 0)
             for key, value in _flatten(record).items():
