@@ -14,6 +14,68 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 stdout = Console()
 stderr = Console(stderr=True)
 
+
+class _PipeSafe:
+    """``sys.stdout`` / ``sys.stderr`` whose writes never fail because the reader went away (``ragcun train |
+    tee log`` after a Ctrl-C, ``| head``): the first EPIPE points the stream's descriptor at /dev/null and the
+    command carries on (training keeps training, a signal still saves and exits as it would)."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self._gone = stream, False
+
+    def _lost(self) -> None:
+        self._gone = True
+        try:  # later writes, the buffer still pending and the interpreter's flush at exit all go nowhere quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text):
+        if self._gone:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            if not _broken_pipe(exc):
+                raise
+            self._lost()
+            return len(text)
+
+    def flush(self) -> None:
+        if self._gone:
+            return
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            if not _broken_pipe(exc):
+                raise
+            self._lost()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _broken_pipe(exc: OSError) -> bool:
+    import errno
+
+    return isinstance(exc, BrokenPipeError) or exc.errno in (errno.EPIPE, errno.ECONNRESET)
+
+
+def guard_closed_streams() -> None:
+    """Make a closed stdout or stderr (its reader exited) harmless for the rest of this process. Python already
+    ignores SIGPIPE, so such writes raise BrokenPipeError, which :class:`_PipeSafe` absorbs."""
+    import signal
+    import sys
+
+    if hasattr(signal, "SIGPIPE") and signal.getsignal(signal.SIGPIPE) != signal.SIG_IGN:
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a write to a closed pipe must raise, not kill
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _PipeSafe):
+            setattr(sys, name, _PipeSafe(stream))
+
 PROGRESS_EVERY_ENV = "RAGCUN_PROGRESS_EVERY"  # seconds between plain progress lines in logs (default 30)
 
 

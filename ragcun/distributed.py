@@ -8,7 +8,11 @@ process runs on, the DDP wrapper, and the collectives the losses, the statistics
   :func:`launched_by_torchrun`, :func:`elastic_restart_count`, :func:`elastic_run_id` read torchrun's
   environment; :func:`free_port` finds a port for a local rendezvous (tests, preflight).
 * **Context-level helpers** for the training loop: :func:`wrap` (DDP), :func:`barrier`, :func:`all_reduce_mean`,
-  :func:`broadcast_object`.
+  :func:`all_reduce_max`, :func:`broadcast_object`.
+* **A stopped or dead rank**: the process group waits at most ``RAGCUN_DIST_TIMEOUT`` seconds (default 1800)
+  for a collective; every helper here, and :func:`waiting` around other code that communicates (DDP's
+  backward), turns that timeout into :class:`CollectiveTimeout`, whose message names the collective, where it
+  was called from and the rank that waited.
 * **Collectives** for the losses and statistics: :func:`world`, :func:`is_distributed`, :func:`all_reduce_sum`
   (with gradient), :func:`all_reduce_sum_no_grad`, :func:`all_gather_sizes`, :func:`gather_with_grad`, and
   :func:`all_gather_rows` (without gradient: encoded corpora, search results).
@@ -30,8 +34,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -124,10 +131,87 @@ def setup(device: str | None = None) -> DistributedContext:
     if rank == 0:
         _warn_if_restarts_share_the_agent_store()
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=dist_timeout_s())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+    dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None, timeout=timeout)
     return DistributedContext(rank, local_rank, world_size, dev, True)
+
+
+# --- a stopped, hung or dead rank ---------------------------------------------------------------------------------
+
+DIST_TIMEOUT_ENV = "RAGCUN_DIST_TIMEOUT"
+DEFAULT_DIST_TIMEOUT_S = 1800.0  # 30 minutes: longer than any step or checkpoint, far shorter than torch's NCCL default
+
+
+def dist_timeout_s() -> float:
+    """How long a collective waits for the other ranks: ``$RAGCUN_DIST_TIMEOUT`` seconds, default 1800."""
+    value = os.environ.get(DIST_TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_DIST_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{DIST_TIMEOUT_ENV}={value!r}: give the seconds a collective may wait for the other ranks, "
+                         f"e.g. {DEFAULT_DIST_TIMEOUT_S:.0f}")
+    return seconds
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective gave up: another rank did not come (stopped, hung, dead). The message names the collective,
+    where it was called from, and this rank."""
+
+
+def _failure_kind(exc: BaseException) -> str | None:
+    text = str(exc).lower()
+    if "timed out" in text or "timeout" in text:
+        return "timeout"
+    if any(s in text for s in ("connection closed by peer", "connection reset", "broken pipe", "socket closed")):
+        return "gone"
+    return None
+
+
+def _call_site() -> str:
+    """``file:line in function`` of the first frame outside this module (and contextlib)."""
+    here = os.path.abspath(__file__)
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        name = name if name.startswith("<") else os.path.abspath(name)
+        if name != here and not name.endswith(os.path.join("", "contextlib.py")):
+            parts = name.split(os.sep)
+            short = os.sep.join(parts[parts.index("ragcun"):]) if "ragcun" in parts else name
+            return f"{short}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return "?"
+
+
+@contextmanager
+def waiting(what: str):
+    """Say which collective waited when one inside fails because another rank did not come: a timeout (a rank
+    stopped or hung: ``RAGCUN_DIST_TIMEOUT``) or a lost connection (a rank died) becomes
+    :class:`CollectiveTimeout` naming ``what``, the call site and this rank."""
+    try:
+        yield
+    except CollectiveTimeout:
+        raise
+    except RuntimeError as exc:
+        kind = _failure_kind(exc) if dist.is_available() and dist.is_initialized() else None
+        if kind is None:
+            raise
+        rank, world_size = world()
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        where = f"{what} (called from {_call_site()})"
+        if kind == "timeout":
+            message = (f"rank {rank} of {world_size}: {where} waited more than {dist_timeout_s():g} s for the other "
+                       f"ranks: one of them is stopped, hung or far behind (set {DIST_TIMEOUT_ENV} to wait longer); "
+                       f"torch said: {first}")
+        else:
+            message = (f"rank {rank} of {world_size}: {where} lost its connection to another rank, which has "
+                       f"probably exited (see its output); torch said: {first}")
+        raise CollectiveTimeout(message) from exc
 
 
 def _warn_if_restarts_share_the_agent_store() -> None:
@@ -174,16 +258,28 @@ def wrap(model: torch.nn.Module, ctx: DistributedContext) -> torch.nn.Module:
 
 def barrier(ctx: DistributedContext) -> None:
     if ctx.enabled:
-        dist.barrier()
+        with waiting("barrier"):
+            dist.barrier()
 
 
 def all_reduce_mean(values: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
     """Average a detached vector over ranks (logging and agreement flags)."""
     if ctx.enabled:
         values = values.clone()
-        dist.all_reduce(values)
+        with waiting("all_reduce (mean)"):
+            dist.all_reduce(values)
         values /= ctx.world_size
     return values
+
+
+def all_reduce_max(value: float, ctx: DistributedContext) -> float:
+    """The largest of the ranks' ``value``; ``value`` itself on one process."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([float(value)], device=ctx.device)
+    with waiting("all_reduce (max)"):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0])
 
 
 def broadcast_object(obj, ctx: DistributedContext, src: int = 0):
@@ -191,7 +287,8 @@ def broadcast_object(obj, ctx: DistributedContext, src: int = 0):
     if not ctx.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    with waiting("broadcast_object_list"):
+        dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -216,14 +313,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         return t
     from torch.distributed.nn import functional as dist_fn
 
-    return _quiet(dist_fn.all_reduce, t, op=dist.ReduceOp.SUM)
+    with waiting("all_reduce (sum, with gradient)"):
+        return _quiet(dist_fn.all_reduce, t, op=dist.ReduceOp.SUM)
 
 
 def all_reduce_sum_no_grad(value: torch.Tensor | float | int, device: torch.device | str | None = None) -> torch.Tensor:
     """Sum a value over ranks without gradient (counts, logging). Returns a tensor."""
     t = torch.as_tensor(value, device=device).detach().clone()
     if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        with waiting("all_reduce (sum)"):
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
@@ -234,7 +333,8 @@ def all_gather_sizes(n: int, device: torch.device | str | None = None) -> list[i
     _, world_size = world()
     local = torch.tensor([int(n)], dtype=torch.long, device=device)
     out = [torch.zeros_like(local) for _ in range(world_size)]
-    dist.all_gather(out, local)
+    with waiting("all_gather (sizes)"):
+        dist.all_gather(out, local)
     return [int(x.item()) for x in out]
 
 
@@ -260,7 +360,8 @@ def gather_with_grad(t: torch.Tensor, sizes: list[int] | None = None) -> torch.T
     padded = t
     if t.shape[0] < largest:
         padded = torch.cat([t, t.new_zeros((largest - t.shape[0], *t.shape[1:]))], dim=0)
-    parts = _quiet(dist_fn.all_gather, padded)  # tuple of world_size tensors (largest, ...)
+    with waiting("all_gather (with gradient)"):
+        parts = _quiet(dist_fn.all_gather, padded)  # tuple of world_size tensors (largest, ...)
     return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
 
 
@@ -281,5 +382,6 @@ def all_gather_rows(local: torch.Tensor, counts: list[int]) -> list[torch.Tensor
     padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=device)
     padded[:local.shape[0]] = local.to(device)
     out = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(out, padded)
+    with waiting("all_gather (rows)"):
+        dist.all_gather(out, padded)
     return [t[:n] for t, n in zip(out, counts)]

@@ -106,15 +106,23 @@ def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:
 
 def launch_torchrun(nproc: int, argv: list[str], extra_env: dict[str, str] | None = None,
                     master_port: int | None = None) -> int:
-    """Run ``ragcun train ARGV`` under ``python -m torch.distributed.run --standalone``; return its exit code."""
+    """Run ``ragcun train ARGV`` under ``python -m torch.distributed.run --standalone``; return its exit code.
+
+    torchrun dies with this process (ragcun.signals.ChildProcesses): a SIGTERM here is passed on to it (it
+    passes it to every rank, which saves a checkpoint), and this process waits for it to finish."""
     import os
-    import subprocess
+
+    from ragcun.signals import ChildProcesses, exit_code
 
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     cmd += [f"--master-port={master_port}", "--rdzv-backend=static", "--master-addr=127.0.0.1",
             "--nnodes=1", "--node-rank=0"] if master_port else ["--standalone"]
     cmd += ["-m", "ragcun", "train", *argv]  # ragcun/__main__.py: the whole CLI, plugins included
-    return subprocess.call(cmd, env={**os.environ, **(extra_env or {})})
+    try:
+        with ChildProcesses(grace=300.0) as children:  # torchrun gives its ranks 30 s to save, then kills them
+            return children.popen(cmd, env={**os.environ, **(extra_env or {})}).wait()
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: torchrun and its ranks have stopped (saved) by now
+        return exit_code(getattr(exc, "signum", None))
 
 
 @click.command("train")
@@ -148,6 +156,7 @@ def train_command(ctx: click.Context, **params: Any) -> None:
 
 
 def run_training(config, *, resume: bool = False):
+    from ragcun.distributed import CollectiveTimeout
     from ragcun.training.loop import TrainingDiverged
     from ragcun.workflows.run import train
 
@@ -155,7 +164,8 @@ def run_training(config, *, resume: bool = False):
         result = train(config, resume=resume)
     except TrainingDiverged as exc:
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM, or one before the first step
+        from ragcun.signals import exit_code
         from ragcun.training.checkpoint import latest_checkpoint
 
         last = latest_checkpoint(config.output_dir)
@@ -163,9 +173,13 @@ def run_training(config, *, resume: bool = False):
                    "--resume)" if last is not None else
                    "stopped before any checkpoint was written: there is nothing to resume; run the same command "
                    "again to start over (the --output-dir is reused)", err=True)
-        raise click.exceptions.Exit(130) from None
-    if result.interrupted:
-        raise click.exceptions.Exit(130)
+        raise click.exceptions.Exit(exit_code(getattr(exc, "signum", None))) from None
+    except CollectiveTimeout as exc:  # another rank stopped, hung or died: which collective waited
+        raise click.ClickException(str(exc)) from None
+    if result.interrupted:  # 130 for Ctrl-C, 143 for SIGTERM
+        from ragcun.signals import exit_code
+
+        raise click.exceptions.Exit(exit_code(result.signal))
     import os
 
     from ragcun.console import stderr

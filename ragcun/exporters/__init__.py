@@ -41,11 +41,33 @@ def export(model_or_path: Any, out: str | os.PathLike, to: str = "sentence-trans
     from ragcun.exporters.source import resolve_source
     from ragcun.exporters.st_export import export_sentence_transformers
 
-    model, source = resolve_source(model_or_path)
-    if truncate_dim is not None:
-        from ragcun.truncation import truncate_model
+    with _hold_run(model_or_path):  # no training writes the run while it is read
+        model, source = resolve_source(model_or_path)
+        if truncate_dim is not None:
+            from ragcun.truncation import truncate_model
 
-        model = truncate_model(model, truncate_dim)
-    spec = None if source is None and not isinstance(model_or_path, (str, os.PathLike)) else os.fspath(model_or_path)
-    return export_sentence_transformers(model, Path(out), mean_only=mean_only, overwrite=overwrite, source=source,
-                                        source_spec=spec, training_command=training_command)
+            model = truncate_model(model, truncate_dim)
+        given_path = isinstance(model_or_path, (str, os.PathLike))
+        spec = None if source is None and not given_path else os.fspath(model_or_path)
+        return export_sentence_transformers(model, Path(out), mean_only=mean_only, overwrite=overwrite, source=source,
+                                            source_spec=spec, training_command=training_command)
+
+
+def _hold_run(model_or_path: Any):
+    """The lock of the training run being exported (its folder or one of its checkpoints; ragcun.run_lock), so
+    an export never reads a run that a ``ragcun train`` is writing. A read-only run needs no lock."""
+    from contextlib import nullcontext
+
+    from ragcun.exporters.run_folder import run_folder
+    from ragcun.files import OutputError
+    from ragcun.run_lock import acquire
+
+    if not isinstance(model_or_path, (str, os.PathLike)) or not Path(model_or_path).expanduser().is_dir():
+        return nullcontext()
+    run = run_folder(Path(model_or_path).expanduser())
+    if not ((run / "train_config.json").is_file() or (run / "checkpoints").is_dir()):
+        return nullcontext()
+    try:
+        return acquire(run, what="ragcun export", label=f"the run {run}")
+    except OutputError:  # a run nobody can write to (read-only): nothing can change it while it is read
+        return nullcontext()

@@ -7,15 +7,16 @@ TensorBoard). Every rank calls it (so it may encode on all ranks); only rank 0's
 callback names the TrainConfig setting it serves (``setting``), so a run whose config asks for periodic work
 that no callback does fails before it starts instead of silently skipping it.
 
-Also here: Ctrl-C handling (:class:`CtrlC`), which the loop turns into "save a checkpoint, then stop".
+Also here: Ctrl-C and SIGTERM handling (:class:`CtrlC`), which the loop turns into "save a checkpoint, then
+stop".
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+from ragcun.signals import StopRequests
 
 PERIODIC_SETTINGS = {"eval_every": "periodic evaluation (--eval-every with --eval-data)",
                      "diagnostics_every": "isotropy diagnostics (--diagnostics-every)"}
@@ -49,24 +50,7 @@ def check_callbacks(config, callbacks: Sequence[Callback]) -> None:
                              "or `ragcun train` (they add it), or pass it in callbacks=")
 
 
-class CtrlC:
-    """The first Ctrl-C sets ``requested`` (the loop finishes the step, saves, stops); a second one raises
-    KeyboardInterrupt at once. Installed only in the main thread (signals cannot be caught elsewhere)."""
-
-    def __init__(self, on_first) -> None:
-        self.requested, self.on_first, self.previous = False, on_first, None
-
-    def __enter__(self) -> "CtrlC":
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-        self.on_first()
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+class CtrlC(StopRequests):
+    """The first Ctrl-C or SIGTERM sets ``requested`` and ``signum`` (the loop finishes the step, every rank
+    saves, stops); a second one raises :class:`ragcun.signals.Stopped` (a KeyboardInterrupt) at once. Installed
+    only in the main thread (signals cannot be caught elsewhere). See :mod:`ragcun.signals`."""

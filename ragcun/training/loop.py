@@ -17,6 +17,7 @@ Where a step happens: the ``while`` loop in :func:`_train`. Where a checkpoint i
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import torch
 import ragcun.distributed as D
 from ragcun.memory import peak_resident_mib, resident_mib
 from ragcun.precision import precision_warning
+from ragcun.signals import signal_name
 from ragcun.training import checkpoint as ckpt
 from ragcun.training.callbacks import Callback, CtrlC, TrainingState, check_callbacks
 from ragcun.training.config import TrainConfig
@@ -46,7 +48,8 @@ class TrainResult:
     total_steps: int
     losses: list[float] = field(default_factory=list)  # per step of this invocation: the global mean loss
     terms: list[dict[str, float]] = field(default_factory=list)
-    interrupted: bool = False
+    interrupted: bool = False  # a SIGINT or SIGTERM: every rank saved a checkpoint at the same step and stopped
+    signal: int | None = None  # which (the largest number any rank saw): the command exits with 128 + signal
     already_finished: bool = False  # --resume on a run that had finished: nothing was done or changed
     resumed_from: int | None = None
     model_dir: Path | None = None  # the final model (None when interrupted)
@@ -63,11 +66,17 @@ def train(config: TrainConfig, *, resume: bool = False, loss_fn: Callable | None
     the config asks for). ``loss_fn`` overrides the loss built from ``config.loss`` (tests). ``stop_after``
     ends this invocation after that many optimizer steps without finishing the run (tests of resumption).
     """
+    from ragcun.signals import raise_on_stop
+    from ragcun.training.run_folder import hold_run_folder
+
     config.validate()
     check_callbacks(config, callbacks)
     ctx = D.setup(config.device)
     try:
-        return _train(config, ctx, resume=resume, loss_fn=loss_fn, stop_after=stop_after, callbacks=callbacks)
+        # SIGTERM stops like Ctrl-C (before the loop: at once; in it: after the step, with a checkpoint), and the
+        # run folder has one writer (its lock) for as long as this runs
+        with raise_on_stop(), hold_run_folder(config, ctx):
+            return _train(config, ctx, resume=resume, loss_fn=loss_fn, stop_after=stop_after, callbacks=callbacks)
     finally:
         D.teardown(ctx)
 
@@ -77,7 +86,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     from ragcun.training.calibration import calibrate, probe_texts
     from ragcun.training.grad_cache import GradCache
     from ragcun.training.optim import lr_lambda, make_optimizer, precision, seed_everything
-    from ragcun.training.run_folder import (CheckpointSaver, check_run_folder, load_checkpoint_weights,
+    from ragcun.training.run_folder import (CheckpointSaver, check_run_folder, load_checkpoint_weights, on_main,
                                             restore_trainer_state, write_run_record)
     from ragcun.training.step import accumulate, agree
 
@@ -136,6 +145,13 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
                        + [(f"loss.{i}", p) for i, p in enumerate(loss_params)])
     log = MetricsLog(out_dir, ctx.is_main, step if resume else None)
     display = LiveDisplay(ctx.is_main and config.show_progress, total_steps, step)
+    # from here on a Ctrl-C or SIGTERM is a request: the step under way (or the first one) finishes, every rank
+    # saves a checkpoint, then the run stops (left in place until train() puts the previous handlers back)
+    ctrl_c = CtrlC(lambda: display.print(
+        ("interrupted" if ctrl_c.signum == signal.SIGINT else f"stopping on {signal_name(ctrl_c.signum)}")
+        + ": finishing this step, saving a checkpoint, then exiting ("
+        + ("Ctrl-C" if ctrl_c.signum == signal.SIGINT else signal_name(ctrl_c.signum)) + " again to stop at once)"))
+    ctrl_c.__enter__()
     _announce(config, ctx, folder, display, log, source, total_steps, step, prec, calibration)
     log.write({"step": step, "memory": memory})
     _warn_if_sigreg_cannot_act(model, loss_module, source, ctx, display)
@@ -152,55 +168,57 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     t_start = time.perf_counter()
     steps_this_run = 0
     term_names: list[str] | None = None
-    ctrl_c = CtrlC(lambda: display.print("interrupted: finishing this step, saving a checkpoint, then exiting "
-                                         "(Ctrl-C again to stop at once)"))
     try:
-        with ctrl_c:
-            while step < total_steps and (stop_after is None or steps_this_run < stop_after):
-                t0 = time.perf_counter()
-                model.train()
-                if config.freeze_encoder:
-                    model.encoder.eval()  # a frozen encoder gives deterministic features: no dropout
-                optimizer.zero_grad(set_to_none=True)
-                out = accumulate(model=model, forward_module=forward_module, loss_module=loss_module, stream=stream,
-                                 step=step, grad_accum=config.grad_accum, device=device, autocast=prec.autocast,
-                                 scaler=prec.scaler, grad_cache=grad_cache)
-                term_names = list(out.terms) if term_names is None else term_names
-                agreed = agree(out, term_names, ctrl_c.requested, ctx)
-                if agreed.diverged:
-                    raise TrainingDiverged(f"the loss is {agreed.loss} at step {step + 1}: training stopped; "
-                                           + last_good(out_dir))
-                grad_norm, lr = _optimizer_step(config, ctx, step, optimizer, scheduler, prec.scaler, trainable,
-                                                loss_params, named_trainable, out_dir)
-                step += 1
-                steps_this_run += 1
-                elapsed = time.perf_counter() - t_start
-                rate = pairs_per_step * steps_this_run / elapsed
-                result.losses.append(agreed.loss)
-                result.terms.append(agreed.terms)
-                record = {"step": step, "loss": agreed.loss, "terms": agreed.terms, "lr": lr,
-                          "step_s": time.perf_counter() - t0, "pairs_per_s": rate, "epoch": stream.state.epoch,
-                          "peak_rss_mb": peak_resident_mib()}
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                due = step % config.log_every == 0 or step == total_steps
-                if due:
+        while step < total_steps and (stop_after is None or steps_this_run < stop_after):
+            t0 = time.perf_counter()
+            model.train()
+            if config.freeze_encoder:
+                model.encoder.eval()  # a frozen encoder gives deterministic features: no dropout
+            optimizer.zero_grad(set_to_none=True)
+            with D.waiting(f"step {step + 1}'s forward and backward (the loss's collectives, DDP's gradient "
+                           "all-reduce)"):
+                out = accumulate(model=model, forward_module=forward_module, loss_module=loss_module,
+                                 stream=stream, step=step, grad_accum=config.grad_accum, device=device,
+                                 autocast=prec.autocast, scaler=prec.scaler, grad_cache=grad_cache)
+            term_names = list(out.terms) if term_names is None else term_names
+            agreed = agree(out, term_names, ctrl_c.requested, ctx)
+            if agreed.diverged:
+                raise TrainingDiverged(f"the loss is {agreed.loss} at step {step + 1}: training stopped; "
+                                       + last_good(out_dir))
+            grad_norm, lr = _optimizer_step(config, ctx, step, optimizer, scheduler, prec.scaler, trainable,
+                                            loss_params, named_trainable, out_dir)
+            step += 1
+            steps_this_run += 1
+            elapsed = time.perf_counter() - t_start
+            rate = pairs_per_step * steps_this_run / elapsed
+            result.losses.append(agreed.loss)
+            result.terms.append(agreed.terms)
+            record = {"step": step, "loss": agreed.loss, "terms": agreed.terms, "lr": lr,
+                      "step_s": time.perf_counter() - t0, "pairs_per_s": rate, "epoch": stream.state.epoch,
+                      "peak_rss_mb": peak_resident_mib()}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
+            due = step % config.log_every == 0 or step == total_steps
+            if due:
+                log.write(record)
+            display.update(step, format_terms(agreed.loss, agreed.terms, lr, rate,
+                                              elapsed / steps_this_run * (total_steps - step)), due)
+            # -- periodic work: a checkpoint, then the callbacks (evaluation, diagnostics) --------------
+            if step % config.save_every == 0 or step == total_steps or agreed.interrupted:
+                saver.save(step, agreed.loss)
+            for callback in callbacks:
+                record = callback.on_step(state, step)
+                if record is not None:
                     log.write(record)
-                display.update(step, format_terms(agreed.loss, agreed.terms, lr, rate,
-                                                  elapsed / steps_this_run * (total_steps - step)), due)
-                # -- periodic work: a checkpoint, then the callbacks (evaluation, diagnostics) --------------
-                if step % config.save_every == 0 or step == total_steps or agreed.interrupted:
-                    saver.save(step, agreed.loss)
-                for callback in callbacks:
-                    record = callback.on_step(state, step)
-                    if record is not None:
-                        log.write(record)
-                if agreed.interrupted:  # some rank saw Ctrl-C; every rank saved above and stops here
-                    result.interrupted = True
-                    display.print(f"interrupted at step {step}; checkpoint saved in {out_dir / ckpt.CHECKPOINTS}; "
-                                  "continue with --resume")
-                    break
+            if agreed.interrupted:  # some rank saw Ctrl-C or SIGTERM; every rank saved above and stops here
+                result.interrupted = True
+                result.signal = int(D.all_reduce_max(float(ctrl_c.signum or 0), ctx)) or signal.SIGINT
+                display.print(f"{'interrupted' if result.signal == signal.SIGINT else 'stopped'} at step {step} "
+                              f"({signal_name(result.signal)}); checkpoint saved in {out_dir / ckpt.CHECKPOINTS}; "
+                              "continue with --resume")
+                break
     finally:
+        ctrl_c.__exit__(None, None, None)
         display.close()
         log.close()
 
@@ -212,13 +230,22 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
         result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
     result.peak_rss_mb = peak_resident_mib()
     if step >= total_steps and not result.interrupted:
-        if ctx.is_main:
-            model.save_pretrained(out_dir)  # `ragcun eval beir --model OUTPUT_DIR` works on a finished run
+        def save_final() -> None:
+            from ragcun.files import OutputError
+
+            try:
+                model.save_pretrained(out_dir)  # `ragcun eval beir --model OUTPUT_DIR` works on a finished run
+            except OutputError as exc:  # a full disk: the last checkpoint is the finished run; say so
+                kept = ckpt.latest_checkpoint(out_dir)
+                raise OutputError(f"{exc}; the final model was not written" + (
+                    f"; the run's last checkpoint, {kept.folder} (step {kept.step}), is intact: free some space, "
+                    "then --resume writes the final model" if kept is not None else "")) from None
             ckpt.apply_umask(out_dir, ("model.safetensors", "ragcun.json", "encoder"))
             log.write({"step": step, "final": {"pairs_per_s": result.pairs_per_s, "elapsed_s": elapsed,
                                                "peak_memory_mb": result.peak_memory_mb,
                                                "peak_rss_mb": result.peak_rss_mb}})
-        D.barrier(ctx)
+
+        on_main(ctx, save_final, "saving the final model")
         result.model_dir = out_dir
     return result
 

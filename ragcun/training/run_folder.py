@@ -1,10 +1,14 @@
-"""The run folder: the checks before anything is written (a new run never overwrites an old one, a resumed
-run must be the same run, damaged checkpoints are passed over), restoring a checkpoint, writing the run's
-record, and saving checkpoints (rank 0 writes; every rank contributes its RNG state)."""
+"""The run folder: its lock (one writer: :func:`hold_run_folder`), the checks before anything is written (a new
+run never overwrites an old one, a resumed run must be the same run, damaged checkpoints are passed over, no
+symbolic link the run would write through), restoring a checkpoint, writing the run's record, and saving
+checkpoints (rank 0 writes; every rank contributes its RNG state, and every rank learns if rank 0's write
+failed)."""
 
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +17,71 @@ import torch
 import ragcun.distributed as D
 from ragcun.training import checkpoint as ckpt
 from ragcun.training.config import TrainConfig
+
+# what a run writes in its folder: none of these may be a symbolic link (ragcun would write through it)
+RUN_ENTRIES = ("train_config.json", "config_history.json", "metrics.jsonl", ckpt.CHECKPOINTS, "model.safetensors",
+               "ragcun.json", "encoder", "tensorboard")
+RUN_TREES = (ckpt.CHECKPOINTS, "encoder", "tensorboard")
+
+
+@contextmanager
+def hold_run_folder(config: TrainConfig, ctx: D.DistributedContext):
+    """Hold ``--output-dir``'s lock for the run (rank 0 takes it; every rank fails when it cannot): a second
+    ``ragcun train`` (or ``--resume``) on the same folder stops at once with the holder's pid, host, command and
+    start time. Released on any exit; the kernel releases it when the process dies."""
+    from ragcun.run_lock import RunLocked, acquire
+
+    out_dir = Path(config.output_dir)
+    lock, error = None, None
+    if ctx.is_main and not (out_dir.exists() and not out_dir.is_dir()):  # a file: check_run_folder says so
+        try:
+            lock = acquire(out_dir, what="ragcun train", label=f"--output-dir {out_dir}")
+        except ValueError as exc:
+            error = exc
+    message = D.broadcast_object(None if error is None else str(error), ctx)
+    if message is not None:
+        if error is not None:
+            raise error
+        raise RunLocked(message)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def refuse_links(out_dir: Path) -> None:
+    """A symbolic link where the run writes (left there by someone else: ragcun makes none) is refused, so the
+    run never writes through it into another folder or file."""
+    for name in RUN_ENTRIES:
+        path = out_dir / name
+        found = [path] if path.is_symlink() else []
+        if not found and name in RUN_TREES and path.is_dir():
+            for root, dirs, files in os.walk(path):  # does not follow links
+                found += [Path(root, n) for n in dirs + files if Path(root, n).is_symlink()]
+        if found:
+            raise ValueError(f"{found[0]} is a symbolic link (to {os.readlink(found[0])}); a run never writes "
+                             f"through links it did not make: remove it, or choose another --output-dir")
+
+
+def on_main(ctx: D.DistributedContext, fn, what: str):
+    """``fn()`` on rank 0; if it raises, every rank raises (the others would otherwise wait for rank 0 until the
+    process group's timeout): an OutputError (full disk, read-only folder) with its message on every rank."""
+    from ragcun.files import OutputError
+
+    value, failure = None, None
+    if ctx.is_main:
+        try:
+            value = fn()
+        except Exception as exc:
+            failure = exc
+    message = D.broadcast_object(None if failure is None else (isinstance(failure, OutputError), str(failure)), ctx)
+    if failure is not None:
+        raise failure
+    if message is not None:
+        output, text = message
+        raise OutputError(text) if output else RuntimeError(f"rank 0 failed while {what}: {text}")
+    return value
 
 
 
@@ -58,7 +127,8 @@ def gather_rng_states(ctx: D.DistributedContext) -> list:
     import torch.distributed as dist
 
     states = [None] * ctx.world_size
-    dist.all_gather_object(states, {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()})
+    with D.waiting("all_gather_object (the RNG states for a checkpoint)"):
+        dist.all_gather_object(states, {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()})
     return states
 
 
@@ -81,6 +151,7 @@ def check_run_folder(config: TrainConfig, ctx: D.DistributedContext, resume: boo
     out_dir = Path(config.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output-dir {out_dir} is a file, not a folder; give a folder for the run")
+    refuse_links(out_dir)
     latest = ckpt.latest_checkpoint(out_dir)
     has_final_model = (out_dir / "ragcun.json").exists() or (out_dir / "model.safetensors").exists()
     restarted = D.elastic_restart_count() > 0
@@ -175,15 +246,21 @@ def write_run_record(folder: RunFolder, config: TrainConfig, ctx: D.DistributedC
     from ragcun.training.config import record_history
     from ragcun.training.logs import METRICS_FILE
 
-    if ctx.is_main:
-        folder.path.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(folder.path)
-        if folder.started_over:  # the records of a run that never reached a checkpoint
-            (folder.path / METRICS_FILE).unlink(missing_ok=True)
-        config.save(folder.path)
-        record_history(folder.path, config, previous=folder.saved, step=step,
-                       checkpoint=folder.latest.folder.name if folder.resume else None)
-    D.barrier(ctx)
+    def write() -> None:
+        from ragcun.files import output_error
+
+        try:
+            folder.path.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(folder.path)
+            if folder.started_over:  # the records of a run that never reached a checkpoint
+                (folder.path / METRICS_FILE).unlink(missing_ok=True)
+            config.save(folder.path)
+            record_history(folder.path, config, previous=folder.saved, step=step,
+                           checkpoint=folder.latest.folder.name if folder.resume else None)
+        except OSError as exc:
+            raise (output_error(exc, folder.path, what=f"--output-dir {folder.path}") or exc) from None
+
+    on_main(ctx, write, "writing the run's train_config.json")  # every rank waits for it (and fails with it)
 
 
 class CheckpointSaver:
@@ -198,13 +275,14 @@ class CheckpointSaver:
 
     def save(self, step: int, last_loss: float | None) -> Path | None:
         rngs = gather_rng_states(self.ctx)
-        path = None
-        if self.ctx.is_main:
+
+        def write() -> Path:
             loss_state = self.loss_module.state_dict() if isinstance(self.loss_module, torch.nn.Module) else None
-            path = ckpt.save_checkpoint(self.folder, step, model=self.model, optimizer=self.optimizer,
+            return ckpt.save_checkpoint(self.folder, step, model=self.model, optimizer=self.optimizer,
                                         scheduler=self.scheduler, scaler=self.scaler, rng_states=rngs,
                                         loss_state=loss_state, data_position=self.stream.state.as_dict(),
                                         keep=self.config.keep_checkpoints,
                                         extra={"loss": last_loss, "total_steps": self.total_steps})
-        D.barrier(self.ctx)
-        return path
+
+        # every rank waits for rank 0's write, and stops with its error (a full disk) instead of waiting forever
+        return on_main(self.ctx, write, f"saving the checkpoint of step {step}")
