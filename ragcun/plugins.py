@@ -168,26 +168,69 @@ class PluginHost:
             self.pm.unregister(plugin)
 
     def add_commands(self, cli: Any) -> None:
-        """Let every plugin add its click commands; a plugin that raises here is reported, not fatal."""
-        for impl in self.pm.hook.register_commands.get_hookimpls():
+        """Let every plugin add its click commands; a plugin that raises here is reported, not fatal. The
+        built-in commands come first, and a plugin may not replace a command that exists (``train``, or
+        ``ablation run`` inside a group), as it may not reuse a component's name: such a plugin is reported as
+        failed and contributes nothing."""
+        impls = self.pm.hook.register_commands.get_hookimpls()
+        builtin = [i for i in impls if getattr(self.records.get(i.plugin_name), "builtin", False)]
+        for impl in builtin + [i for i in impls if i not in builtin]:
             record = self.records.get(impl.plugin_name)
             if record is not None and record.error:  # a failed plugin contributes nothing, commands included
                 continue
-            before = dict(getattr(cli, "commands", {}))
+            before = _command_tree(cli)
             try:
                 impl.function(cli=cli)
+                replaced = [path for path, command in _command_tree(cli).items()
+                            if path in before and before[path][0] is not command[0]]
+                if replaced:
+                    owner = "ragcun" if _is_builtin_command(before[replaced[0]][0]) else "another plugin"
+                    raise RegistryError(f"the command {' '.join(replaced[0])!r} exists already (from {owner}); a "
+                                        "plugin may add commands but not replace one: give it another name")
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:
-                commands = getattr(cli, "commands", None)
-                if isinstance(commands, dict):  # withdraw what it added before failing
-                    for name in set(commands) - set(before):
-                        del commands[name]
-                    commands.update(before)
-                self._fail(impl.plugin_name, f"register_commands raised {type(exc).__name__}: {exc}")
+                _restore_commands(cli, before)  # withdraw what it added or replaced
+                what = "register_commands" if isinstance(exc, RegistryError) else \
+                    f"register_commands raised {type(exc).__name__}"
+                self._fail(impl.plugin_name, f"{what}: {exc}")
 
     def plugin_records(self) -> list[PluginRecord]:
         return sorted(self.records.values(), key=lambda r: (not r.builtin, r.name))
+
+
+def _command_tree(group: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], tuple[Any, dict | None]]:
+    """Every command under ``group`` by its path (``("ablation", "run")``): the command object and, for a group,
+    a copy of its own ``commands`` mapping (to put back)."""
+    tree = {}
+    commands = getattr(group, "commands", None)
+    if not isinstance(commands, dict):
+        return tree
+    for name, command in commands.items():
+        sub = getattr(command, "commands", None)
+        tree[prefix + (name,)] = (command, dict(sub) if isinstance(sub, dict) else None)
+        if isinstance(sub, dict):
+            tree.update(_command_tree(command, prefix + (name,)))
+    return tree
+
+
+def _restore_commands(cli: Any, before: dict[tuple[str, ...], tuple[Any, dict | None]]) -> None:
+    """Put ``cli``'s command tree back as :func:`_command_tree` saw it."""
+    commands = getattr(cli, "commands", None)
+    if not isinstance(commands, dict):
+        return
+    commands.clear()
+    commands.update({path[0]: command for path, (command, _) in before.items() if len(path) == 1})
+    for (command, sub) in before.values():
+        if sub is not None and isinstance(getattr(command, "commands", None), dict):
+            command.commands.clear()
+            command.commands.update(sub)
+
+
+def _is_builtin_command(command: Any) -> bool:
+    callback = getattr(command, "callback", None)
+    return getattr(callback, "__module__", "").startswith("ragcun.") or getattr(type(command), "__module__",
+                                                                                 "").startswith("ragcun.")
 
 
 _HOST: PluginHost | None = None

@@ -247,12 +247,16 @@ def test_existing_output_needs_overwrite(tiny_model_dir, tmp_path):
     result = invoke("export", run, out)
     assert result.exit_code == 1 and "already exists" in result.output and "--overwrite" in result.output
     assert "Traceback" not in result.output and (out / "keep.txt").exists()
-    result = invoke("export", run, out, "--overwrite")
-    assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and (out / "modules.json").is_file()
-    assert leftovers(tmp_path) == []
+    result = invoke("export", run, out, "--overwrite")  # someone's folder: not replaced even then (issue 28)
+    assert result.exit_code == 1 and "no export wrote it" in result.output, result.output
+    assert (out / "keep.txt").read_text() == "someone's file" and not (out / "modules.json").exists()
     (tmp_path / "empty").mkdir()  # an empty folder is fine without --overwrite
     assert invoke("export", run, tmp_path / "empty").exit_code == 0
+    (tmp_path / "empty" / "stale.txt").write_text("left by the earlier export's user")
+    result = invoke("export", run, tmp_path / "empty", "--overwrite")  # an earlier export: replaced
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "empty" / "stale.txt").exists() and (tmp_path / "empty" / "modules.json").is_file()
+    assert leftovers(tmp_path) == []
 
 
 def test_overwrite_never_replaces_a_model(tiny_model_dir, tmp_path):

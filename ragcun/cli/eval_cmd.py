@@ -158,6 +158,7 @@ def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: st
     from ragcun.evaluation.beir_eval import evaluate_beir
 
     settings = model_settings("ragcun eval beir", set_options, [model_spec], distance=distance)  # before setup
+    check_outputs(output, save_run)  # an unwritable --output fails now, not after the whole evaluation
     ctx = setup(device)  # torchrun's process group, on --device (gloo on the CPU); one process otherwise
     rank = ctx.rank
     try:
@@ -170,31 +171,55 @@ def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: st
         teardown(ctx)  # only if setup started the group
     if rank != 0:
         return  # every rank computed the same report; rank 0 speaks
+    from ragcun.files import OutputError
+
+    failed = None  # a write that fails now (the disk filled up meanwhile) still shows the results below
     if save_run:
         from ragcun.evaluation.run_files import save_run as write_run_files
 
-        write_run_files(report, save_run)
+        try:
+            write_run_files(report, save_run)
+        except OutputError as exc:
+            failed = exc
         report.pop("runs", None)
         if not per_query:
             report.pop("per_query", None)
-    if output:
-        write_report(report, output)
+    if output and failed is None:
+        try:
+            write_report(report, output)
+        except OutputError as exc:
+            failed = exc
     if output_format == "json":
         echo_json(report)
     else:
-        print_report(report, output)
+        print_report(report, None if failed else output)
+    if failed is not None:
+        raise click.ClickException(f"{failed}; the results are shown above, the file was not written")
+
+
+def check_outputs(output: str | None, save_run: str | None) -> None:
+    """Fail before the evaluation when ``--output``'s folder or ``--save-run`` cannot be written."""
+    from pathlib import Path
+
+    from ragcun.files import check_writable
+
+    if output:
+        if Path(output).is_dir():
+            raise click.BadParameter(f"{output} is a folder; give a file name", param_hint="--output")
+        check_writable(Path(output).parent, what=f"--output {output}")
+    if save_run:
+        if Path(save_run).exists() and not Path(save_run).is_dir():
+            raise click.BadParameter(f"{save_run} exists and is not a folder", param_hint="--save-run")
+        check_writable(save_run, what=f"--save-run {save_run}")
 
 
 def write_report(report: dict, path: str) -> None:
+    """The JSON report, written atomically (a full disk leaves the old file or none, never half of one)."""
     import json
-    import os
-    from pathlib import Path
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, target)
+    from ragcun.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def print_report(report: dict, output: str | None = None) -> None:

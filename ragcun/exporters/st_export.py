@@ -22,9 +22,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ragcun.exporters.atomic_folder import EXPORT_MARKER
 from ragcun.exporters.run_folder import RunFiles
 
-EXPORT_INFO = "ragcun_export.json"
+EXPORT_INFO = EXPORT_MARKER  # "ragcun_export.json": also what lets --overwrite replace the folder
 TRAIN_CONFIG_COPY = "ragcun_train_config.json"
 # The oldest sentence-transformers that reads everything written here (similarity_fn_name came in 3.0);
 # recording the installed version instead would make every older release warn that the folder is "newer".
