@@ -224,3 +224,50 @@ def test_the_cli_reference_covers_every_built_in_command():
     for command in ("ragcun train", "ragcun eval beir", "ragcun isotropy report", "ragcun ablation run",
                     "ragcun export", "ragcun preflight", "ragcun sweep", "ragcun list", "ragcun plugins"):
         assert f"## `{command}`" in text
+
+
+# -- the ablation plan-file reference ---------------------------------------------------------------------------
+def test_the_plan_reference_is_generated_from_the_plan_checker():
+    """docs/ablation-plans.md is exactly what the key tables of ragcun/ablation/plan.py give."""
+    from ragcun.ablation.reference import render
+
+    committed = (DOCS / "ablation-plans.md").read_text()
+    assert committed == render(), "run: python -m ragcun.ablation.reference > docs/ablation-plans.md"
+
+
+def test_the_plan_reference_example_loads_and_shows_every_table(tmp_path):
+    from ragcun.ablation.plan import KEYS, load_plan
+    from ragcun.ablation.reference import example
+
+    path = tmp_path / "example.toml"
+    path.write_text(example())
+    plan = load_plan(path)
+    assert plan.primary is not None and plan.secondary and plan.select_arm
+    text = example()
+    for table in KEYS:
+        if table:
+            assert f"[{table.replace('NAME', '')}" in text, table
+
+
+def test_the_plan_key_tables_are_the_defaults_the_plan_uses():
+    """The defaults the reference shows are those of the dataclasses a plan is built into."""
+    from dataclasses import MISSING, fields
+
+    from ragcun.ablation.plan import KEYS, REQUIRED, Arm, Primary
+
+    for table, cls in (("arms.NAME", Arm), ("primary", Primary)):
+        defaults = {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)
+                    if f.default is not MISSING or f.default_factory is not MISSING}
+        for key in KEYS[table]:
+            if key.default_text is None and key.default is not REQUIRED and key.name in defaults:
+                assert defaults[key.name] == key.default, (table, key.name)
+
+
+def test_a_key_outside_the_tables_is_refused(tmp_path):
+    from ragcun.ablation.plan import load_plan
+    from ragcun.ablation.reference import example
+
+    path = tmp_path / "typo.toml"
+    path.write_text(example().replace("[primary]", "[primary]\nmargn = 0.02", 1))
+    with pytest.raises(ValueError, match=r"\[primary\]: unknown key 'margn'; did you mean 'margin'\?"):
+        load_plan(path)

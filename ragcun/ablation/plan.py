@@ -32,9 +32,17 @@ Example (benchmarks/ablation/minilm-scifact.toml is the full one)::
     arm = "ft-iso"
     values = [0, 0.01, 0.05, 0.2, 1.0]  # substituted for {lambda}; 0 must be a candidate (the term can lose)
 
+    [dev]                               # how a candidate is scored on the dev split
+    corpus_sample = 2000
+    metric = "NDCG@10"
+
     [arms.base]                         # a training-free arm: the encoder, optionally with a fitted transform
     transform = "none"                  # none | center | whiten
     distance = "cosine"
+
+    [arms.base-center]
+    transform = "center"
+    distance = "euclidean"
 
     [arms.ft]
     loss = "contrastive"
@@ -63,15 +71,129 @@ from ragcun.training.config import TrainConfig
 
 LAMBDA = "{lambda}"
 TRANSFORMS = ("none", "center", "whiten")
-PLAN_KEYS = {"name", "results", "work_dir", "baseline", "seeds", "datasets", "dtype", "batch_size", "k",
-             "isotropy_sample", "train", "select", "arms", "dev", "primary", "secondary"}
-ARM_KEYS = {"loss", "transform", "distance", "freeze_encoder", "head_lr", "set", "seeds", "head", "encoder",
-            "whiten_dim", "what"}
-TRAIN_ONLY = {"data", "dev_fraction", "dev_split", "set"}
-PRIMARY_KEYS = {"metric", "datasets", "average", "comparisons", "margin", "alpha"}
 AVERAGES = ("macro", "each")
-DEV_KEYS = {"corpus_sample", "metric"}
 RESERVED_TRAIN = {"output_dir", "train_data", "seed", "loss", "freeze_encoder", "settings", "show_progress"}
+REQUIRED = object()  # a key without a default: load_plan refuses a plan that leaves it out
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a plan file: what :func:`load_plan` accepts and what ``docs/ablation-plans.md`` says about it
+    (generated from these tables by :func:`reference_markdown`, so the reference cannot drift from the checks).
+    ``default`` is the value used when the key is absent (:data:`REQUIRED`: none, the key must be given); a string
+    in ``default_text`` describes a default that depends on the rest of the plan."""
+
+    name: str
+    type: str
+    default: Any
+    meaning: str
+    default_text: str | None = None
+
+    def describe_default(self) -> str:
+        if self.default_text is not None:
+            return self.default_text
+        if self.default is REQUIRED:
+            return "required"
+        return json.dumps(self.default)
+
+
+# The tables of a plan file, in the order the reference shows them: "" is the top level; "arms.NAME" each arm.
+KEYS: dict[str, tuple[Key, ...]] = {
+    "": (
+        Key("name", "string", None, "the plan's name in reports", "the file's stem"),
+        Key("results", "path", None, "the results folder (committed: per-query metrics, report), relative to the "
+            "plan file", "the file's stem, beside the plan"),
+        Key("work_dir", "path", None, "models, caches and TREC runs (not committed), relative to the current folder",
+            "runs/ablation/STEM"),
+        Key("baseline", "arm name", REQUIRED, "the arm that legacy plans (without `[primary]`) compare the trained "
+            "arms with; the lambda selection and the run order put it first"),
+        Key("seeds", "list of integers", [1, 2, 3], "the seeds of every trained arm (an arm may list fewer)"),
+        Key("datasets", "list of dataset names", REQUIRED, "BEIR datasets evaluated on their test split"),
+        Key("dtype", "string", "bfloat16", "evaluation precision (`bfloat16` here means autocast, as when the first "
+            "plans were scored)"),
+        Key("batch_size", "integer", 64, "evaluation encoding batch"),
+        Key("k", "integer", 100, "documents retrieved per query"),
+        Key("isotropy_sample", "integer", 2000, "documents of each searched corpus whose isotropy the report shows"),
+        Key("train", "table", REQUIRED, "the shared training recipe: `[train]` below"),
+        Key("arms", "table of tables", REQUIRED, "the arms, one `[arms.NAME]` table each: below"),
+        Key("primary", "table", None, "the pre-registered analysis: `[primary]` below", "none: a legacy plan, every "
+            "comparison exploratory"),
+        Key("secondary", "table", None, "exploratory comparisons: `[secondary]` below", "none"),
+        Key("select", "table", None, "the lambda selection on the dev split: `[select]` below", "none"),
+        Key("dev", "table", None, "how the dev split is scored: `[dev]` below", "the defaults below"),
+    ),
+    "primary": (
+        Key("metric", "metric name", "NDCG@10", "the endpoint's metric"),
+        Key("datasets", "list of dataset names", None, "the endpoint's datasets (datasets of the plan)",
+            "every dataset of the plan"),
+        Key("average", " | ".join(AVERAGES), "macro", "macro: one endpoint, the mean over the datasets; each: one "
+            "endpoint per dataset"),
+        Key("comparisons", "list of 'ARM vs CONTROL'", REQUIRED, "the family Holm corrects over: a trained ARM with "
+            ">= 2 seeds against a trained CONTROL (paired by seed, >= 2 shared seeds) or a training-free one (a "
+            "fixed reference)"),
+        Key("margin", "positive number", 0.01, "the equivalence margin (TOST) on the endpoint"),
+        Key("alpha", "number in (0, 1)", 0.05, "the level of the tests"),
+    ),
+    "secondary": (
+        Key("comparisons", "list of 'ARM vs CONTROL'", [], "reported unadjusted, without verdict words"),
+    ),
+    "train": (
+        Key("data", "dataset name", REQUIRED, "the BEIR dataset whose train split is trained on"),
+        Key("dev_fraction", "number in (0, 1)", 0.2, "the share of the train queries carved out as the dev split "
+            "(not with `dev_split`)"),
+        Key("dev_split", "split name", None, "the dataset's own dev split instead (then all of train is trained on)",
+            "none"),
+        Key("set", "list of 'KIND.NAME.PARAM=VALUE'", [], "`--set` settings of every trained arm (an arm's own "
+            "come after)"),
+        Key("ANY", "as in `ragcun train`", None, "any other `ragcun train` setting (a TrainConfig field: epochs, lr, "
+            "batch_size, ...) except " + ", ".join(sorted(RESERVED_TRAIN)) + ", which the runner sets",
+            "`ragcun train`'s"),
+    ),
+    "select": (
+        Key("arm", "arm name", REQUIRED, "the trained arm whose loss contains `{lambda}`"),
+        Key("values", "list of numbers", REQUIRED, "the candidates substituted for `{lambda}`, chosen on the dev "
+            "split (never on test); 0 must be one of them, so the term can lose"),
+    ),
+    "dev": (
+        Key("corpus_sample", "integer", 2000, "documents of the dev corpus searched for each candidate"),
+        Key("metric", "metric name", "NDCG@10", "the dev score that chooses lambda"),
+    ),
+    "arms.NAME": (
+        Key("what", "string", "", "one line for the report's table"),
+        Key("loss", "loss spec", None, "a trained arm's loss (may contain `{lambda}`)", "none: a training-free arm"),
+        Key("transform", " | ".join(TRANSFORMS), "none", "a training-free arm's fitted transform of the encoder's "
+            "embeddings"),
+        Key("whiten_dim", "integer", None, "whiten: keep this many principal directions", "all"),
+        Key("distance", "distance spec", None, "the distance (trained) or similarity (training-free) used",
+            "the encoder's own (training-free), `ragcun train`'s (trained)"),
+        Key("encoder", "encoder spec", None, "the arm's encoder", "`ragcun train`'s"),
+        Key("head", "head spec", None, "a trained arm's head", "`ragcun train`'s"),
+        Key("freeze_encoder", "boolean", False, "train the head only"),
+        Key("head_lr", "number", None, "the head's learning rate", "`[train]`'s head_lr, else its lr"),
+        Key("set", "list of 'KIND.NAME.PARAM=VALUE'", [], "`--set` settings of this arm"),
+        Key("seeds", "list of integers", None, "this arm's seeds (fewer for a secondary arm)", "the plan's seeds"),
+    ),
+}
+
+
+def keys_of(table: str) -> set[str]:
+    """The key names a table accepts (``[train]``: its own, besides the TrainConfig fields)."""
+    return {k.name for k in KEYS[table] if k.name != "ANY"}
+
+
+def default(table: str, name: str) -> Any:
+    key = next(k for k in KEYS[table] if k.name == name)
+    value = key.default
+    return list(value) if isinstance(value, list) else value
+
+
+PLAN_KEYS = keys_of("")
+ARM_KEYS = keys_of("arms.NAME")
+TRAIN_ONLY = keys_of("train")
+PRIMARY_KEYS = keys_of("primary")
+DEV_KEYS = keys_of("dev")
+SELECT_KEYS = keys_of("select")
+SECONDARY_KEYS = keys_of("secondary")
 
 
 def _unknown(keys, known, where: str) -> None:
@@ -221,7 +343,7 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     data = load_toml(path, "plan file")
     where = str(path)
     _unknown(data, PLAN_KEYS, where)
-    for key in ("arms", "baseline", "datasets", "train"):
+    for key in (k.name for k in KEYS[""] if k.default is REQUIRED):
         if key not in data:
             raise ValueError(f"{where}: missing {key!r}")
     arms: dict[str, Arm] = {}
@@ -247,7 +369,7 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     known = {f.name for f in fields(TrainConfig)} - RESERVED_TRAIN
     _unknown(train, known | TRAIN_ONLY, f"{where} [train]")
     select = data.get("select", {})
-    _unknown(select, {"arm", "values"}, f"{where} [select]")
+    _unknown(select, SELECT_KEYS, f"{where} [select]")
     dev = data.get("dev", {})
     _unknown(dev, DEV_KEYS, f"{where} [dev]")
     if select:
@@ -261,7 +383,7 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     if "dev_fraction" in train and "dev_split" in train:
         raise ValueError(f"{where} [train]: give dev_fraction (carve dev from train) or dev_split (the dataset's own), "
                          "not both")
-    seeds = data.get("seeds", [1, 2, 3])
+    seeds = data.get("seeds", default("", "seeds"))
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
     datasets = data["datasets"]
@@ -271,7 +393,7 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     secondary_table = data.get("secondary", {})
     if not isinstance(secondary_table, dict):
         raise ValueError(f"{where}: [secondary] must be a table with 'comparisons'")
-    _unknown(secondary_table, {"comparisons"}, f"{where} [secondary]")
+    _unknown(secondary_table, SECONDARY_KEYS, f"{where} [secondary]")
     secondary = [parse_comparison(c, arms, f"{where} [secondary] comparisons")
                  for c in _string_list(secondary_table.get("comparisons", []), f"{where} [secondary] comparisons")]
     base = path.parent
@@ -281,11 +403,13 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         work_dir=Path(work_dir) if work_dir is not None else Path(data.get("work_dir", f"runs/ablation/{path.stem}")),
         baseline=data["baseline"], seeds=list(seeds),
         datasets=list(datasets), arms=arms, train={k: v for k, v in train.items() if k not in TRAIN_ONLY},
-        train_data=str(train["data"]), train_set=list(train.get("set", [])), dev_fraction=float(train.get("dev_fraction", 0.2)),
+        train_data=str(train["data"]), train_set=list(train.get("set", [])),
+        dev_fraction=float(train.get("dev_fraction", default("train", "dev_fraction"))),
         select_arm=select.get("arm"), select_values=[float(v) for v in select.get("values", [])],
-        dev_corpus_sample=int(dev.get("corpus_sample", 2000)), dev_metric=dev.get("metric", "NDCG@10"),
-        dtype=data.get("dtype", "bfloat16"), batch_size=int(data.get("batch_size", 64)), k=int(data.get("k", 100)),
-        isotropy_sample=int(data.get("isotropy_sample", 2000)),
+        dev_corpus_sample=int(dev.get("corpus_sample", default("dev", "corpus_sample"))),
+        dev_metric=dev.get("metric", default("dev", "metric")), dtype=data.get("dtype", default("", "dtype")),
+        batch_size=int(data.get("batch_size", default("", "batch_size"))), k=int(data.get("k", default("", "k"))),
+        isotropy_sample=int(data.get("isotropy_sample", default("", "isotropy_sample"))),
         dev_split=str(train["dev_split"]) if "dev_split" in train else None, primary=primary, secondary=secondary,
     )
     if not 0 < plan.dev_fraction < 1:
@@ -311,12 +435,12 @@ def _primary(table: Any, arms: dict[str, Arm], datasets: list[str], seeds: list[
     comparisons = _string_list(table.get("comparisons", []), f"{here} comparisons")
     if not comparisons:
         raise ValueError(f"{here}: comparisons must name at least one 'ARM vs CONTROL'")
-    primary = Primary(metric=str(table.get("metric", "NDCG@10")),
+    primary = Primary(metric=str(table.get("metric", default("primary", "metric"))),
                       datasets=_string_list(table.get("datasets", list(datasets)), f"{here} datasets"),
-                      average=table.get("average", "macro"),
+                      average=table.get("average", default("primary", "average")),
                       comparisons=[parse_comparison(c, arms, f"{here} comparisons") for c in comparisons])
     for key in ("margin", "alpha"):
-        value = table.get(key, getattr(primary, key))
+        value = table.get(key, default("primary", key))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < (1 if key == "alpha" else 1e9):
             raise ValueError(f"{here}: {key} must be a positive number" + (" below 1" if key == "alpha" else "")
                              + f", got {value!r}")
