@@ -356,3 +356,31 @@ def test_training_from_data_score_output_with_and_without_grad_cache(tiny_model_
         runs[name] = train(config).losses
     assert all(torch.isfinite(torch.tensor(runs["plain"])))
     torch.testing.assert_close(torch.tensor(runs["gradcache"]), torch.tensor(runs["plain"]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_distillation_run_without_teacher_scores_stops_naming_the_data(tiny_model_dir, tmp_path):
+    from ragcun.training.loop import train
+
+    source = _source_jsonl(tmp_path, n=8)  # no pos_scores / neg_scores
+    config = tiny_config(tiny_model_dir, tmp_path / "run", source, loss="margin-mse+0.2*isotropy", negatives=2,
+                         steps=2)
+    with pytest.raises(ValueError, match=r"loss margin-mse needs a teacher's scores.*pos_scores.*ragcun data score"):
+        train(config)
+
+
+def test_beir_negatives_mined_by_the_teacher_itself(data_dir, tiny_model_dir, tmp_path, monkeypatch):
+    from ragcun.data.negatives import judged_relevant
+    from ragcun.workflows.teacher_scores import score_training_data
+
+    monkeypatch.setenv("RAGCUN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "nq-model.jsonl"
+    score_training_data(f"{tiny_model_dir}+gaussian", "beir:nq-utd:test", out, negatives=2, data_dir=str(data_dir),
+                        mine_negatives="model:skip=1", qrels_threshold=2,
+                        settings={"head": {"gaussian": {"out_dim": 8}}})
+    relevant = judged_relevant(data_dir / "nq-utd")
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert records and all(len(r["neg_ids"]) == 2 for r in records)
+    for r in records:
+        assert not set(r["neg_ids"]) & relevant.get(r["query_id"], set())
+        assert max(r["neg_scores"] + r["pos_scores"]) < 0  # the teacher's Euclidean similarity: -||q - d||
+    assert list((tmp_path / "cache" / "negatives").glob("nq-utd-test-model-*.json"))
