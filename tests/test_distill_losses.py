@@ -304,3 +304,16 @@ def test_missing_teacher_scores_or_negatives_are_clear_errors(name):
 def test_bad_settings_are_value_errors(name, setting, value):
     with pytest.raises(ValueError, match=setting):
         build_loss(name, {"loss": {name: {setting: value}}})
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_rescaled_temperature_is_kept_in_the_state_dict(name):
+    """A resumed run does not calibrate again: the rescaled student temperature comes back from the checkpoint."""
+    loss = make(name)
+    before = loss.temperature
+    loss.rescale_temperature(4.0)
+    fresh = make(name)
+    assert fresh.temperature == pytest.approx(before)
+    fresh.load_state_dict(loss.state_dict())
+    assert fresh.temperature == pytest.approx(4.0 * before) and fresh.get_config()["temperature"] == pytest.approx(
+        4.0 * before)

@@ -87,18 +87,27 @@ class _DistillLoss(Loss):
             raise ValueError(f"loss.{self.name}: distance must be a Distance, got {distance!r}")
         self.distance = distance
         self.needs = frozenset({"mean"}) | frozenset(getattr(distance, "needs", {"mean"}))
-        self.temperature = check_positive("temperature", temperature, self.name)
+        # a persistent buffer, as contrastive's: a resumed run (which does not calibrate again) keeps the temperature
+        # that start-up calibration rescaled, from the checkpoint
+        self.register_buffer("student_temperature", torch.tensor(check_positive("temperature", temperature, self.name)))
         if not isinstance(check_scale, bool):
             raise ValueError(f"loss.{self.name}.check_scale must be true or false, got {check_scale!r}")
         self.check_scale = check_scale
         self._scale_checked = False
+
+    @property
+    def temperature(self) -> float:
+        return float(self.student_temperature)
 
     @torch.no_grad()
     def rescale_temperature(self, factor: float) -> None:
         """Multiply the student temperature by ``factor``: training start-up calls it when it scales the head by
         ``c`` (``factor = c**k``), so the student's scores at step 0 are those of the uncalibrated model and a
         teacher scale chosen for the base model's similarities stays right (ragcun.training.calibration)."""
-        self.temperature *= check_positive("temperature factor", factor, self.name)
+        self.student_temperature.mul_(check_positive("temperature factor", factor, self.name))
+
+    def _student_temperature(self, like: torch.Tensor) -> torch.Tensor:
+        return self.student_temperature.to(device=like.device, dtype=like.dtype)
 
     def _scores(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(student, teacher) scores, both ``(B, 1 + K)`` float32 or wider; the student's with gradient."""
@@ -221,7 +230,7 @@ class MarginMSELoss(_DistillLoss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         with full_precision(inputs.queries.mean.device):
             student, teacher = self._scores(inputs)  # (B, 1 + K) each
-            student_margin = (student[:, :1] - student[:, 1:]) / self.temperature  # (B, K)
+            student_margin = (student[:, :1] - student[:, 1:]) / self._student_temperature(student)  # (B, K)
             teacher_margin = self.teacher_scale * (teacher[:, :1] - teacher[:, 1:])  # (B, K)
             self._warn_once(student_margin, teacher_margin, teacher_margin, f"loss.{self.name}.teacher_scale",
                             self.teacher_scale, margins=True)
@@ -276,7 +285,7 @@ class DistillKLLoss(_DistillLoss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         with full_precision(inputs.queries.mean.device):
             student, teacher = self._scores(inputs)  # (B, 1 + K) each
-            student_logits = student / self.temperature
+            student_logits = student / self._student_temperature(student)
             teacher_logits = self.teacher_scale * teacher / self.teacher_temperature
             self._warn_once(student_logits, teacher_logits, teacher_logits[:, :1] - teacher_logits[:, 1:],
                             f"loss.{self.name}.teacher_temperature", self.teacher_temperature, margins=False)
