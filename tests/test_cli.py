@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from ragcun.cli.root import build_cli
+from ragcun.console import stdout  # noqa: F401  made before any test sets COLUMNS: its width follows them
 
 
 def invoke(*args):

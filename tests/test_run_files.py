@@ -49,3 +49,19 @@ def test_eval_beir_save_run_writes_files_that_ranx_reads(tiny_model_dir, data_di
     ours = sum(v["NDCG@10"] for v in per_query.values()) / len(per_query)
     assert ours == pytest.approx(report["datasets"]["nq-utd"]["NDCG@10"], abs=1e-4)
     assert ranx_ndcg == pytest.approx(ours, abs=2e-3)  # ranx's NDCG breaks score ties its own way
+
+    # the judgments beside the run, in TREC format: ranx reads them from the file (BEIR's own TSV it refuses)
+    assert "qrels" not in report and (out / "nq-utd.qrels").is_file()
+    from_file = Qrels.from_file(str(out / "nq-utd.qrels"), kind="trec")
+    assert from_file.to_dict() == {q: docs for q, docs in qrels.items() if q in per_query}
+    ranx_from_files = evaluate(from_file, Run.from_file(str(out / "nq-utd.trec"), kind="trec"), "ndcg@10")
+    assert ranx_from_files == pytest.approx(ranx_ndcg, abs=1e-12)
+
+
+def test_trec_qrels_format():
+    from ragcun.evaluation.run_files import format_trec_qrels
+
+    assert format_trec_qrels({"q2": {"d1": 1}, "q1": {"b": 2, "a": 0}}).splitlines() == [
+        "q1 0 a 0", "q1 0 b 2", "q2 0 d1 1"]
+    with pytest.raises(ValueError, match="without spaces"):
+        format_trec_qrels({"q 1": {"d": 1}})

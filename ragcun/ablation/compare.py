@@ -32,6 +32,7 @@ import numpy as np
 
 from ragcun.ablation.inference import (MACRO, METRIC, endpoint_datasets, endpoint_values, holm, load_results,
                                        paired_runs, query_blocks, seed_test, stable_seed, two_level_bootstrap)
+from ragcun.stats.paired import bootstrap_interval, paired_test  # shared with ragcun compare
 
 __all__ = ["bootstrap_interval", "compare", "holm", "load_results", "paired_test", "plot", "to_markdown", "verdict",
            "write_report"]
@@ -42,35 +43,6 @@ def seed_mean_per_query(per_seed: dict[Any, dict[str, dict[str, float]]], metric
     runs = list(per_seed.values())
     qids = sorted(set.intersection(*[set(r) for r in runs]))
     return {q: float(np.mean([r[q][metric] for r in runs])) for q in qids}
-
-
-def paired_test(control: np.ndarray, treatment: np.ndarray, test: str = "student", *, permutations: int = 10_000,
-                seed: int = 42) -> float:
-    """Two-sided p-value of a paired test over queries, computed by ranx."""
-    from ranx.statistical_tests import fisher_randomization_test, paired_student_t_test
-
-    control, treatment = np.asarray(control, dtype=np.float64), np.asarray(treatment, dtype=np.float64)
-    if np.allclose(control, treatment):
-        return 1.0  # identical systems: the t statistic is 0/0
-    if test == "student":
-        p, _ = paired_student_t_test(control, treatment, 0.05)
-    elif test == "fisher":
-        p, _ = fisher_randomization_test(control, treatment, permutations, 0.05, seed)
-    else:
-        raise ValueError(f"--test must be student or fisher, got {test!r}")
-    return float(p)
-
-
-def bootstrap_interval(diff: np.ndarray, *, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of paired differences (resampling queries)."""
-    from scipy.stats import bootstrap
-
-    diff = np.asarray(diff, dtype=np.float64)
-    if np.allclose(diff, diff[0]):
-        return float(diff[0]), float(diff[0])
-    res = bootstrap((diff,), np.mean, n_resamples=resamples, confidence_level=0.95, method="percentile",
-                    random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def verdict(mean: float, p_holm: float, p_tost: float, margin: float, alpha: float = 0.05) -> str:

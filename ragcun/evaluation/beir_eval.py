@@ -258,7 +258,8 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
 
     Prefixes default to the model's own (a ragcun checkpoint stores them); ``dtype="bfloat16"`` encodes with
     the whole encoder in bfloat16, ``"bfloat16-autocast"`` under autocast (:data:`DTYPES`). ``return_results``
-    adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``). ``truncate_dim`` evaluates the
+    adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``) and the qrels they were scored with
+    (``{"qrels": {dataset: {qid: {doc id: relevance}}}}``). ``truncate_dim`` evaluates the
     first ``D`` coordinates of every embedding (a Matryoshka prefix, scored with the model's own distance;
     :mod:`ragcun.truncation`).
     """
@@ -326,7 +327,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     if per_query:
         report["per_query"] = {}
     if return_results:
-        report["runs"] = {}
+        report["runs"], report["qrels"] = {}, {}
     total = time.perf_counter()
     from ragcun.console import progress_tasks
 
@@ -347,6 +348,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
                 report["per_query"][name] = out["per_query"]
             if return_results:
                 report["runs"][name] = out["results"]
+                report["qrels"][name] = dataset.qrels  # the judgments it was scored with, for run_files.save_run
     report["timings"]["total_s"] = time.perf_counter() - total
     return report
 
