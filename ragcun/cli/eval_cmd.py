@@ -134,8 +134,9 @@ def eval_group() -> None:
               help="skip documents whose id equals the query's id, as BEIR does")
 @click.option("--per-query", is_flag=True, help="add per-query scores to the JSON (for significance tests)")
 @click.option("--save-run", type=click.Path(file_okay=False), default=None,
-              help="write DATASET.trec (TREC run: top-k per query) and DATASET.per_query.json (pytrec_eval's "
-                   "per-query metrics) into this folder, for ranx, trec_eval or `ragcun ablation compare`")
+              help="write DATASET.trec (TREC run: top-k per query), DATASET.qrels (its judgments, TREC format) and "
+                   "DATASET.per_query.json (pytrec_eval's per-query metrics) into this folder, for `ragcun compare`, "
+                   "ranx, trec_eval or `ragcun ablation compare`")
 @click.option("--download/--no-download", default=True, show_default=True,
               help="download a missing BEIR dataset from the official BEIR location")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available]")
@@ -182,6 +183,7 @@ def beir_command(model_spec: str, datasets: str, data_dir: str | None, split: st
         except OutputError as exc:
             failed = exc
         report.pop("runs", None)
+        report.pop("qrels", None)
         if not per_query:
             report.pop("per_query", None)
     if output and failed is None:
