@@ -222,7 +222,7 @@ def test_the_cli_reference_matches_the_commands_help():
 def test_the_cli_reference_covers_every_built_in_command():
     text = (DOCS / "cli.md").read_text()
     for command in ("ragcun train", "ragcun eval beir", "ragcun isotropy report", "ragcun ablation run",
-                    "ragcun export", "ragcun preflight", "ragcun sweep", "ragcun list", "ragcun plugins"):
+                    "ragcun export", "ragcun preflight", "ragcun sweep", "ragcun list", "ragcun plugins", "ragcun compare"):
         assert f"## `{command}`" in text
 
 
