@@ -71,3 +71,22 @@ def test_gradient_checkpointing_costs_the_measured_time_everywhere(commands):
         for line in path.read_text().splitlines():
             if "checkpointing" in line:
                 assert not re.search(r"\b1\.[23]x the (training )?time", line), f"{path.name}: {line}"
+
+
+def test_a_plugin_evaluators_data_dir_is_a_folder_too():
+    from ragcun.cli.eval_cmd import evaluator_command
+
+    class Entry:  # what the registry hands evaluator_command
+        name, summary, provider = "toy", "a toy evaluator", "my-plugin"
+
+        @staticmethod
+        def load():
+            class Toy:
+                def __init__(self, data_dir: str | None = None, k: int = 10) -> None:
+                    pass
+
+            return Toy
+
+    command = evaluator_command(Entry())
+    option = _option(command, "--data-dir")
+    assert isinstance(option.type, click.Path) and not option.type.file_okay

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ragcun.cli.options import echo_json, format_option, model_settings, set_option
+from ragcun.cli.options import DATA_DIR, echo_json, format_option, model_settings, set_option
 
 
 class EvaluatorGroup(click.Group):
@@ -64,6 +64,7 @@ def evaluator_command(entry) -> click.Command:
                                        show_default=True))
         else:
             kind = type(default) if isinstance(default, (int, float)) else str
+            kind = DATA_DIR if name == "data_dir" else kind  # a folder, as in every command
             params.append(click.Option([flag, name], type=kind, default=default,
                                        required=p.default is inspect.Parameter.empty, show_default=True))
 
