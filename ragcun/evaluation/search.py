@@ -10,9 +10,9 @@ float32 sum is off by ~0.5, while neighbouring squared distances differ by ~0.2)
   (``Distance.translation_invariant``: Euclidean and the Gaussian distances), which removes the offset;
 * over-fetches ``k + margin`` candidates per query and re-scores them with ``Distance.exact_similarity``
   (float64, direct differences), then ranks by that score (ties by document order);
-* certifies every query with a rigorous bound on the float32 round-off (``(K + 4) u sum_i |q_i v_i|``, bounded by
-  Cauchy-Schwarz on the first ``K - 1`` coordinates and the last apart; ``u`` the matmul's unit round-off, 2^-24:
-  TF32 is switched off around the matmul): when a document left out could still beat one kept, that query
+* certifies every query with a rigorous bound on the float32 round-off (``1.01 (K + 4) u sum_i |q_i v_i|``,
+  derived in :func:`roundoff_factor`, the sum bounded by Cauchy-Schwarz on the first ``K - 1`` coordinates and
+  the last apart; ``u`` the matmul's unit round-off, 2^-24: TF32 is switched off around the matmul): when a document left out could still beat one kept, that query
   fetches 4x more candidates from the chunk (at most the whole chunk), so the result is the brute-force ranking
   up to exact ties, whatever the data's offset or scale, for every distance, through either candidate search.
 
@@ -200,6 +200,24 @@ class _Piece:
         return self.centred(self.documents[index])
 
 
+def roundoff_factor(width: int, kind: str, device) -> float:
+    """``e`` such that ``|fl32(q . v) - q . v| <= e * sum_i |q_i v_i|`` for the candidate search's float32 inner
+    products of ``width``-long vectors; the bound of the module docstring, derived here once.
+
+    Summing ``K`` products in floating point errs by at most ``gamma_K = K u / (1 - K u)`` times
+    ``sum_i |q_i v_i|`` (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5) whatever the
+    summation order (a blocked matmul's or FAISS's); ``1 / (1 - K u) <= 1.01`` while ``K u <= 0.0099``, which
+    holds for any embedding width below 160,000. Rounding ``q`` and ``v`` to float32 first changes each product
+    by a factor within ``(1 + u)^2``: 2 u more. That is ``1.01 (K + 2) u``; the code takes ``1.01 (K + 4) u``,
+    2 u of headroom for the float64 norms that bound the sum (by Cauchy-Schwarz, see :func:`_split_norms`).
+    ``u`` is the matmul's unit round-off: 2^-24 with TF32 off (it is switched off around the matmul); FAISS's
+    flat index computes in float32.
+    """
+    with ieee_float32_matmul():
+        u = 2.0 ** -24 if kind == "faiss" else matmul_unit_roundoff(device)
+    return 1.01 * (width + 4) * u
+
+
 class ExactTopK:
     """Exact top-``k`` under ``distance`` over documents added in chunks (see the module docstring).
 
@@ -286,54 +304,64 @@ class ExactTopK:
             self._add_piece(documents[s:s + step].to(self.device))
 
     def _add_piece(self, documents: Embedding) -> None:
+        """Merge one piece of documents into every query's kept top k, certified (see the module docstring)."""
         n = len(documents)
         vectors = self._vectors(self.distance.document_vectors, documents)
         piece = _Piece(documents, self._centred)
         norms = _split_norms(vectors)  # (n, 2)
-        max_norms = norms.max(0).values  # (2,)
-        with ieee_float32_matmul():
-            u = 2.0 ** -24 if self.kind == "faiss" else matmul_unit_roundoff(vectors.device)
-        # |fl(q.v) - q.v| <= (K + 2) u sum_i |q_i v_i| (the inputs rounded to float32 too), and by Cauchy-Schwarz on
-        # the first K - 1 coordinates and the last one apart, sum_i |q_i v_i| <= q_norms . v_norms
-        err = 1.01 * (vectors.shape[1] + 4) * u
-        if self.kind == "faiss":
-            candidates = _FaissCandidates(vectors)
-        else:
-            def candidates(q, m, exclude):
-                return _torch_candidates(q, vectors, m, exclude, self.max_block)
+        err = roundoff_factor(vectors.shape[1], self.kind, vectors.device)
+        candidates = self._candidate_source(vectors)
         n_q = len(self.raw_queries)
         q_block = max(1, self.query_block_elements // (self.k + self.margin))  # bounds the (queries, m) temporaries
         for q_start in range(0, n_q, q_block):
             rows = torch.arange(q_start, min(n_q, q_start + q_block), device=self.device)
-            m = min(n, self.k + self.margin)
-            while rows.numel():
-                exclude = None if self.exclude is None else self.exclude[rows] - self.seen
-                fl, local = candidates(self.query_vectors[rows], m, exclude)
-                fl, local = fl.to(self.device, torch.float64), local.to(self.device)
-                q_norms = self.query_norms[rows]  # (r, 2)
-                # round-off bounds: of each candidate's inner product (r, m), and of any document's (r,)
-                cand_err = err * (q_norms[:, :1] * norms[local, 0] + q_norms[:, 1:] * norms[local, 1])
-                left_err = err * (q_norms @ max_norms)
-                # a candidate whose inner product cannot beat every kept document's cannot enter the top k
-                need = torch.isfinite(fl) & (fl + cand_err > self.threshold[rows, None])
-                exact = self._rescore(rows, local, need, piece)
-                lower = torch.where(torch.isfinite(exact), fl - cand_err, float("-inf"))
-                values, indices, lower = _rank(torch.cat([self.values[rows], exact], 1),
-                                               torch.cat([self.indices[rows], local + self.seen], 1),
-                                               torch.cat([self.lower[rows], lower], 1), k=self.k)
-                if fl.shape[1] >= n:
-                    done = torch.ones(rows.numel(), dtype=torch.bool, device=self.device)
-                else:
-                    # a document left out has inner product <= the last candidate's (+ its round-off); it cannot
-                    # beat a kept one when every kept document's lower bound is above that
-                    full = torch.isfinite(values).sum(1) >= self.k
-                    worst_kept = torch.where(torch.isfinite(values), lower, float("inf")).min(1).values
-                    done = (full & (worst_kept > fl[:, -1] + left_err)) | (fl[:, -1] == float("-inf"))
-                self._commit(rows[done], values[done], indices[done], lower[done])
-                rows = rows[~done]
-                self.refetched += rows.numel()
-                m = min(n, 4 * m)
+            self._certify(rows, candidates, piece, norms, err)
         self.seen += n
+
+    def _candidate_source(self, vectors: torch.Tensor):
+        """``(query vectors, m, exclude) -> (float32 inner products, local indices)`` of the best ``m`` documents
+        of this piece: FAISS's flat index or a blocked torch matmul."""
+        if self.kind == "faiss":
+            return _FaissCandidates(vectors)
+
+        def candidates(q, m, exclude):
+            return _torch_candidates(q, vectors, m, exclude, self.max_block)
+
+        return candidates
+
+    def _certify(self, rows: torch.Tensor, candidates, piece: _Piece, norms: torch.Tensor, err: float) -> None:
+        """Fetch candidates for ``rows``, re-score those that could enter the top k, and commit each query whose
+        left-out documents provably cannot beat a kept one; the others fetch 4x more, up to the whole piece."""
+        n = len(norms)
+        max_norms = norms.max(0).values  # (2,)
+        m = min(n, self.k + self.margin)
+        while rows.numel():
+            exclude = None if self.exclude is None else self.exclude[rows] - self.seen
+            fl, local = candidates(self.query_vectors[rows], m, exclude)
+            fl, local = fl.to(self.device, torch.float64), local.to(self.device)
+            q_norms = self.query_norms[rows]  # (r, 2)
+            # round-off bounds: of each candidate's inner product (r, m), and of any document's (r,)
+            cand_err = err * (q_norms[:, :1] * norms[local, 0] + q_norms[:, 1:] * norms[local, 1])
+            left_err = err * (q_norms @ max_norms)
+            # a candidate whose inner product cannot beat every kept document's cannot enter the top k
+            need = torch.isfinite(fl) & (fl + cand_err > self.threshold[rows, None])
+            exact = self._rescore(rows, local, need, piece)
+            lower = torch.where(torch.isfinite(exact), fl - cand_err, float("-inf"))
+            values, indices, lower = _rank(torch.cat([self.values[rows], exact], 1),
+                                           torch.cat([self.indices[rows], local + self.seen], 1),
+                                           torch.cat([self.lower[rows], lower], 1), k=self.k)
+            if fl.shape[1] >= n:
+                done = torch.ones(rows.numel(), dtype=torch.bool, device=self.device)
+            else:
+                # a document left out has inner product <= the last candidate's (+ its round-off); it cannot
+                # beat a kept one when every kept document's lower bound is above that
+                full = torch.isfinite(values).sum(1) >= self.k
+                worst_kept = torch.where(torch.isfinite(values), lower, float("inf")).min(1).values
+                done = (full & (worst_kept > fl[:, -1] + left_err)) | (fl[:, -1] == float("-inf"))
+            self._commit(rows[done], values[done], indices[done], lower[done])
+            rows = rows[~done]
+            self.refetched += rows.numel()
+            m = min(n, 4 * m)
 
     def _rescore(self, rows: torch.Tensor, local: torch.Tensor, need: torch.Tensor, piece: _Piece) -> torch.Tensor:
         """``exact_similarity`` of each (centred) query with its candidates where ``need`` (else ``-inf``):
