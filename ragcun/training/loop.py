@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ from ragcun.training.setup import (SCALE_PROBE, build_training_loss, build_train
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "LossFailed", "isotropy_scale_warning", "METRICS_FILE"]
 
+
+FIRST_STEPS_SHOWN = 3  # shown in a log file at once, before --log-every's rhythm
+ETA_WINDOW = 20  # the ETA is the mean of this many recent steps x the steps left
 
 @dataclass
 class TrainResult:
@@ -167,6 +171,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
         torch.cuda.reset_peak_memory_stats(device)
     t_start = time.perf_counter()
     steps_this_run = 0
+    recent: deque[float] = deque(maxlen=ETA_WINDOW)  # the last steps' durations, for the ETA
     term_names: list[str] | None = None
     try:
         while step < total_steps and (stop_after is None or steps_this_run < stop_after):
@@ -201,8 +206,12 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
             due = step % config.log_every == 0 or step == total_steps
             if due:
                 log.write(record)
+            recent.append(record["step_s"])
+            # a log file shows the first steps at once (not only after --log-every), and the ETA comes from the
+            # recent steps (the first ones include warm-up costs)
             display.update(step, format_terms(agreed.loss, agreed.terms, lr, rate,
-                                              elapsed / steps_this_run * (total_steps - step)), due)
+                                              sum(recent) / len(recent) * (total_steps - step)),
+                           due or steps_this_run <= FIRST_STEPS_SHOWN)
             # -- periodic work: a checkpoint, then the callbacks (evaluation, diagnostics) --------------
             if step % config.save_every == 0 or step == total_steps or agreed.interrupted:
                 saver.save(step, agreed.loss)

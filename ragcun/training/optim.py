@@ -39,19 +39,49 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    warmup = int(config.warmup) if config.warmup >= 1 else round(config.warmup * total_steps)
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    return int(config.warmup) if config.warmup >= 1 else round(config.warmup * total_steps)
+
+
+def _shape(schedule: str, progress: float) -> float:
+    """The decay after warmup, 1 at progress 0 down to 0 at progress 1 (constant: 1)."""
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(0.0, 1.0 - progress)
+
+
+def lr_lambda(config: TrainConfig, total_steps: int, warmup: int | None = None) -> Callable[[int], float]:
+    warmup = warmup_steps(config, total_steps) if warmup is None else warmup
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if config.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        progress = min(max(progress, 0.0), 1.0)
-        if config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return max(0.0, 1.0 - progress)
+        return _shape(config.schedule, (step - warmup) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def replanned_lr_lambda(config: TrainConfig, total_steps: int, *, planned_steps: int,
+                        resumed_at: int) -> Callable[[int], float]:
+    """The schedule of a run resumed with another ``--steps`` (``planned_steps`` -> ``total_steps``).
+
+    The learning rate never jumps: a warmup still under way finishes as first planned (its length in steps
+    is kept), then the decay runs over the new length; after the warmup, the rate continues from the value it
+    had at ``resumed_at`` and follows the schedule's shape from there to 0 at the new last step (constant: it
+    stays). The first plan's rate at ``resumed_at`` is what the checkpoint's optimizer holds."""
+    planned = lr_lambda(config, planned_steps)
+    warmup = warmup_steps(config, planned_steps)
+    if resumed_at < warmup:
+        return lr_lambda(config, total_steps, warmup=warmup)
+    start = planned(resumed_at)
+
+    def factor(step: int) -> float:
+        if step <= resumed_at:
+            return planned(step)
+        return start * _shape(config.schedule, (step - resumed_at) / max(1, total_steps - resumed_at))
 
     return factor
 

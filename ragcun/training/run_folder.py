@@ -231,6 +231,10 @@ def restore_trainer_state(folder: RunFolder, config: TrainConfig, ctx: D.Distrib
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     step = int(state["step"])
+    planned = _planned_steps(folder.latest.folder / ckpt.STATE_FILE)
+    if planned and planned != total_steps:
+        replan_schedule(config, ctx, optimizer, scheduler, planned_steps=int(planned), total_steps=total_steps,
+                        resumed_at=step)
     stream.state = DataPosition(**state["data"])
     rngs = state["rng"]
     if len(rngs) == ctx.world_size:
@@ -238,6 +242,35 @@ def restore_trainer_state(folder: RunFolder, config: TrainConfig, ctx: D.Distrib
     else:  # another world size: the data order is the same, dropout masks cannot be
         seed_everything(config.seed + 1_000_003 * step + ctx.rank)
     return step
+
+
+def _planned_steps(state_file: Path) -> int | None:
+    """The run length the checkpoint was trained toward (its state file's ``total_steps``), if recorded."""
+    try:
+        value = json.loads(state_file.read_text()).get("total_steps")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def replan_schedule(config: TrainConfig, ctx: D.DistributedContext, optimizer, scheduler, *, planned_steps: int,
+                    total_steps: int, resumed_at: int) -> None:
+    """A run resumed with another --steps: the schedule continues from the current rate (see
+    :func:`ragcun.training.optim.replanned_lr_lambda`), and rank 0 says so (config_history.json records the
+    change of ``steps``)."""
+    from ragcun.training.optim import replanned_lr_lambda
+
+    factor = replanned_lr_lambda(config, total_steps, planned_steps=planned_steps, resumed_at=resumed_at)
+    scheduler.lr_lambdas = [factor] * len(optimizer.param_groups)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor(resumed_at)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    if ctx.is_main:
+        from ragcun.console import stderr
+
+        stderr.print(f"--steps changed from {planned_steps} to {total_steps} at step {resumed_at}: the learning rate "
+                     f"continues from {scheduler._last_lr[0]:.3g} and follows the {config.schedule} schedule to the "
+                     f"new last step (docs/training.md, 'Resuming')", highlight=False, soft_wrap=True)
 
 
 def write_run_record(folder: RunFolder, config: TrainConfig, ctx: D.DistributedContext, step: int) -> None:
