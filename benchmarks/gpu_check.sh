@@ -121,23 +121,29 @@ done
 
 step "losses on CUDA (fp32 and bf16 autocast)"
 $PY - <<'EOF'
-import os, torch
+import os, warnings, torch
 from ragcun.embedding import Embedding
 from ragcun.losses.base import LossInputs
 from ragcun.losses.composite import build_loss
 from ragcun.plugins import get_registry
-names = [e.name for e in get_registry().entries("loss")]
+# every registered loss; a wrapper is checked around contrastive; the distillation losses get 2 hard negatives per
+# query and a teacher's scores (which they need), the others the same batch
+warnings.filterwarnings("ignore", message=".*teacher")  # random teacher scores: the scale warning is expected
+names = [e.name + (":contrastive" if e.name == "matryoshka" else "") for e in get_registry().entries("loss")]
 dev = torch.device("cpu" if os.environ["GPU_CHECK_ON_CPU"] == "1" else "cuda")
 for name in names:
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)
         q = torch.randn(64, 128, device=dev, requires_grad=True); p = torch.randn(64, 128, device=dev, requires_grad=True)
+        n = torch.randn(128, 128, device=dev, requires_grad=True)
         lq = torch.zeros(64, 128, device=dev, requires_grad=True); lp = torch.zeros(64, 128, device=dev, requires_grad=True)
-        loss = build_loss(name).to(dev)
+        ln = torch.zeros(128, 128, device=dev, requires_grad=True)
+        teacher = torch.randn(64, 3, device=dev)
+        loss = build_loss(name, dim=128).to(dev)  # the width, for matryoshka's default prefixes
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is torch.bfloat16):
-            out = loss(LossInputs(Embedding(q, lq), Embedding(p, lp), step=1))
+            out = loss(LossInputs(Embedding(q, lq), Embedding(p, lp), Embedding(n, ln), step=1, teacher_scores=teacher))
         out.total.float().backward()
-        ok = torch.isfinite(out.total).item() and all(torch.isfinite(t.grad).all().item() for t in (q, p) if t.grad is not None)
+        ok = torch.isfinite(out.total).item() and all(torch.isfinite(t.grad).all().item() for t in (q, p, n) if t.grad is not None)
         print(f"{name:22s} {str(dtype).replace('torch.', ''):9s} loss {out.total.item():10.4f}  {'ok' if ok else 'NOT FINITE'}")
         assert ok
 EOF

@@ -217,6 +217,8 @@ def _checkpoint(tmp_path):
                           "--no-download"]),
     ("ragcun isotropy report", ["isotropy", "report", "--model", "hf:{tmp}/no-model", "--dataset", "nope",
                                 "--data-dir", "{tmp}", "--output-dir", "{tmp}/out"]),
+    ("ragcun data score", ["data", "score", "--teacher", "hf:{tmp}/no-model", "--train-data", "x.jsonl",
+                           "--negatives", "1", "--output", "{tmp}/out/scored.jsonl"]),
 ])
 @pytest.mark.parametrize("setting, message", [
     ("head.linear.out_dim=10", "this run does not use head 'linear'"),
@@ -247,7 +249,7 @@ def test_the_commands_with_set_are_the_ones_tested():
                 yield f"{prefix} {name}"
 
     assert set(walk(cli, "ragcun")) == {"ragcun train", "ragcun sweep", "ragcun preflight", "ragcun encode",
-                                        "ragcun eval beir", "ragcun isotropy report"}
+                                        "ragcun eval beir", "ragcun isotropy report", "ragcun data score"}
 
 
 def test_sweep_accepts_a_setting_of_any_of_its_runs_and_preflight_follows_its_loss(tmp_path):

@@ -37,7 +37,7 @@ def tiny_args(model_dir, pairs, out, *extra):
     (["--train-data", "missing.jsonl", "--steps", "2"], "missing.jsonl does not exist"),
     (["--train-data", "beir:scifact:train"], "give --steps"),
     (["--train-data", "x.jsonl", "--steps", "2", "--batch-size", "0"], "--batch-size must be a positive integer"),
-    (["--train-data", "x.jsonl", "--steps", "2", "--dtype", "fp8"], "--dtype must be one of"),
+    (["--train-data", "x.jsonl", "--steps", "2", "--dtype", "fp8"], "Invalid value for '--dtype': 'fp8' is not one of"),
     (["--train-data", "x.jsonl", "--steps", "2", "--set", "loss.isotropy"], "KIND.NAME.PARAM=VALUE"),
     (["--train-data", "x.jsonl", "--steps", "2", "--eval-every", "5"], "--eval-every and --eval-data go together"),
     (["--train-data", "x.jsonl", "--steps", "2", "--mine-negatives", "bm25"], "--mine-negatives needs --negatives"),
