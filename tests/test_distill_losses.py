@@ -186,7 +186,8 @@ def test_finite_values_and_gradients_with_every_distance(name, distance, data):
     params = leaves(q, p, n)
     teacher = torch.randn(len(q), 1 + len(n) // len(q), dtype=torch.float64) * 50
     value = make(name, distance)(LossInputs(q, p, n, teacher_scores=teacher))
-    assert value.ndim == 0 and torch.isfinite(value) and float(value.detach()) >= 0
+    # both losses are >= 0 in exact arithmetic; a KL between near-identical softmaxes may round to -1e-29
+    assert value.ndim == 0 and torch.isfinite(value) and float(value.detach()) >= -1e-12
     value.backward()
     assert all(x.grad is None or torch.isfinite(x.grad).all() for x in params)
 
