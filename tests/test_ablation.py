@@ -107,6 +107,16 @@ def test_the_order_runs_training_free_arms_then_the_main_comparison_seed_by_seed
     assert plan.arms["iso"].loss_for(0.05) == "contrastive+0.05*isotropy"
 
 
+def test_the_order_runs_every_arm_of_a_primary_comparison_seed_by_seed(tmp_path):
+    text = ('baseline = "ft"\nseeds = [1, 2]\ndatasets = ["x"]\n[train]\ndata = "d"\n[select]\narm = "iso"\n'
+            'values = [0.1]\n[primary]\ncomparisons = ["iso vs ft", "ft vs cos"]\n'
+            '[arms.other]\nloss = "contrastive"\n[arms.cos]\nloss = "contrastive"\n'
+            '[arms.ft]\nloss = "contrastive"\n[arms.iso]\nloss = "contrastive+{lambda}*isotropy"\n')
+    plan = load_plan(_write(tmp_path, text))
+    assert [(a.name, s) for a, s in plan.order()] == [("ft", 1), ("iso", 1), ("cos", 1), ("ft", 2), ("iso", 2),
+                                                      ("cos", 2), ("other", 1), ("other", 2)]
+
+
 def test_paired_tests_find_a_known_difference_and_not_an_absent_one():
     rng = np.random.default_rng(0)
     base = rng.uniform(0, 1, 300)

@@ -323,10 +323,13 @@ class Plan:
         return arm.seeds or self.seeds
 
     def order(self) -> list[tuple[Arm, int]]:
-        """Every (arm, seed), in the order to run them: training-free arms; then the baseline and the selected
-        arm seed by seed (the comparison that matters most is complete first); then the other arms."""
+        """Every (arm, seed), in the order to run them: training-free arms; then, seed by seed, the baseline, the
+        selected arm and every arm a pre-registered comparison names (so a plan stopped part way has each primary
+        comparison at the same number of seeds); then the other arms."""
         free = [(a, 0) for a in self.arms.values() if not a.trained]
-        primary = [self.arms[n] for n in dict.fromkeys([self.baseline, self.select_arm]) if n and self.arms[n].trained]
+        named = [n for c in (self.primary.comparisons if self.primary else []) for n in (c.arm, c.control)]
+        primary = [self.arms[n] for n in dict.fromkeys([self.baseline, self.select_arm, *named])
+                   if n and self.arms[n].trained]
         rest = [a for a in self.arms.values() if a.trained and a not in primary]
         out = list(free)
         for group in (primary, rest):
