@@ -17,6 +17,7 @@ import torch
 
 from ragcun.distributed import all_gather_rows, world
 from ragcun.embedding import Embedding
+from ragcun.heads.fitted import needs_fit, not_fitted_error
 
 
 def length_order(model, texts: Sequence[str]) -> np.ndarray:
@@ -53,6 +54,8 @@ def encode(model, texts: Sequence[str], batch_size: int = 128, *, autocast_dtype
     texts = list(texts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if needs_fit(model.head):  # it would pass the encoder's vectors through as if fitted: a silently wrong result
+        raise not_fitted_error(model.head)
     rank, world_size = world() if shard else (0, 1)
     has_logvar = "logvar" in getattr(model.head, "provides", ())
     if not texts:

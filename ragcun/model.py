@@ -110,6 +110,42 @@ class EmbeddingModel(nn.Module):
         out = emb.mean.numpy().astype(np.float32, copy=False)
         return out[0] if single else out
 
+    def fit_head(self, documents: Sequence[str], batch_size: int = 32, *, sample: int | None = None, seed: int = 0,
+                 document_prefix: str | None = None, autocast_dtype: torch.dtype | None = None,
+                 show_progress: bool | None = None) -> int:
+        """Fit a head that is fitted from data (``center``, ``whiten``) on the encoder's vectors of ``documents``
+        (the corpus to be searched; ``document_prefix``, default the model's, is added here): all of them, or a
+        seeded sample of ``sample`` (default :data:`ragcun.heads.fitted.FIT_SAMPLE`). Returns how many it was
+        fitted on.
+
+        Example::
+
+            model = EmbeddingModel.build("all-minilm-l6-v2", "whiten", "euclidean")
+            model.fit_head(corpus_texts)          # then encode, evaluate, save as usual
+        """
+        import random
+
+        from ragcun.heads.fitted import FIT_SAMPLE
+
+        if not callable(getattr(self.head, "fit", None)):
+            raise ValueError(f"the model's head ({type(self.head).__name__}) is trained, not fitted: fit_head "
+                             "applies to heads fitted from data (center, whiten)")
+        documents = list(documents)
+        limit = FIT_SAMPLE if sample is None else int(sample)
+        if len(documents) > limit:
+            documents = [documents[i] for i in sorted(random.Random(seed).sample(range(len(documents)), limit))]
+        head = self.head
+        self.head = _Passthrough(self.encoder.dim)  # the encoder's own vectors, whatever the head would do
+        try:
+            prefix = self.document_prefix if document_prefix is None else document_prefix
+            features = self.encode_embeddings([prefix + t for t in documents], batch_size,
+                                              show_progress=show_progress, autocast_dtype=autocast_dtype,
+                                              description="Fitting the head")
+        finally:
+            self.head = head
+        head.fit(features.mean)
+        return len(documents)
+
     # -- BEIR's custom-model interface ------------------------------------------------------------
     # beir's DenseRetrievalExactSearch calls these and ranks by dot product; returning the distance's
     # inner-product vectors makes that ranking exactly the model's own distance (use score_function="dot").
@@ -234,6 +270,19 @@ def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu")
     model.load_state_dict(state, strict=False)
     model.eval()
     return model
+
+
+class _Passthrough(nn.Module):
+    """The encoder's vectors unchanged (what a fitted head is fitted on)."""
+
+    provides = frozenset({"mean"})
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.in_dim = self.out_dim = int(dim)
+
+    def forward(self, x: torch.Tensor) -> Embedding:
+        return Embedding(x)
 
 
 def inside(folder: Path, name: Any, what: str) -> Path:

@@ -267,6 +267,14 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
 
             model = truncate_model(model, truncate_dim)
         started = time.perf_counter()
+        from ragcun.heads.fitted import needs_fit
+
+        fitted_on = None
+        if needs_fit(model.head):  # center/whiten from a spec: fitted on the sampled documents being reported
+            import copy
+
+            model = copy.deepcopy(model)  # a model passed in stays as it was given
+            fitted_on = model.fit_head(data.doc_texts[:data.sampled_docs], batch_size, show_progress=progress)
         extra = len(data.doc_texts) - data.sampled_docs
         docs = _embed(model, [model.document_prefix + t for t in data.doc_texts], batch_size, progress,
                       f"{label}: documents ({data.sampled_docs} sampled + {extra} relevant to sampled queries)"
@@ -284,6 +292,7 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
 
         verdict = isotropy_verdict({m.key: m.value for m in metrics["documents"]}, int(sample_docs.shape[1]))
         results.append({"label": label, "spec": spec, **describe_model(model), "verdict": verdict,
+                        "head_fitted_on": fitted_on,
                         "embed_seconds": round(embed_seconds, 2),
                         "metrics": {group: {m.key: m.as_dict() for m in ms} for group, ms in metrics.items()}})
         clouds.append({"label": label, "documents": sample_docs, "queries": queries})

@@ -291,7 +291,16 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
         model_name = f"{model_name} (first {truncate_dim} of {full_dim} dims)"
     model.to(target)
     model_load_s = time.perf_counter() - t_load
+    from ragcun.heads.fitted import FIT_SAMPLE, needs_fit
+
+    # a head fitted from data (center, whiten) that comes unfitted is fitted on each dataset's own corpus, as the
+    # ablation's training-free arms are; one saved fitted keeps its statistics
+    fit_per_dataset = needs_fit(model.head)
     encoder_model = _inference_copy(model, dtype)
+    if fit_per_dataset and encoder_model is model:  # fit a copy: the caller's model stays as it was given
+        import copy
+
+        encoder_model = copy.deepcopy(model)
     q_prefix = model.query_prefix if query_prefix is None else query_prefix
     d_prefix = model.document_prefix if document_prefix is None else document_prefix
 
@@ -312,6 +321,8 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
             "device": str(target), "world_size": world_size, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "platform": platform.platform(),
             "document_text": "title + ' ' + text, stripped (sentence-transformers / BEIR)",
+            "head_fitted_on": (f"each dataset's corpus (a seeded sample of at most {FIT_SAMPLE} documents)"
+                               if fit_per_dataset else None),
         },
         "timings": {"model_load_s": model_load_s},
         "counts": {},
@@ -336,13 +347,22 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
             t0 = time.perf_counter()
             dataset = load_beir(folder, split, name=name)
             load_s = time.perf_counter() - t0
+            fit = {}
+            if fit_per_dataset:
+                from ragcun.model import corpus_texts
+
+                t1 = time.perf_counter()
+                fitted = encoder_model.fit_head(corpus_texts(list(dataset.corpus.values())), batch_size,
+                                                document_prefix=d_prefix, autocast_dtype=autocast_dtype,
+                                                show_progress=False)
+                fit = {"timings": {"fit_head_s": time.perf_counter() - t1}, "counts": {"head_fitted_on": fitted}}
             out = evaluate_dataset(encoder_model, dataset, k=k, k_values=k_values, batch_size=batch_size,
                                    autocast_dtype=autocast_dtype, query_prefix=q_prefix, document_prefix=d_prefix,
                                    ignore_identical_ids=ignore_identical_ids, search_kind=search,
                                    corpus_chunk_size=corpus_chunk_size, per_query=per_query, progress_start=start)
             report["datasets"][name] = out["metrics"]
-            report["timings"][name] = {"load_s": load_s, **out["timings"]}
-            report["counts"][name] = out["counts"]
+            report["timings"][name] = {"load_s": load_s, **out["timings"], **fit.get("timings", {})}
+            report["counts"][name] = {**out["counts"], **fit.get("counts", {})}
             report["warnings"].extend(out["warnings"])
             if per_query:
                 report["per_query"][name] = out["per_query"]

@@ -14,6 +14,22 @@ from torch import nn
 
 from ragcun.embedding import Embedding
 
+FIT_SAMPLE = 10_000  # documents a fitted head is fitted on when ragcun fits it (a seeded sample of the corpus)
+
+
+def needs_fit(head: nn.Module) -> bool:
+    """A head fitted from data (center, whiten, a plugin's with ``fit`` and ``is_fitted``) that was never fitted:
+    it would pass the encoder's vectors through unchanged (or cut), so nothing may encode with it yet."""
+    return callable(getattr(head, "fit", None)) and not getattr(head, "is_fitted", True)
+
+
+def not_fitted_error(head: nn.Module) -> ValueError:
+    name = getattr(getattr(head, "_ragcun_entry", None), "name", type(head).__name__)
+    return ValueError(f"the model's {name} head is not fitted yet: it is fitted from the encoder's vectors of the "
+                      "corpus to search, not trained. Fit it first: model.fit_head(documents) in Python; ragcun eval "
+                      "beir and ragcun isotropy report fit it on the corpus they read, ragcun train on the training "
+                      "documents")
+
 
 def _check_features(features: torch.Tensor, in_dim: int, name: str) -> torch.Tensor:
     if features.ndim != 2 or features.shape[1] != in_dim or features.shape[0] < 2:
@@ -44,6 +60,11 @@ class CenterHead(nn.Module):
     @torch.no_grad()
     def fit(self, features: torch.Tensor) -> None:
         self.offset.copy_(_check_features(features, self.in_dim, "center").mean(0).to(self.offset.dtype))
+
+    @property
+    def is_fitted(self) -> bool:
+        # unfitted, the offset is exactly zero; the mean of real encoder vectors never is
+        return bool(self.offset.any())
 
     def forward(self, x: torch.Tensor) -> Embedding:  # (B, H) -> (B, H)
         return Embedding(x - self.offset.to(x.dtype))
@@ -100,6 +121,12 @@ class WhitenHead(nn.Module):
             transform = vectors[:, :self.dim] * scale[:self.dim]
         self.offset.copy_(mu.to(self.offset.dtype))
         self.transform.copy_(transform.to(self.transform.dtype))
+
+    @property
+    def is_fitted(self) -> bool:
+        # unfitted: a zero offset and the identity (or its first columns); a fitted whitening is neither
+        initial = torch.eye(self.in_dim, dtype=self.transform.dtype, device=self.transform.device)[:, :self.out_dim]
+        return bool(self.offset.any()) or not torch.equal(self.transform, initial)
 
     def forward(self, x: torch.Tensor) -> Embedding:  # (B, H) -> (B, out)
         return Embedding((x - self.offset.to(x.dtype)) @ self.transform.to(x.dtype))

@@ -72,5 +72,11 @@ class Loss(nn.Module):
     def forward(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def batch_requirement(self, negatives_per_query: int) -> tuple[int, str]:
+        """``(n, why)``: the fewest queries one (global) micro-batch must hold for this loss to have anything to
+        learn from, and why. 1 (the default): each query alone is enough. The training loop refuses a smaller
+        ``--batch-size`` x processes before it loads any data (a batch of one would log loss 0 and learn nothing)."""
+        return 1, ""
+
     def get_config(self) -> dict:
         return {}

@@ -57,6 +57,16 @@ class CompositeLoss(nn.Module):
         total = torch.stack(list(terms.values())).sum()
         return LossOutput(total, terms)
 
+    def batch_requirement(self, negatives_per_query: int) -> tuple[int, str]:
+        """The most demanding term's, named."""
+        best = (1, "")
+        for name in self.names:
+            term = getattr(self.losses[name], "batch_requirement", None)
+            n, why = term(negatives_per_query) if term is not None else (1, "")
+            if n > best[0]:
+                best = (n, f"its term {name} {why}")
+        return best
+
     def get_config(self) -> dict:
         return {"spec": self.spec,
                 "terms": {name: dict(self.losses[name].get_config()) if hasattr(self.losses[name], "get_config")

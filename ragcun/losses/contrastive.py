@@ -226,6 +226,12 @@ class ContrastiveLoss(Loss):
         relevant[torch.arange(len(labels), device=labels.device), labels] = False
         return logits.masked_fill(relevant, float("-inf"))
 
+    def batch_requirement(self, negatives_per_query: int) -> tuple[int, str]:
+        if negatives_per_query > 0:
+            return 1, ""  # the hard negatives are candidates even for a query alone
+        return 2, ("compares each query's positive with the other queries' positives in its batch, its only "
+                   "negatives without hard negatives")
+
     def get_config(self) -> dict:
         return {"temperature": self.temperature, "learnable_temperature": self.learnable_temperature,
                 "symmetric": self.symmetric, "mask_duplicates": self.mask_duplicates, "max_scale": self.max_scale}

@@ -80,6 +80,9 @@ class IsotropyLoss(Loss):
         values = [epps_pulley(x, directions, self.t_max, self.num_points).mean() for x in groups]
         return torch.stack(values).mean()
 
+    def batch_requirement(self, negatives_per_query: int) -> tuple[int, str]:
+        return 2, "tests the distribution of the batch's embeddings (SIGReg)"
+
     def get_config(self) -> dict:
         return {"num_slices": self.num_slices, "t_max": self.t_max, "num_points": self.num_points,
                 "apply_to": self.apply_to, "seed": self.seed, "projector_dim": self.projector_dim,

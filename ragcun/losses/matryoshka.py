@@ -107,6 +107,10 @@ class MatryoshkaLoss(Loss):
         if rescale is not None:
             rescale(factor)
 
+    def batch_requirement(self, negatives_per_query: int) -> tuple[int, str]:
+        inner = getattr(self.inner, "batch_requirement", None)
+        return inner(negatives_per_query) if inner is not None else (1, "")
+
     def get_config(self) -> dict:
         inner = self.inner.get_config() if hasattr(self.inner, "get_config") else {}
         return {"dims": list(self.dims), "weights": list(self.weights), "inner": inner}

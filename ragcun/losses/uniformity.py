@@ -74,5 +74,8 @@ class UniformityLoss(Loss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         return torch.stack([self._one(x) for x in selected(inputs, self.apply_to)]).mean()
 
+    def batch_requirement(self, negatives_per_query: int) -> tuple[int, str]:
+        return 2, "compares every pair of embeddings in the batch"
+
     def get_config(self) -> dict:
         return {"t": self.t, "normalize": self.normalize, "apply_to": self.apply_to}

@@ -68,6 +68,9 @@ class VarianceCovarianceLoss(Loss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         return torch.stack([self._one(x) for x in selected(inputs, self.apply_to)]).mean()
 
+    def batch_requirement(self, negatives_per_query: int) -> tuple[int, str]:
+        return 2, "estimates the batch's variance and covariance"
+
     def get_config(self) -> dict:
         return {"gamma": self.gamma, "eps": self.eps, "variance_weight": self.variance_weight,
                 "covariance_weight": self.covariance_weight, "apply_to": self.apply_to}

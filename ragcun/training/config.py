@@ -22,6 +22,9 @@ RESUMABLE_CHANGES = ("output_dir", "steps", "epochs", "save_every", "keep_checkp
                      "diagnostics_every", "show_progress", "eval_batch_size", "max_eval_queries",
                      *OPTIMIZER_CHANGES)
 HISTORY_FILE = "config_history.json"
+# fields added after train_config.json was first written; each default is the behaviour before the field existed,
+# so a run saved without one reads as it ran (a field added from now on joins this list, or old runs cannot resume)
+ADDED_LATER = ("no_duplicate_queries", "gradient_checkpointing", "max_seq_length")
 
 
 @dataclass
@@ -154,7 +157,29 @@ class TrainConfig:
             raise ValueError(f"{folder} has no {CONFIG_FILE}; it is not a ragcun training run") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, str(path))
+        return cls.checked(data, str(path))
+
+    @classmethod
+    def checked(cls, data: Any, source: str) -> TrainConfig:
+        """A saved ``train_config.json``'s contents read with every check ``--config`` gets: a JSON object, known
+        keys, every field present (a missing one is not defaulted: the run used some value), each of its field's
+        type, then :meth:`validate`. Errors name ``source`` and the key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object of training settings, got {type(data).__name__}; "
+                             "the file is damaged (restore it, or start a new --output-dir)")
+        missing = sorted({f.name for f in fields(cls)} - set(data) - set(ADDED_LATER))
+        config = cls.from_dict(data, source)
+        if missing:
+            raise ValueError(f"{source}: missing {', '.join(missing)}; a saved run records every setting, so the file "
+                             "was edited or damaged (restore it, or start a new --output-dir)")
+        _check_field_types(data, source)
+        if not isinstance(data.get("settings"), dict):
+            raise ValueError(f"{source}: settings must be an object of component settings, got {data['settings']!r}")
+        try:
+            config.validate()
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        return config
 
     def differences(self, other: TrainConfig, ignore=RESUMABLE_CHANGES) -> dict[str, tuple[Any, Any]]:
         """Settings that differ, paths compared resolved (``./runs/x`` is ``runs/x``; a data folder given
@@ -229,6 +254,10 @@ def build_config(*, config_file: str | Path | None = None, settings: Iterable[st
                 raise ValueError(f"--config {config_file} does not exist") from None
             except json.JSONDecodeError as exc:
                 raise ValueError(f"--config {config_file}: not valid JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"--config {config_file}: expected a JSON object of training settings, got "
+                                 f"{type(data).__name__}")
+            _check_field_types(data, f"--config {config_file}")
             base.update(TrainConfig.from_dict(data, str(config_file)).to_dict())
         else:
             data = load_toml(config_file)
@@ -285,9 +314,10 @@ def _check_field_types(table: dict[str, Any], source: str) -> None:
 
 
 def record_history(folder: str | Path, config: TrainConfig, *, previous: TrainConfig | None, step: int,
-                   checkpoint: str | None = None) -> Path:
+                   checkpoint: str | None = None, world_size: int = 1) -> Path:
     """Append this invocation to ``config_history.json``: a fresh start (which begins a new history) or a resume
-    with every setting that changed since the run's previous ``train_config.json`` (``{"from", "to"}``)."""
+    with every setting that changed since the run's previous ``train_config.json`` (``{"from", "to"}``), each with
+    its number of processes and global batch."""
     import datetime
 
     path = Path(folder) / HISTORY_FILE
@@ -300,6 +330,8 @@ def record_history(folder: str | Path, config: TrainConfig, *, previous: TrainCo
         if not isinstance(history, list):
             history = []
     entry: dict[str, Any] = {"event": "start" if previous is None else "resume", "step": int(step),
+                             "world_size": int(world_size),
+                             "global_batch": config.batch_size * int(world_size) * config.grad_accum,
                              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     # which torchrun job wrote this entry: a worker that torchrun restarts (--max-restarts) resumes by itself only
     # a run its own job started (ragcun.training.loop._elastic_resume)

@@ -35,9 +35,9 @@ from ragcun.training.callbacks import Callback, CtrlC, TrainingState, check_call
 from ragcun.training.config import TrainConfig
 from ragcun.training.faults import LossFailed, TrainingDiverged, last_good
 from ragcun.training.logs import METRICS_FILE, LiveDisplay, MetricsLog, format_terms
-from ragcun.training.setup import (SCALE_PROBE, build_training_loss, build_training_model, diagnostic_texts,
-                                   freeze_unused_parameters, isotropy_scale_warning, isotropy_weight,
-                                   name_loss_failures, training_data)
+from ragcun.training.setup import (SCALE_PROBE, build_training_loss, build_training_model, check_batch_can_teach,
+                                   diagnostic_texts, fit_head_on_training_documents, freeze_unused_parameters,
+                                   isotropy_scale_warning, isotropy_weight, name_loss_failures, training_data)
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "LossFailed", "isotropy_scale_warning", "METRICS_FILE"]
 
@@ -107,6 +107,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     model.to(device)
     freeze_unused_parameters(model)
     loss_module = loss_fn if loss_fn is not None else build_training_loss(config, model)
+    check_batch_can_teach(config, loss_module, ctx.world_size)
     if isinstance(loss_module, torch.nn.Module):
         loss_module.to(device)
     prec = precision(config.dtype, device)
@@ -118,6 +119,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     memory["data"] = _memory_mark()
 
     # -- calibration (new runs only): a head with init_scale="auto" gets unit-scale outputs -----------------
+    head_fit = None if resume else fit_head_on_training_documents(model, source, config)  # center / whiten heads
     calibration = None if resume else calibrate(model, loss_module, probe_texts(source), ctx)
     name_loss_failures(loss_module)
     memory["calibration"] = _memory_mark()
@@ -156,7 +158,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
         + ": finishing this step, saving a checkpoint, then exiting ("
         + ("Ctrl-C" if ctrl_c.signum == signal.SIGINT else signal_name(ctrl_c.signum)) + " again to stop at once)"))
     ctrl_c.__enter__()
-    _announce(config, ctx, folder, display, log, source, total_steps, step, prec, calibration)
+    _announce(config, ctx, folder, display, log, source, total_steps, step, prec, calibration, head_fit)
     log.write({"step": step, "memory": memory})
     _warn_if_sigreg_cannot_act(model, loss_module, source, ctx, display)
     saver = CheckpointSaver(out_dir, config, ctx, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -306,7 +308,7 @@ def _optimizer_step(config: TrainConfig, ctx, step: int, optimizer, scheduler, s
     return grad_norm, lr
 
 
-def _announce(config, ctx, folder, display, log, source, total_steps, step, prec, calibration) -> None:
+def _announce(config, ctx, folder, display, log, source, total_steps, step, prec, calibration, head_fit) -> None:
     if ctx.is_main:
         slow = precision_warning(prec.dtype, ctx.device)
         for message in [*folder.warnings, *([slow] if slow else [])]:
@@ -315,6 +317,10 @@ def _announce(config, ctx, folder, display, log, source, total_steps, step, prec
                   f"{ctx.world_size} process(es) x batch {config.batch_size} x accumulation {config.grad_accum}, "
                   f"{total_steps} steps, {ctx.device}, {str(prec.dtype).replace('torch.', '')}"
                   + (f", resuming at step {step}" if folder.resume else ""))
+    if head_fit is not None:
+        log.write({"step": 0, "head_fit": {"documents": head_fit}})
+        display.print(f"fitted the {config.head} head on {head_fit} training documents (fixed while the encoder "
+                      "trains; saved with the model)")
     if calibration is not None:
         log.write({"step": 0, "calibration": calibration.as_dict()})
         display.print(f"calibrated the {config.head} head from {calibration.probe_texts} training texts: outputs x "

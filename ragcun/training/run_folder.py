@@ -189,6 +189,7 @@ def check_run_folder(config: TrainConfig, ctx: D.DistributedContext, resume: boo
         folder.warnings = [f"--resume: skipping the damaged checkpoint {c.folder} ({why}); resuming from "
                            f"{folder.latest.folder} (step {folder.latest.step})" for c, why in bad]
         folder.saved = TrainConfig.load(out_dir)
+        check_world_size(folder.latest, config, ctx)
         diff = folder.saved.differences(config)
         if diff:
             listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -203,13 +204,39 @@ def check_run_folder(config: TrainConfig, ctx: D.DistributedContext, resume: boo
     return folder
 
 
+def check_world_size(latest: ckpt.Checkpoint, config: TrainConfig, ctx: D.DistributedContext) -> None:
+    """A resumed run keeps its number of processes: another one would change the global batch (and so the loss,
+    the in-batch negatives and the data order) without a word. Refused, naming both; checkpoints from before the
+    world size was recorded are not checked."""
+    try:
+        saved = json.loads((latest.folder / ckpt.STATE_FILE).read_text()).get("world_size")
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, int) or isinstance(saved, bool) or saved == ctx.world_size:
+        return
+    per_step = config.batch_size * config.grad_accum
+    raise ValueError(f"--resume: the run trained with {saved} process(es) (a global batch of {per_step * saved} "
+                     f"pairs) and this resume has {ctx.world_size} ({per_step * ctx.world_size} pairs); the global "
+                     f"batch would change silently. Resume with {saved} process(es) (--nproc-per-node {saved}, or "
+                     "torchrun's), or start a new --output-dir")
+
+
 def load_checkpoint_weights(model, folder: RunFolder) -> None:
-    """The resumed checkpoint's weights into ``model`` (its checksum was verified by check_run_folder)."""
+    """The resumed checkpoint's weights into ``model`` (its checksum was verified by check_run_folder); a shape that
+    differs (a train_config.json edited after the run started) is named, not a traceback."""
     from safetensors.torch import load_file
 
     from ragcun.model import WEIGHTS_FILE
 
-    model.load_state_dict(load_file(str(folder.latest.folder / ckpt.MODEL_FOLDER / WEIGHTS_FILE)), strict=False)
+    path = folder.latest.folder / ckpt.MODEL_FOLDER / WEIGHTS_FILE
+    state = load_file(str(path))
+    own = model.state_dict()
+    for key, tensor in state.items():
+        if key in own and own[key].shape != tensor.shape:
+            raise ValueError(f"--resume: {path} holds {key} of shape {tuple(tensor.shape)}, but the settings in "
+                             f"{folder.path / 'train_config.json'} build {tuple(own[key].shape)}: the run's settings "
+                             "were edited after it started; restore them, or start a new --output-dir")
+    model.load_state_dict(state, strict=False)
 
 
 def restore_trainer_state(folder: RunFolder, config: TrainConfig, ctx: D.DistributedContext, *, optimizer,
@@ -289,7 +316,8 @@ def write_run_record(folder: RunFolder, config: TrainConfig, ctx: D.DistributedC
                 (folder.path / METRICS_FILE).unlink(missing_ok=True)
             config.save(folder.path)
             record_history(folder.path, config, previous=folder.saved, step=step,
-                           checkpoint=folder.latest.folder.name if folder.resume else None)
+                           checkpoint=folder.latest.folder.name if folder.resume else None,
+                           world_size=ctx.world_size)
         except OSError as exc:
             raise (output_error(exc, folder.path, what=f"--output-dir {folder.path}") or exc) from None
 
@@ -315,7 +343,10 @@ class CheckpointSaver:
                                         scheduler=self.scheduler, scaler=self.scaler, rng_states=rngs,
                                         loss_state=loss_state, data_position=self.stream.state.as_dict(),
                                         keep=self.config.keep_checkpoints,
-                                        extra={"loss": last_loss, "total_steps": self.total_steps})
+                                        extra={"loss": last_loss, "total_steps": self.total_steps,
+                                               "world_size": self.ctx.world_size,
+                                               "global_batch": self.config.batch_size * self.ctx.world_size
+                                               * self.config.grad_accum})
 
         # every rank waits for rank 0's write, and stops with its error (a full disk) instead of waiting forever
         return on_main(self.ctx, write, f"saving the checkpoint of step {step}")

@@ -70,6 +70,28 @@ def build_training_loss(config: TrainConfig, model):
     return loss
 
 
+def check_batch_can_teach(config: TrainConfig, loss_module, world_size: int) -> None:
+    """Refuse a batch too small for the loss to learn anything (``--batch-size 1 --loss contrastive`` without hard
+    negatives logs loss 0.0 and gradient 0.0 at every step), before any data is read. The loss sees one
+    micro-batch of ``--batch-size`` queries per process, gathered over the processes; ``--grad-accum`` adds
+    micro-batches, not examples within one, so it does not help."""
+    requirement = getattr(loss_module, "batch_requirement", None)
+    if requirement is None:  # a plain callable (tests, plugins without the method): nothing declared
+        return
+    needed, why = requirement(config.negatives)
+    have = config.batch_size * world_size
+    if have >= needed:
+        return
+    processes = f" x {world_size} processes" if world_size > 1 else ""
+    fixes = [f"--batch-size {-(-needed // world_size)} or more (--grad-cache-chunk keeps the memory of a large "
+             "batch low)"]
+    if "negatives" in why:
+        fixes.append("hard negatives (--negatives 1 --mine-negatives bm25)")
+    raise ValueError(f"--batch-size {config.batch_size}{processes}: the loss {config.loss} {why}, so a batch of "
+                     f"{have} gives it nothing to learn from (it needs {needed} queries per micro-batch; --grad-accum "
+                     f"does not add them); use " + ", or ".join(fixes))
+
+
 # SIGReg measures the distance of every 1-D projection from N(0, 1): embeddings whose coordinates spread far
 # less than 1 look nearly collapsed to it, and its gradient then barely moves them (measured: benchmarks/RESULTS.md)
 SMALL_SPREAD = 0.2
@@ -152,6 +174,18 @@ def training_data(config: TrainConfig, model, ctx):
         raise ValueError(f"--train-data {config.train_data}: {source.description} holds no training examples")
     return source, BatchStream(source, config.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                                no_duplicate_queries=config.no_duplicate_queries)
+
+
+def fit_head_on_training_documents(model, source, config: TrainConfig) -> int | None:
+    """A head fitted from data (center, whiten) is fitted once, before the first step of a new run, on the
+    distinct training documents (at most FIT_SAMPLE), and stays fixed while the encoder trains under it; it is
+    saved with every checkpoint and the final model. Returns how many documents, or None (no such head)."""
+    from ragcun.heads.fitted import FIT_SAMPLE, needs_fit
+
+    if not needs_fit(model.head):
+        return None
+    documents = list(dict.fromkeys(diagnostic_texts(source, limit=FIT_SAMPLE)))
+    return model.fit_head(documents, config.eval_batch_size, show_progress=False)
 
 
 def diagnostic_texts(source, limit: int = DIAGNOSTIC_SAMPLE) -> list[str]:
