@@ -37,7 +37,11 @@ def build_model(encoder: str = "all-minilm-l6-v2", head: str = "gaussian", dista
 
 def train(config: Any, *, resume: bool = False, **kwargs: Any) -> Any:
     """Train a ``ragcun.training.config.TrainConfig`` as ``ragcun train`` does: the loop with the periodic
-    evaluation and diagnostics the config asks for (ragcun.workflows.run); returns a TrainResult."""
+    evaluation and diagnostics the config asks for (ragcun.workflows.run); returns a TrainResult.
+
+    ``data=``: in-memory examples instead of ``train_data`` (a list of ``(query, positive[, negatives])``,
+    JSONL-style dicts, InputExamples, or a ``datasets.Dataset``; :mod:`ragcun.data.in_memory`). A resumed run
+    needs the same examples: ``train(config, resume=True, data=examples)``."""
     from ragcun.workflows.run import train as _train
 
     return _train(config, resume=resume, **kwargs)

@@ -44,6 +44,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -237,39 +238,45 @@ class JsonlExamples(_StreamedSource):
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: malformed JSON ({exc.msg}; column {exc.colno})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object with 'query', 'pos' and 'neg'")
-        query, pos, neg = record.get("query"), record.get("pos"), record.get("neg", [])
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"{where}: 'query' must be a non-empty string")
-        if isinstance(pos, str):
-            pos = [pos]
-        if not isinstance(pos, list) or not pos or not all(isinstance(p, str) for p in pos):
-            raise ValueError(f"{where}: 'pos' must be a non-empty list of strings")
-        if not isinstance(neg, list) or not all(isinstance(n, str) for n in neg):
-            raise ValueError(f"{where}: 'neg' must be a list of strings")
-        pos_scores = _scores(record, "pos_scores", len(pos), where)
-        neg_scores = _scores(record, "neg_scores", len(neg), where)
-        pos_ids = _ids(record, "pos_ids", len(pos), where)
-        neg_ids = _ids(record, "neg_ids", len(neg), where)
-        query_id = record.get("query_id")
-        if query_id is not None and not isinstance(query_id, str):
-            raise ValueError(f"{where}: 'query_id' must be a string")
-        k = self.negatives_per_example
-        if k and not neg:
-            raise ValueError(f"{where}: --negatives {k} but this line has no 'neg' passages")
-        pick = 0 if len(pos) == 1 else rng.randrange(len(pos))
-        # Without ids a passage's text identifies it (duplicate detection, label-aware negatives).
-        chosen = choose_negatives(range(len(neg)), k, rng)
-        negatives = [neg[j] for j in chosen]
-        negative_ids = [neg_ids[j] for j in chosen] if neg_ids is not None else list(negatives)
-        positive_id = pos_ids[pick] if pos_ids is not None else pos[pick]
-        relevant = _ids(record, "relevant_ids", None, where)
-        relevant = list(pos_ids if pos_ids is not None else pos) + [r for r in (relevant or []) if r not in
-                                                                      (pos_ids or pos)]
-        return TrainingExample(query, pos[pick], negatives, query_id, positive_id, negative_ids, relevant,
-                               None if pos_scores is None else pos_scores[pick],
-                               None if neg_scores is None or pos_scores is None else [neg_scores[j] for j in chosen])
+        return example_from_record(record, where, self.negatives_per_example, rng)
+
+
+def example_from_record(record: Any, where: str, k: int, rng: random.Random) -> TrainingExample:
+    """One training example from a JSONL-style record (``query``, ``pos``, ``neg``, optional ids and teacher
+    scores; docs/data.md), checked, errors naming ``where``; ``k`` negatives chosen with ``rng``. The one reader
+    of that format: JSONL files and in-memory examples (ragcun.data.in_memory) both go through it."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'query', 'pos' and 'neg'")
+    query, pos, neg = record.get("query"), record.get("pos"), record.get("neg", [])
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"{where}: 'query' must be a non-empty string")
+    if isinstance(pos, str):
+        pos = [pos]
+    if not isinstance(pos, list) or not pos or not all(isinstance(p, str) for p in pos):
+        raise ValueError(f"{where}: 'pos' must be a non-empty list of strings")
+    if not isinstance(neg, list) or not all(isinstance(n, str) for n in neg):
+        raise ValueError(f"{where}: 'neg' must be a list of strings")
+    pos_scores = _scores(record, "pos_scores", len(pos), where)
+    neg_scores = _scores(record, "neg_scores", len(neg), where)
+    pos_ids = _ids(record, "pos_ids", len(pos), where)
+    neg_ids = _ids(record, "neg_ids", len(neg), where)
+    query_id = record.get("query_id")
+    if query_id is not None and not isinstance(query_id, str):
+        raise ValueError(f"{where}: 'query_id' must be a string")
+    if k and not neg:
+        raise ValueError(f"{where}: --negatives {k} but this line has no 'neg' passages")
+    pick = 0 if len(pos) == 1 else rng.randrange(len(pos))
+    # Without ids a passage's text identifies it (duplicate detection, label-aware negatives).
+    chosen = choose_negatives(range(len(neg)), k, rng)
+    negatives = [neg[j] for j in chosen]
+    negative_ids = [neg_ids[j] for j in chosen] if neg_ids is not None else list(negatives)
+    positive_id = pos_ids[pick] if pos_ids is not None else pos[pick]
+    relevant = _ids(record, "relevant_ids", None, where)
+    relevant = list(pos_ids if pos_ids is not None else pos) + [r for r in (relevant or []) if r not in
+                                                                  (pos_ids or pos)]
+    return TrainingExample(query, pos[pick], negatives, query_id, positive_id, negative_ids, relevant,
+                           None if pos_scores is None else pos_scores[pick],
+                           None if neg_scores is None or pos_scores is None else [neg_scores[j] for j in chosen])
 
 
 def _scores(record: dict, key: str, n: int, where: str) -> list[float] | None:
@@ -336,6 +343,10 @@ def parse_data_spec(spec: str, flag: str = "--train-data") -> DataSpec:
         raise ValueError(f"{flag} is empty; e.g. beir:scifact:train, jsonl:train.jsonl or triples:triples.tsv")
     spec = spec.strip()
     kind, sep, rest = spec.partition(":")
+    if sep and kind == "memory":
+        raise ValueError(f"{flag} {spec}: this run trained on in-memory examples given from Python (ragcun.train("
+                         "config, data=examples)), which no file holds; resume it from Python with the same examples: "
+                         "ragcun.train(config, resume=True, data=examples)")
     if sep and kind == "beir":
         name, _, split = rest.partition(":")
         if not name:

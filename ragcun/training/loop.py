@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,16 +64,22 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, resume: bool = False, loss_fn: Callable | None = None,
-          stop_after: int | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
+          stop_after: int | None = None, callbacks: Sequence[Callback] = (), data: Any = None) -> TrainResult:
     """Train as ``config`` says; with ``resume`` continue the run in ``config.output_dir`` exactly.
 
     ``callbacks`` do the periodic work between steps (``ragcun.train`` passes the evaluation and diagnostics
     the config asks for). ``loss_fn`` overrides the loss built from ``config.loss`` (tests). ``stop_after``
     ends this invocation after that many optimizer steps without finishing the run (tests of resumption).
+    ``data``: in-memory examples instead of ``config.train_data`` (:mod:`ragcun.data.in_memory`; a resumed
+    run needs the same examples).
     """
     from ragcun.signals import raise_on_stop
     from ragcun.training.run_folder import hold_run_folder
 
+    if data is not None:
+        from ragcun.data.in_memory import in_memory_config
+
+        config, data = in_memory_config(config, data)
     config.validate()
     check_callbacks(config, callbacks)
     ctx = D.setup(config.device)
@@ -80,13 +87,14 @@ def train(config: TrainConfig, *, resume: bool = False, loss_fn: Callable | None
         # SIGTERM stops like Ctrl-C (before the loop: at once; in it: after the step, with a checkpoint), and the
         # run folder has one writer (its lock) for as long as this runs
         with raise_on_stop(), hold_run_folder(config, ctx):
-            return _train(config, ctx, resume=resume, loss_fn=loss_fn, stop_after=stop_after, callbacks=callbacks)
+            return _train(config, ctx, resume=resume, loss_fn=loss_fn, stop_after=stop_after, callbacks=callbacks,
+                          in_memory=data)
     finally:
         D.teardown(ctx)
 
 
 def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss_fn, stop_after,
-           callbacks: Sequence[Callback]) -> TrainResult:
+           callbacks: Sequence[Callback], in_memory=None) -> TrainResult:
     from ragcun.training.calibration import calibrate, probe_texts
     from ragcun.training.grad_cache import GradCache
     from ragcun.training.optim import lr_lambda, make_optimizer, precision, seed_everything
@@ -114,7 +122,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     memory["model"] = _memory_mark()
 
     # -- data ------------------------------------------------------------------------------------------------
-    source, stream = training_data(config, model, ctx)
+    source, stream = training_data(config, model, ctx, in_memory)
     total_steps = _total_steps(config, stream, source, ctx)
     memory["data"] = _memory_mark()
 

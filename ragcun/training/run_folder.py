@@ -193,8 +193,11 @@ def check_run_folder(config: TrainConfig, ctx: D.DistributedContext, resume: boo
         diff = folder.saved.differences(config)
         if diff:
             listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+            memory = any(str(v).startswith("memory:") for v in diff.get("train_data", ()))
             raise ValueError(f"--resume: settings differ from the run in {out_dir} ({listed}); "
-                             "resume with the run's settings or start a new --output-dir")
+                             + ("the in-memory examples differ from the run's: a resumed run needs the same "
+                                "examples it started with; " if memory else "")
+                             + "resume with the run's settings or start a new --output-dir")
     elif latest is not None or has_final_model:
         raise ValueError(f"--output-dir {out_dir} already holds a training run; pass --resume to continue it "
                          "or choose another --output-dir")

@@ -159,17 +159,22 @@ def name_loss_failures(loss_module) -> None:
         module._ragcun_named_failures = True
 
 
-def training_data(config: TrainConfig, model, ctx):
-    """This rank's batches of the run's training data, hard negatives mined first if asked: (source, stream)."""
+def training_data(config: TrainConfig, model, ctx, in_memory=None):
+    """This rank's batches of the run's training data (``in_memory``: examples given from Python instead of
+    ``--train-data``), hard negatives mined first if asked: (source, stream)."""
     from ragcun.data.training import BatchStream, open_source
 
-    mined = None
-    if config.mine_negatives:
-        from ragcun.training.negatives import mined_negatives_for
+    if in_memory is not None:
+        source = in_memory
+    else:
+        mined = None
+        if config.mine_negatives:
+            from ragcun.training.negatives import mined_negatives_for
 
-        mined = mined_negatives_for(config, model, ctx)
-    source = open_source(config.train_data, data_dir=config.data_dir, seed=config.seed, negatives=config.negatives,
-                         qrels_threshold=config.qrels_threshold, shuffle_buffer=config.shuffle_buffer, mined=mined)
+            mined = mined_negatives_for(config, model, ctx)
+        source = open_source(config.train_data, data_dir=config.data_dir, seed=config.seed,
+                             negatives=config.negatives, qrels_threshold=config.qrels_threshold,
+                             shuffle_buffer=config.shuffle_buffer, mined=mined)
     if next(iter(source.examples(0)), None) is None:  # an empty file: say so, not an IndexError downstream
         raise ValueError(f"--train-data {config.train_data}: {source.description} holds no training examples")
     return source, BatchStream(source, config.batch_size, rank=ctx.rank, world_size=ctx.world_size,

@@ -12,5 +12,9 @@ def train(config, *, resume: bool = False, callbacks=(), **kwargs: Any):
     from ragcun.evaluation.training_callbacks import standard_callbacks
     from ragcun.training.loop import train as train_loop
 
+    if kwargs.get("data") is not None:  # in-memory examples: train_data names their fingerprint
+        from ragcun.data.in_memory import in_memory_config
+
+        config, kwargs["data"] = in_memory_config(config, kwargs["data"])
     config.validate()
     return train_loop(config, resume=resume, callbacks=[*standard_callbacks(config), *callbacks], **kwargs)
