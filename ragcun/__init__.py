@@ -20,7 +20,7 @@ __all__ = ["__version__", "hookimpl", "load", "build_model", "train", "evaluate_
            "get_registry", "list_components"]
 
 
-def load(path: str, **kwargs: Any) -> "EmbeddingModel":
+def load(path: str, **kwargs: Any) -> EmbeddingModel:
     """Load a ragcun checkpoint folder (``model.safetensors`` + ``ragcun.json``)."""
     from ragcun.model import load as _load
 
@@ -28,7 +28,7 @@ def load(path: str, **kwargs: Any) -> "EmbeddingModel":
 
 
 def build_model(encoder: str = "all-minilm-l6-v2", head: str = "gaussian", distance: str = "euclidean",
-                **kwargs: Any) -> "EmbeddingModel":
+                **kwargs: Any) -> EmbeddingModel:
     """Build a fresh model from component specs."""
     from ragcun.model import EmbeddingModel
 
@@ -74,7 +74,7 @@ def export(model_or_path: Any, out: str, to: str = "sentence-transformers", *, m
                    truncate_dim=truncate_dim)
 
 
-def get_registry() -> "Registry":
+def get_registry() -> Registry:
     """The registry filled by the built-ins and every installed plugin."""
     from ragcun.plugins import get_registry as _get
 

@@ -18,7 +18,8 @@ Keyword metadata understood by ``register``:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pluggy
 

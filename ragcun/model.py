@@ -15,7 +15,8 @@ import os
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class EmbeddingModel(nn.Module):
     @classmethod
     def build(cls, encoder: str = "all-minilm-l6-v2", head: str = "gaussian", distance: str = "euclidean",
               settings: Settings | None = None, *, query_prefix: str = "", document_prefix: str = "",
-              registry=None) -> "EmbeddingModel":
+              registry=None) -> EmbeddingModel:
         """Build from specs, e.g. ``EmbeddingModel.build("hf:/models/mpnet", "gaussian", "euclidean")``."""
         enc = build("encoder", encoder, settings, registry=registry)
         hd = build("head", head, settings, registry=registry, in_dim=enc.dim)
@@ -193,7 +194,7 @@ class EmbeddingModel(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, *, registry=None, map_location: str = "cpu") -> "EmbeddingModel":
+    def from_pretrained(cls, folder: str | os.PathLike, *, registry=None, map_location: str = "cpu") -> EmbeddingModel:
         return load(folder, registry=registry, map_location=map_location)
 
 

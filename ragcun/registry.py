@@ -11,7 +11,8 @@ import fnmatch
 import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 KINDS = ("encoder", "head", "loss", "distance", "evaluator")
 PLURALS = {"encoder": "encoders", "head": "heads", "loss": "losses", "distance": "distances",

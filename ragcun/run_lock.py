@@ -30,7 +30,7 @@ from pathlib import Path
 
 LOCK_FILE = ".ragcun.lock"
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-_held: dict[str, "RunLock"] = {}  # realpath of the folder -> this process's lock on it
+_held: dict[str, RunLock] = {}  # realpath of the folder -> this process's lock on it
 
 
 class RunLocked(ValueError):
@@ -101,7 +101,7 @@ class RunLock:
     def __init__(self, folder: Path, fd: int, created: bool, what: str) -> None:
         self.folder, self.fd, self.created, self.what, self.depth = folder, fd, created, what, 1
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -24,7 +24,8 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REPEAT_S = 2.0  # a stop signal repeated within this time is the same request, delivered again

@@ -23,7 +23,8 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 from ragcun.registry import KINDS, normalize_kind, normalize_name
 

@@ -72,7 +72,7 @@ def test_check_value_type_unit():
 
     from ragcun.spec import check_value_type
 
-    def f(a: int = 1, b: bool = False, c: float | str = 1.0, d: int | None = None, e=True, g: "list[int]" = ()):
+    def f(a: int = 1, b: bool = False, c: float | str = 1.0, d: int | None = None, e=True, g: list[int] = ()):
         pass
 
     params = inspect.signature(f).parameters

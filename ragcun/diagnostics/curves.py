@@ -8,7 +8,8 @@ sees SIGReg fall, or not, as training goes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 PANELS = (("sigreg_raw", "SIGReg of the diagnostic sample (log scale; dashed: N(0, I) floor)", True),
           ("effective_rank_ratio", "effective rank / D", False),

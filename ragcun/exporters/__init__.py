@@ -27,7 +27,7 @@ FORMATS = ("sentence-transformers",)
 
 
 def export(model_or_path: Any, out: str | os.PathLike, to: str = "sentence-transformers", *, mean_only: bool = False,
-           overwrite: bool = False, training_command=None, truncate_dim: int | None = None) -> "ExportResult":
+           overwrite: bool = False, training_command=None, truncate_dim: int | None = None) -> ExportResult:
     """Export a model (an ``EmbeddingModel``, a checkpoint or run folder, ``hf:PATH`` or an encoder name) to ``out``.
 
     ``mean_only``: export a log-variance model's mean vectors (its distance cannot be represented otherwise;

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 EXPORT_MARKER = "ragcun_export.json"  # written by every export (st_export.EXPORT_INFO): "an export wrote this"
 PROTECTED = ("ragcun.json", "train_config.json")

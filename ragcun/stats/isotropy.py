@@ -38,7 +38,7 @@ _EPS = 1e-12
 def as_matrix(x: Any, *, name: str = "embeddings", min_rows: int = 1) -> torch.Tensor:
     """``x`` (a tensor, an array, or anything with a ``.mean`` tensor such as an ``Embedding``) as a float64
     CPU tensor ``(N, D)``; raises ``ValueError`` on a wrong shape or non-finite values."""
-    if hasattr(x, "mean") and isinstance(getattr(x, "mean"), torch.Tensor):
+    if hasattr(x, "mean") and isinstance(x.mean, torch.Tensor):
         x = x.mean
     t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     t = t.to(device="cpu", dtype=torch.float64)

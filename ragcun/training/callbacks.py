@@ -14,7 +14,8 @@ stop".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from ragcun.signals import StopRequests
 

@@ -7,7 +7,8 @@ import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 from ragcun.precision import check_dtype_name
 
@@ -332,7 +333,7 @@ def record_history(folder: str | Path, config: TrainConfig, *, previous: TrainCo
     entry: dict[str, Any] = {"event": "start" if previous is None else "resume", "step": int(step),
                              "world_size": int(world_size),
                              "global_batch": config.batch_size * int(world_size) * config.grad_accum,
-                             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     # which torchrun job wrote this entry: a worker that torchrun restarts (--max-restarts) resumes by itself only
     # a run its own job started (ragcun.training.loop._elastic_resume)
     if os.environ.get("TORCHELASTIC_RUN_ID"):

@@ -433,7 +433,7 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
             "mine_negatives": mine_negatives, "qrels_threshold": int(qrels_threshold),
             "query_prefix": getattr(model, "query_prefix", ""), "document_prefix": getattr(model, "document_prefix", ""),
             "job": recorded, "ragcun_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     if ctx.is_main:  # merge in the input's order; the output appears complete or not at all
         merged: dict[int, dict] = {}
         for path in _part_files(output):
