@@ -11,7 +11,8 @@ Each contender retrieves the top 1000 for every test query with the same model (
 spec; default all-MiniLM-L6-v2, the copy packaged with ragcun: sentence-transformers loads the folder the ragcun
 encoder reads), the same batch size and the same number of threads, and is scored with beir's
 EvaluateRetrieval. With ``--results-dir`` each contender's row is written there as it finishes and a rerun
-skips the contenders already there (an mpnet contender takes tens of minutes on a CPU). Reported: wall time (encode queries + encode corpus + search + metrics; the model is loaded
+skips the contenders already there (an mpnet contender takes tens of minutes on a CPU). Reported: wall time
+(encode queries + encode corpus + search + metrics; the model is loaded
 beforehand and warmed up), documents per second (corpus size / wall time), peak memory, NDCG@10, and the
 ratio to sentence-transformers.
 

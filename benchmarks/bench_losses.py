@@ -60,7 +60,7 @@ def run(ns, ds, ms, repeats: int) -> list[dict]:
             p = (q.detach() + 0.5 * torch.randn(n, d, generator=g)).requires_grad_(True)
             inputs = LossInputs(Embedding(q), Embedding(p), step=1)
 
-            def fwd_bwd(loss):
+            def fwd_bwd(loss, q=q, p=p, inputs=inputs):
                 def call():
                     q.grad = p.grad = None
                     loss(inputs).backward()

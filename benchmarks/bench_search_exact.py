@@ -108,7 +108,7 @@ def main() -> None:
         for k in (int(x) for x in args.k.split(",")):
             for kind in kinds:
                 times = {name: [] for name in versions}
-                for name, module in versions.items():  # warm-up
+                for _name, module in versions.items():  # warm-up
                     time_search(module, distance, q[:8] + offset, d[:1000] + offset, min(k, 1000), kind)
                 for _ in range(args.repeats):
                     for name, module in versions.items():

@@ -242,7 +242,8 @@ def run_scaling(args) -> list[dict]:
     for nproc, batch in ((1, args.batch_size), (2, args.batch_size // 2)):
         run = Path(args.work) / f"scale-{nproc}"
         cmd = [sys.executable, "-m", "ragcun", "train", "--encoder", f"hf:{model}", "--head", "identity",
-               "--distance", "cosine", "--loss", "contrastive", "--set", f"encoder.hf.max_seq_length={args.max_seq_length}",
+               "--distance", "cosine", "--loss", "contrastive",
+               "--set", f"encoder.hf.max_seq_length={args.max_seq_length}",
                "--train-data", f"jsonl:{args.pairs}", "--shuffle-buffer", "1", "--output-dir", str(run),
                "--batch-size", str(batch), "--steps", str(args.steps), "--warmup", "1", "--save-every", "1000000000",
                "--log-every", "1", "--no-progress", "--dtype", "float32"]
@@ -349,7 +350,8 @@ def main() -> None:
             # one step each: memory is the point (a plain batch of 1024 would not fit a laptop: that is the point too)
             plain = run_worker("ragcun", args, batch_size=64, steps=1)
             cached = run_worker("ragcun", args, batch_size=args.grad_cache_batch, steps=1, grad_cache_chunk=64)
-            results["grad_cache"] = {"plain_batch_64": plain, f"grad_cache_batch_{args.grad_cache_batch}_chunk_64": cached}
+            results["grad_cache"] = {"plain_batch_64": plain,
+                                     f"grad_cache_batch_{args.grad_cache_batch}_chunk_64": cached}
             print(json.dumps(results["grad_cache"]), flush=True)
     print_table(results)
     if args.json:
@@ -380,7 +382,8 @@ def print_table(results: dict) -> None:
     if "scaling_gloo" in results:
         one, two = results["scaling_gloo"]
         console.print(f"2-rank gloo scaling (global batch {one['global_batch']}): 1 process {one['pairs_per_s']:.2f} "
-                      f"pairs/s, 2 ranks {two['pairs_per_s']:.2f} pairs/s ({two['pairs_per_s'] / one['pairs_per_s']:.2f}x)")
+                      f"pairs/s, 2 ranks {two['pairs_per_s']:.2f} pairs/s "
+                      f"({two['pairs_per_s'] / one['pairs_per_s']:.2f}x)")
     if "grad_cache" in results:
         (n1, a), (n2, b) = results["grad_cache"].items()
         console.print(f"GradCache memory (one step each): {n1}: peak RSS {a['peak_rss_mb']:.0f} MiB, "

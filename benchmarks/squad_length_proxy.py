@@ -29,7 +29,8 @@ def main() -> None:
         encoded = encode_dataset(model, dataset, batch_size=64, dtype="bfloat16")
         metrics = score(model.distance, encoded, dataset, k=100, k_values=[10, 100], isotropy_sample=500)["metrics"]
         print(f"documents read to {length} tokens: NDCG@10 {metrics['NDCG@10']:.4f}  R@100 {metrics['Recall@100']:.4f}"
-              f"  ({len(dataset.queries)} queries, {len(dataset.corpus)} paragraphs, {time.perf_counter() - start:.0f} s)",
+              f"  ({len(dataset.queries)} queries, {len(dataset.corpus)} paragraphs, "
+              f"{time.perf_counter() - start:.0f} s)",
               flush=True)
 
 

@@ -262,7 +262,8 @@ def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu")
     # Tied weights are stored once by safetensors' save_model; they are legitimately "missing".
     missing = [k for k in missing if not _is_tied(model, k, state)]
     if missing or unexpected:
-        raise ValueError(f"{weights} does not match {CONFIG_FILE}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+        raise ValueError(f"{weights} does not match {CONFIG_FILE}: "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     for key, tensor in state.items():
         if own[key].shape != tensor.shape:

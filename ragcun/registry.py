@@ -105,7 +105,8 @@ class Registry:
         canonical = normalize_name(name)
         if not _NAME_RE.match(canonical):
             raise RegistryError(
-                f"{provider} tried to register {kind} {name!r}: names are kebab-case: a letter, then letters, digits, '-' and '.'")
+                f"{provider} tried to register {kind} {name!r}: names are kebab-case: a letter, then letters, digits, "
+                "'-' and '.'")
         if not (isinstance(target, str) and ":" in target) and not callable(target):
             raise RegistryError(
                 f"{provider} registered {kind} {name!r} with target {target!r}; "

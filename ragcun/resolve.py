@@ -125,7 +125,8 @@ def _close_names(path: Path, typed: str | None = None) -> str:
     return f" (did you mean {path.parent / close[0] if str(path.parent) != '.' else close[0]}?)" if close else ""
 
 
-def components_built_for(models: Iterable[str], *, distance: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
+def components_built_for(models: Iterable[str], *,
+                         distance: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """``(kind -> the components resolve_model builds with settings for these --model specs, the specs that are
     checkpoints)``, without loading anything, for checking ``--set`` settings first. A checkpoint is loaded with
     the settings it was saved with: only a ``distance`` that replaces its own takes settings. A base model's

@@ -199,12 +199,15 @@ def settings_from_mapping(data: Mapping[str, Any], source: str = "config", *, ot
             choices = [*other_tables, *KINDS]
             if not isinstance(names, Mapping):
                 raise ValueError(f"{source}: {raw_kind} = ... is outside any table; settings go in "
-                                 + (f"[{other_tables[0]}] or " if other_tables else "") + "[KIND.NAME] tables") from None
+                                 + (f"[{other_tables[0]}] or " if other_tables else "")
+                                 + "[KIND.NAME] tables") from None
             close = difflib.get_close_matches(raw_kind, choices, n=1)
-            shown = f"{raw_kind}." + next(iter(names)) if names and all(isinstance(v, Mapping) for v in names.values()) else raw_kind
+            shown = (f"{raw_kind}." + next(iter(names))
+                     if names and all(isinstance(v, Mapping) for v in names.values()) else raw_kind)
             hint = f"; did you mean [{close[0]}{shown[len(raw_kind):]}]?" if close else ""
             raise ValueError(f"{source}: unknown table [{shown}]{hint} (tables: "
-                             + ", ".join([f"[{t}]" for t in other_tables] + [f"[{k}.NAME]" for k in KINDS]) + ")") from None
+                             + ", ".join([f"[{t}]" for t in other_tables] + [f"[{k}.NAME]" for k in KINDS])
+                             + ")") from None
         if not isinstance(names, Mapping):
             raise ValueError(f"{source}: [{raw_kind}] must hold tables like [{raw_kind}.NAME]")
         for name, params in names.items():
@@ -262,7 +265,8 @@ def _annotation_types(parameter: inspect.Parameter) -> set[str] | None:
         annotation = getattr(annotation, "__name__", None) if isinstance(annotation, type) else str(annotation)
         if annotation is None:
             return None
-    names = {part.strip().removeprefix("typing.") for part in annotation.replace("Optional[", "").rstrip("]").split("|")}
+    names = {part.strip().removeprefix("typing.")
+             for part in annotation.replace("Optional[", "").rstrip("]").split("|")}
     names = {"None" if n in ("NoneType", "none") else n for n in names}
     return names if names <= _SIMPLE_TYPES else None
 

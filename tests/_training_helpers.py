@@ -23,7 +23,8 @@ def no_dropout_copy(src: Path, dst: Path) -> Path:
 
 def write_pairs(path: Path, n: int = 64, negs: int = 4) -> Path:
     """MS MARCO-style JSONL built from the real sample's passages (so texts are realistic), n lines."""
-    lines = [json.loads(x) for x in MSMARCO_SAMPLE.read_text().splitlines() if x.strip()] if MSMARCO_SAMPLE.is_file() else []
+    lines = ([json.loads(x) for x in MSMARCO_SAMPLE.read_text().splitlines() if x.strip()]
+             if MSMARCO_SAMPLE.is_file() else [])
     with path.open("w") as fh:
         for i in range(n):
             if lines:
@@ -68,7 +69,8 @@ def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
     import random
 
     rng = random.Random(0)
-    words = ["gaussian", "embedding", "retrieval", "isotropy", "distance", "query", "document", "corpus", "vector", "rank", "score"]
+    words = ["gaussian", "embedding", "retrieval", "isotropy", "distance", "query", "document", "corpus", "vector",
+             "rank", "score"]
     (folder / "qrels").mkdir(parents=True)
     with (folder / "corpus.jsonl").open("w") as fh:
         for i in range(n_docs):
@@ -77,7 +79,8 @@ def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
     query_ids = ["d5"] + [f"q{i}" for i in range(1, n_queries)]
     with (folder / "queries.jsonl").open("w") as fh:
         for qid in query_ids:
-            fh.write(json.dumps({"_id": qid, "text": " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))}) + "\n")
+            fh.write(json.dumps({"_id": qid,
+                                 "text": " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))}) + "\n")
     with (folder / "qrels" / "test.tsv").open("w") as fh:
         fh.write("query-id\tcorpus-id\tscore\n")
         for qid in query_ids:

@@ -103,9 +103,9 @@ def _modules_after(code: str) -> set:
 
 def test_help_and_list_do_not_import_torch():
     for argv in (["--help"], ["list"], ["list", "--format", "json"], ["plugins"]):
-        code = ("import sys; sys.argv = ['ragcun'] + %r\n"
+        code = (f"import sys; sys.argv = ['ragcun'] + {argv!r}\n"
                 "from ragcun.cli import main\n"
-                "try:\n    main()\nexcept SystemExit:\n    pass" % argv)
+                "try:\n    main()\nexcept SystemExit:\n    pass")
         modules = _modules_after(code)
         assert "torch" not in modules, argv
         assert "transformers" not in modules, argv

@@ -78,15 +78,17 @@ def test_it_uses_the_ablations_statistics(runs):
 
 def test_the_command_prints_a_table_conditional_on_the_runs(runs, tmp_path):
     qrels, (a, b, c) = runs
-    result = CliRunner().invoke(build_cli(), ["compare", str(a), str(b), str(c), "--qrels", str(tmp_path / "test.qrels"),
+    result = CliRunner().invoke(build_cli(), ["compare", str(a), str(b), str(c),
+                                              "--qrels", str(tmp_path / "test.qrels"),
                                               "--resamples", "500", "--output", str(tmp_path / "cmp.json")],
                                 env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "Conditional on these runs" in text and "not whether the recipes" in text
     assert "a.trec (baseline)" in text and "p (Holm)" in text and "better / worse" in text
-    narrow = CliRunner().invoke(build_cli(), ["compare", str(a), str(b), str(c), "--qrels", str(tmp_path / "test.qrels"),
-                                              "--resamples", "500"], env={"COLUMNS": "80"})
+    narrow = CliRunner().invoke(build_cli(), ["compare", str(a), str(b), str(c),
+                                              "--qrels", str(tmp_path / "test.qrels"), "--resamples", "500"],
+                                env={"COLUMNS": "80"})
     assert narrow.exit_code == 0 and max(len(line) for line in narrow.output.splitlines()) <= 80, narrow.output
     assert "b.trec: NDCG@10" in narrow.output  # one block per run: the names whole
     saved = json.loads((tmp_path / "cmp.json").read_text())

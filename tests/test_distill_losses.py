@@ -164,8 +164,8 @@ def test_a_per_query_shift_of_the_teachers_scores_changes_nothing(name, distance
     teacher = torch.randn(b, 1 + k, generator=g, dtype=torch.float64)
     shift = (torch.rand(b, 1, generator=g, dtype=torch.float64) * 2 - 1) * shift_size  # one shift per query
     loss = make(name, distance)
-    a, c = [Embedding(e.mean.clone(), e.logvar.clone()) for e in (q, p, n)], [Embedding(e.mean.clone(), e.logvar.clone())
-                                                                             for e in (q, p, n)]
+    a = [Embedding(e.mean.clone(), e.logvar.clone()) for e in (q, p, n)]
+    c = [Embedding(e.mean.clone(), e.logvar.clone()) for e in (q, p, n)]
     pa, pc = leaves(*a), leaves(*c)
     va = loss(LossInputs(*a, teacher_scores=teacher))
     vc = loss(LossInputs(*c, teacher_scores=teacher + shift))

@@ -66,7 +66,8 @@ def _subset(src: Path, dst: Path, queries_per_split: int = 8, extra_docs: int = 
     dst.mkdir(parents=True)
     (dst / "qrels").mkdir()
     for split, rows in qrels.items():
-        (dst / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in rows))
+        (dst / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                                    + "".join("\t".join(r) + "\n" for r in rows))
     with (src / "queries.jsonl").open() as fh, (dst / "queries.jsonl").open("w") as out:
         out.writelines(line for line in fh if json.loads(line)["_id"] in keep_queries)
     others = 0
@@ -102,7 +103,8 @@ def page_folder(shared: Path, page: Path) -> Path:
 
 def _env(shared: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGCUN_")}
-    env.update(RAGCUN_DATA=str(shared / "data" / "beir"), RAGCUN_OFFLINE="1", RAGCUN_CACHE=str(shared.parent / "cache"), RAGCUN_HOME=os.environ.get("RAGCUN_HOME", str(Path.home() / ".cache" / "ragcun")),
+    env.update(RAGCUN_DATA=str(shared / "data" / "beir"), RAGCUN_OFFLINE="1", RAGCUN_CACHE=str(shared.parent / "cache"),
+               RAGCUN_HOME=os.environ.get("RAGCUN_HOME", str(Path.home() / ".cache" / "ragcun")),
                OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
     return env
 
@@ -164,7 +166,8 @@ def test_every_python_example_of_the_guides_runs(page, line, body, shared, tmp_p
 
 def test_the_guides_have_examples_of_both_kinds():
     assert list(_python_cases()) and list(_bash_cases())
-    assert {p.name for p in PAGES} >= {"training.md", "data.md", "evaluation.md", "python-api.md", "plugins.md", "cli.md"}
+    assert {p.name for p in PAGES} >= {"training.md", "data.md", "evaluation.md", "python-api.md", "plugins.md",
+                                       "cli.md"}
 
 
 def test_bash_blocks_are_read_as_a_shell_would():
@@ -222,7 +225,8 @@ def test_the_cli_reference_matches_the_commands_help():
 def test_the_cli_reference_covers_every_built_in_command():
     text = (DOCS / "cli.md").read_text()
     for command in ("ragcun train", "ragcun eval beir", "ragcun isotropy report", "ragcun ablation run",
-                    "ragcun export", "ragcun preflight", "ragcun sweep", "ragcun list", "ragcun plugins", "ragcun compare"):
+                    "ragcun export", "ragcun preflight", "ragcun sweep", "ragcun list", "ragcun plugins",
+                    "ragcun compare"):
         assert f"## `{command}`" in text
 
 

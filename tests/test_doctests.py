@@ -27,4 +27,5 @@ def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.attempted > 0, f"{name}: no example ran (all skipped?)"
-    assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} examples failed (run python -m doctest -v)"
+    assert result.failed == 0, (f"{name}: {result.failed} of {result.attempted} examples failed "
+                                "(run python -m doctest -v)")

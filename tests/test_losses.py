@@ -145,7 +145,8 @@ def test_permuting_the_batch_leaves_the_loss_and_permutes_the_gradients(name, in
     for index, (x, y) in enumerate(zip(a, b)):
         assert (x.grad is None) == (y.grad is None), index
         if x.grad is not None:
-            torch.testing.assert_close(x.grad[orders[index]], y.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{index}: {m}")
+            torch.testing.assert_close(x.grad[orders[index]], y.grad, rtol=1e-3, atol=1e-4,
+                                       msg=lambda m, index=index: f"{index}: {m}")
 
 
 def test_distributed_helpers_are_identities_on_one_process():
@@ -171,7 +172,8 @@ def test_losses_ignore_autocast_and_accept_half_precision(name):
         under_autocast = loss(inputs)
     assert under_autocast.dtype == torch.float32
     torch.testing.assert_close(under_autocast, reference, rtol=1e-5, atol=1e-6)
-    half = LossInputs(Embedding(q.bfloat16(), lv.bfloat16()), Embedding(inputs.positives.mean.bfloat16(), lv.bfloat16()))
+    half = LossInputs(Embedding(q.bfloat16(), lv.bfloat16()),
+                      Embedding(inputs.positives.mean.bfloat16(), lv.bfloat16()))
     value = loss(half)
     assert value.dtype == torch.float32 and torch.isfinite(value)
     torch.testing.assert_close(value, reference, rtol=0.05, atol=0.05)  # only the inputs' rounding differs

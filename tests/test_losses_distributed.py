@@ -123,13 +123,15 @@ def _check(split: list[int]):
     for case in CASES:
         ref_value, ref_grads = _compute_full(case, split)
         values = torch.stack([torch.as_tensor(results[r][case][0]) for r in range(WORLD)])
-        torch.testing.assert_close(values.mean(), ref_value, rtol=1e-5, atol=1e-6, msg=lambda m: f"{case}: {m}")
+        torch.testing.assert_close(values.mean(), ref_value, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, case=case: f"{case}: {m}")
         for key, ref in ref_grads.items():
             if key.startswith("param:"):
                 got = torch.stack([torch.as_tensor(results[r][case][1][key]) for r in range(WORLD)]).mean(0)
             else:
                 got = torch.cat([torch.as_tensor(results[r][case][1][key]) for r in range(WORLD)]) / WORLD
-            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6, msg=lambda m: f"{case} grad {key}: {m}")
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, case=case, key=key: f"{case} grad {key}: {m}")
 
 
 def _compute_full(case: str, split: list[int]):

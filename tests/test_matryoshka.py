@@ -189,7 +189,8 @@ def test_eval_beir_at_a_truncated_width(data_dir, tiny_model_dir):
     from ragcun.model import EmbeddingModel
 
     torch.manual_seed(0)
-    model = EmbeddingModel.build(f"hf:{tiny_model_dir}", "gaussian", "euclidean", {"head": {"gaussian": {"out_dim": 16}}})
+    model = EmbeddingModel.build(f"hf:{tiny_model_dir}", "gaussian", "euclidean",
+                                 {"head": {"gaussian": {"out_dim": 16}}})
     args = dict(datasets="nq-utd", data_dir=data_dir, k=10, download=False, show_progress=False)
     full = evaluate_beir(model, **args)
     same = evaluate_beir(model, truncate_dim=16, **args)

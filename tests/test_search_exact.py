@@ -37,7 +37,9 @@ def reference(name: str, q: Embedding, d: Embedding) -> torch.Tensor:
     if name == "dot":
         return qm @ dm.T
     if name == "cosine":
-        unit = lambda x: x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        def unit(x):
+            return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
         return unit(qm) @ unit(dm).T
     qs, ds = (0.5 * q.logvar.double()).exp(), (0.5 * d.logvar.double()).exp()
     if name == "wasserstein":

@@ -23,14 +23,18 @@ BASE_TOML = '[train]\nsteps = 1\nbatch-size = 4\n'
 
 
 @pytest.mark.parametrize("extra, toml, message", [
-    (["--set", "head.gausian.out_dim=8"], None, "--set head.gausian.out_dim=8: unknown head 'gausian'; did you mean 'gaussian'?"),
+    (["--set", "head.gausian.out_dim=8"], None, "--set head.gausian.out_dim=8: unknown head 'gausian'; "
+                                                "did you mean 'gaussian'?"),
     (["--set", "loss.isotrpy.num_slices=8"], None, "did you mean 'isotropy'"),
-    (["--set", "head.linear.out_dim=10"], None, "--set head.linear.out_dim=10: this run does not use head 'linear' (it uses 'gaussian')"),
+    (["--set", "head.linear.out_dim=10"], None, "--set head.linear.out_dim=10: this run does not use head 'linear' "
+                                                "(it uses 'gaussian')"),
     (["--set", "loss.uniformity.t=2"], None, "this run does not use loss 'uniformity'"),
-    (["--set", "head.gaussian.logvar=flase"], None, "--set head.gaussian.logvar=flase: head.gaussian.logvar must be true or false, got 'flase'"),
+    (["--set", "head.gaussian.logvar=flase"], None, "--set head.gaussian.logvar=flase: head.gaussian.logvar must be "
+                                                    "true or false, got 'flase'"),
     (["--set", "head.gaussian.logvar=no"], None, "head.gaussian.logvar must be true or false, got 'no'"),
     (["--set", "head.gaussian.logvar=1"], None, "head.gaussian.logvar must be true or false, got 1"),
-    (["--set", "head.gaussian.out_dim=2.7"], None, "--set head.gaussian.out_dim=2.7: head.gaussian.out_dim must be an integer (no fraction), got 2.7"),
+    (["--set", "head.gaussian.out_dim=2.7"], None, "--set head.gaussian.out_dim=2.7: head.gaussian.out_dim must be "
+                                                   "an integer (no fraction), got 2.7"),
     (["--set", "head.gaussian.out_dim=true"], None, "head.gaussian.out_dim must be an integer"),
     (["--set", "loss.contrastive.temperature=warm"], None, "loss.contrastive.temperature must be a number, got 'warm'"),
     (["--set", "head.gaussian.outdim=8"], None, "did you mean head.gaussian.out_dim?"),

@@ -53,7 +53,8 @@ def test_teacher_scores_follow_the_passages_each_example_draws(tmp_path):
 
 def test_the_draws_are_those_of_the_same_file_without_scores(tmp_path):
     with_scores = _write(tmp_path / "a.jsonl", _lines())
-    without = _write(tmp_path / "b.jsonl", [{k: v for k, v in r.items() if not k.endswith("_scores")} for r in _lines()])
+    without = _write(tmp_path / "b.jsonl",
+                     [{k: v for k, v in r.items() if not k.endswith("_scores")} for r in _lines()])
     a = BatchStream(open_source(f"jsonl:{with_scores}", negatives=2, seed=1), 3)
     b = BatchStream(open_source(f"jsonl:{without}", negatives=2, seed=1), 3)
     for _ in range(5):

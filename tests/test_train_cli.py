@@ -1,4 +1,5 @@
-"""``ragcun train`` / ``sweep`` / ``preflight`` / ``data`` through click: bad input gives a clear error, no traceback."""
+"""``ragcun train`` / ``sweep`` / ``preflight`` / ``data`` through click: bad input gives a clear error, no
+traceback."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def test_float16_needs_cuda(runner, tiny_model_dir, pairs, tmp_path):
 
 def test_toml_config_then_resume_with_more_steps(runner, tiny_model_dir, pairs, tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text(f'[train]\ntrain-data = "{pairs}"\nbatch-size = 4\nsteps = 2\nlr = 1e-3\nsave-every = 1\nlog-every = 1\n'
+    config.write_text(f'[train]\ntrain-data = "{pairs}"\nbatch-size = 4\nsteps = 2\nlr = 1e-3\n'
+                      'save-every = 1\nlog-every = 1\n'
                       f'encoder = "hf:{tiny_model_dir}"\nshow-progress = false\n\n'
                       '[head.gaussian]\nout_dim = 8\n\n[loss.isotropy]\nnum_slices = 16\n')
     out = tmp_path / "run"

@@ -150,7 +150,8 @@ def test_resume_with_no_good_checkpoint_stops_naming_them(tiny_model_dir, tmp_pa
         weights.write_bytes(weights.read_bytes()[:100])
     result = invoke("train", "--output-dir", run, "--resume")
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "step-00000002" in result.output and "step-00000004" in result.output and "no good checkpoint" in result.output
+    assert ("step-00000002" in result.output and "step-00000004" in result.output
+            and "no good checkpoint" in result.output)
 
 
 # -- 4: metrics.jsonl survives resume start-up and a torn last line --------------------------------------------
@@ -352,4 +353,5 @@ def test_a_loss_that_raises_is_named_with_its_package(tiny_model_dir, pairs, tmp
     monkeypatch.setattr(IsotropyLoss, "forward", broken)
     result = invoke(*tiny_cli(tiny_model_dir, pairs, tmp_path / "run", "--steps", "1"))
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "loss 'isotropy' (from the package 'ragcun') raised RuntimeError: shape mismatch in my plugin" in result.output
+    assert ("loss 'isotropy' (from the package 'ragcun') raised RuntimeError: shape mismatch in my plugin"
+            in result.output)

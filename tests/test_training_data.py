@@ -63,7 +63,8 @@ def test_jsonl_stream_is_deterministic_and_covers_each_example_once_per_epoch(tm
     assert epoch0 != [e.query for e in source.examples(1)]  # reshuffled per epoch
     assert epoch0 != [f"query {i}" for i in range(23)]  # shuffled at all
     first = next(iter(source.examples(0)))
-    assert len(first.negatives) == 2 and all(n.startswith(f"negative {first.query.split()[1]}.") for n in first.negatives)
+    assert len(first.negatives) == 2 and all(n.startswith(f"negative {first.query.split()[1]}.")
+                                             for n in first.negatives)
 
 
 def test_resume_position_continues_the_same_order(tmp_path):

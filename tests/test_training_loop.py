@@ -69,7 +69,8 @@ def test_frozen_encoder_trains_only_the_head(tiny_model_dir, tmp_path, pairs):
     trained = load(tmp_path / "frozen")
     from ragcun.model import EmbeddingModel
 
-    fresh = EmbeddingModel.build(f"hf:{tiny_model_dir}", "gaussian", "euclidean", {"head": {"gaussian": {"out_dim": 16}}})
+    fresh = EmbeddingModel.build(f"hf:{tiny_model_dir}", "gaussian", "euclidean",
+                                 {"head": {"gaussian": {"out_dim": 16}}})
     for (name, a), (_, b) in zip(trained.encoder.state_dict().items(), fresh.encoder.state_dict().items()):
         assert torch.equal(a, b), name
     assert not torch.equal(trained.head.mean.weight, fresh.head.mean.weight)

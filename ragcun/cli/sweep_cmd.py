@@ -12,7 +12,8 @@ from ragcun.cli.options import (DATA_DIR, DATA_DIR_HELP, GRADIENT_CHECKPOINTING_
 
 @click.command("sweep")
 @click.option("--train-data", required=True, metavar="SPEC", help="as for ragcun train, e.g. beir:scifact:train")
-@click.option("--eval-data", required=True, metavar="SPEC", help="BEIR split evaluated at the end, e.g. beir:scifact:test")
+@click.option("--eval-data", required=True, metavar="SPEC",
+              help="BEIR split evaluated at the end, e.g. beir:scifact:test")
 @click.option("--data-dir", type=DATA_DIR, default=None, envvar="RAGCUN_DATA", show_envvar=True, help=DATA_DIR_HELP)
 @click.option("--output-dir", required=True, help="the runs go in OUTPUT_DIR/baseline, /isotropy, /frozen")
 @config_option("--encoder", help="encoder spec, as for ragcun train")
@@ -91,9 +92,11 @@ def sweep_command(ctx: click.Context, **params: Any) -> None:
     for row in rows:
         stdout.print(f"  {row['run']}: {row['loss']}{', encoder frozen' if row['frozen_encoder'] else ''}, "
                      f"{row['trainable_params']:,} trainable parameters", highlight=False)
-    floor = next((r["isotropy"]["sigreg_gaussian_floor"] for r in rows if "sigreg_gaussian_floor" in (r.get("isotropy") or {})), None)
+    floor = next((r["isotropy"]["sigreg_gaussian_floor"] for r in rows
+                  if "sigreg_gaussian_floor" in (r.get("isotropy") or {})), None)
     stdout.print("  SIGReg and erank/D: document embeddings of the evaluation corpus (raw vectors)"
-                 + (f"; an exact N(0, I) sample of the same size scores SIGReg {floor:.2f}" if floor is not None else "")
+                 + (f"; an exact N(0, I) sample of the same size scores SIGReg {floor:.2f}"
+                    if floor is not None else "")
                  + "; loss: last logged training loss", highlight=False)
 
 

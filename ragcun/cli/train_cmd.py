@@ -20,7 +20,8 @@ def _train_options(fn):
         config_option("--encoder", help="encoder spec: all-minilm-l6-v2 or hf:PATH"),
         config_option("--distance", help="distance spec"),
         config_option("--train-data", metavar="SPEC", show_default=False,
-                      help="beir:NAME[:SPLIT] (qrels pairs), jsonl:PATH (MS MARCO-style) or triples:PATH (MS MARCO TSV)"),
+                      help="beir:NAME[:SPLIT] (qrels pairs), jsonl:PATH (MS MARCO-style) or "
+                           "triples:PATH (MS MARCO TSV)"),
         config_option("--data-dir", type=DATA_DIR, envvar="RAGCUN_DATA", show_envvar=True, help=DATA_DIR_HELP),
         config_option("--output-dir", help="run folder: config, metrics, checkpoints, final model"),
         config_option("--batch-size", type=int, help="per process and micro-step"),
@@ -193,8 +194,8 @@ def run_training(config, *, resume: bool = False):
     if result.model_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         memory = "".join([f", peak memory {result.peak_rss_mb:.0f} MiB" if result.peak_rss_mb else "",
                           f" (GPU {result.peak_memory_mb:.0f} MiB)" if result.peak_memory_mb else ""])
-        stderr.print(f"done: {result.step} steps, {result.pairs_per_s:.1f} pairs/s{memory}; model in {result.model_dir} "
-                     f"(ragcun eval beir --model {result.model_dir})", highlight=False)
+        stderr.print(f"done: {result.step} steps, {result.pairs_per_s:.1f} pairs/s{memory}; "
+                     f"model in {result.model_dir} (ragcun eval beir --model {result.model_dir})", highlight=False)
     return result
 
 

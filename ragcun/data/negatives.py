@@ -233,7 +233,8 @@ def _fingerprint(folder: Path, split: str, method: str, depth: int, extra: str =
 
 def cache_path(folder: str | Path, split: str, method: str, depth: int, extra: str = "") -> Path:
     folder = Path(folder)
-    return cache_dir() / f"{folder.name}-{split}-{method}-d{depth}-{_fingerprint(folder, split, method, depth, extra)}.json"
+    return cache_dir() / (f"{folder.name}-{split}-{method}-d{depth}-"
+                          f"{_fingerprint(folder, split, method, depth, extra)}.json")
 
 
 def exclude_judged(ranked: Iterable[str], qid: str, relevant: dict[str, set[str]], depth: int) -> list[str]:

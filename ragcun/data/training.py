@@ -74,7 +74,8 @@ class TrainingBatch:
     positive_ids: list[str] | None
     negative_ids: list[str] | None
     relevant_ids: list[list[str]] | None = None
-    teacher_scores: list[list[float]] | None = None  # (B, 1 + K): [positive, negatives] per query, when the data has them
+    teacher_scores: list[list[float]] | None = None  # (B, 1 + K): [positive, negatives] per query, when the data
+                                                     # has them
 
     def __len__(self) -> int:
         return len(self.queries)

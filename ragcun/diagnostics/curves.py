@@ -55,7 +55,7 @@ def plot_curves(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequenc
     for run, label, color in zip(runs, labels, [f"C{i}" for i in range(10)] * 10):
         axes[0].plot(run["steps"], run["loss"], color=color, label=label)
         diag = run["diagnostics"]
-        for ax, (key, _, log) in zip(axes[1:], PANELS):
+        for ax, (key, _, _log) in zip(axes[1:], PANELS):
             if key in diag:
                 ax.plot(diag["step"], diag[key], "o-", color=color, label=label, ms=3)
             if key == "sigreg_raw" and "sigreg_gaussian_floor" in diag:

@@ -32,7 +32,9 @@ def isotropy_verdict(documents: dict[str, Any], dim: int) -> str:
         parts.append(f"SIGReg {sigreg:.3g} is {ratio:.3g}x its Gaussian floor {floor:.3g}: {shape}")
     erank = _value(documents, "effective_rank_ratio")
     if erank is not None:
-        parts.append(f"effective rank {erank:.2f} of D={dim} ({'spread over most directions' if erank > 0.6 else 'concentrated in few directions' if erank < 0.3 else 'moderately spread'})")
+        spread = ("spread over most directions" if erank > 0.6 else "concentrated in few directions" if erank < 0.3
+                  else "moderately spread")
+        parts.append(f"effective rank {erank:.2f} of D={dim} ({spread})")
     norm, sqrt_d = _value(documents, "norm_mean"), dim ** 0.5
     if norm is not None:
         if abs(norm - 1.0) < 0.02:

@@ -125,9 +125,9 @@ def compare_runs(runs: Sequence[str | os.PathLike], qrels: dict[str, dict[str, i
                             "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())})
     for c, p_holm in zip(comparisons, holm([c["p"] for c in comparisons])):
         c["p_holm"] = p_holm
-    return {"metric": metric, "qrels": qrels_name, "queries": len(qids), "test": test, "baseline": rows[baseline]["run"],
-            "bootstrap": {"resamples": resamples, "seed": seed}, "ignore_identical_ids": ignore_identical_ids,
-            "runs": rows, "comparisons": comparisons}
+    return {"metric": metric, "qrels": qrels_name, "queries": len(qids), "test": test,
+            "baseline": rows[baseline]["run"], "bootstrap": {"resamples": resamples, "seed": seed},
+            "ignore_identical_ids": ignore_identical_ids, "runs": rows, "comparisons": comparisons}
 
 
 def _labels(paths: list[str]) -> list[str]:

@@ -5,7 +5,8 @@ pyserini); ranks start at 1 and follow the score, ties broken by document id so 
 Per-query metrics are pytrec_eval's (through :func:`ragcun.evaluation.beir_eval.per_query_scores`), as JSON
 ``{qid: {"NDCG@10": ..., ...}}``. The judgments the run was scored with are written beside it in TREC qrels format
 (``qid 0 docid relevance``), which ranx (``Qrels.from_file(path, kind="trec")``), trec_eval and ``ragcun compare``
-read; BEIR's own ``qrels/SPLIT.tsv`` (a header, tab-separated) is not TREC and ranx refuses it. Every file is written to a temporary name and renamed, so a crash never
+read; BEIR's own ``qrels/SPLIT.tsv`` (a header, tab-separated) is not TREC and ranx refuses it. Every file is
+written to a temporary name and renamed, so a crash never
 leaves a half-written run that a later comparison would trust.
 """
 

@@ -12,7 +12,8 @@ float32 sum is off by ~0.5, while neighbouring squared distances differ by ~0.2)
   (float64, direct differences), then ranks by that score (ties by document order);
 * certifies every query with a rigorous bound on the float32 round-off (``1.01 (K + 4) u sum_i |q_i v_i|``,
   derived in :func:`roundoff_factor`, the sum bounded by Cauchy-Schwarz on the first ``K - 1`` coordinates and
-  the last apart; ``u`` the matmul's unit round-off, 2^-24: TF32 is switched off around the matmul): when a document left out could still beat one kept, that query
+  the last apart; ``u`` the matmul's unit round-off, 2^-24: TF32 is switched off around the matmul): when a
+  document left out could still beat one kept, that query
   fetches 4x more candidates from the chunk (at most the whole chunk), so the result is the brute-force ranking
   up to exact ties, whatever the data's offset or scale, for every distance, through either candidate search.
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -179,7 +179,7 @@ class Normalize:
         _write_json(folder / "config.json", {})
 
 
-STModule = Union[Transformer, Pooling, Dense, Normalize]
+STModule = Transformer | Pooling | Dense | Normalize
 #: what may follow the pooling (a head's modules)
 VECTOR_MODULES = (Dense, Normalize)
 

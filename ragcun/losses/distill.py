@@ -164,8 +164,8 @@ class _DistillLoss(Loss):
                       f"({spread_t:.4g} vs {spread_s:.4g} on the first batch): they are on different scales and "
                       f"the loss does not map them by itself. Set {setting} (now {current:g}) to about {suggested:.3g} "
                       f"(--set {setting}={suggested:.3g}) to put the teacher on the student's scale (the student's "
-                      f"similarity is {similarity_formula(self.distance)}), or --set loss.{self.name}.check_scale=false "
-                      "to keep them as they are",
+                      f"similarity is {similarity_formula(self.distance)}), "
+                      f"or --set loss.{self.name}.check_scale=false to keep them as they are",
                       TeacherScaleWarning, stacklevel=3)
 
     def get_config(self) -> dict:

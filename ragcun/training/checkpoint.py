@@ -6,7 +6,8 @@ Layout::
         model/          EmbeddingModel.save_pretrained (safetensors + ragcun.json); loadable by `ragcun eval`
         trainer.pt      optimizer, scheduler, grad scaler, the loss's own state (e.g. a learnable
                         temperature), every rank's RNG states (tensors and ints only:
-                        a torch file read with ``torch.load(weights_only=True)``: only tensors and plain containers are rebuilt)
+                        a torch file read with ``torch.load(weights_only=True)``: only tensors and plain containers
+                        are rebuilt)
         state.json      step, data position (epoch, examples consumed), last loss; for people and tools
 
 A checkpoint is first written to ``checkpoints/.tmp-step-…`` and renamed into place, so a folder named

@@ -19,8 +19,8 @@ SCHEDULES = ("linear", "cosine", "constant")
 # optimizer's parameter groups and the scheduler's base rates, and recorded in config_history.json.
 OPTIMIZER_CHANGES = ("lr", "head_lr", "weight_decay", "max_grad_norm", "warmup", "schedule")
 # output_dir too: the run is the folder being resumed, wherever it now is (run folders are relocatable)
-RESUMABLE_CHANGES = ("output_dir", "steps", "epochs", "save_every", "keep_checkpoints", "log_every", "eval_every", "eval_data",
-                     "diagnostics_every", "show_progress", "eval_batch_size", "max_eval_queries",
+RESUMABLE_CHANGES = ("output_dir", "steps", "epochs", "save_every", "keep_checkpoints", "log_every", "eval_every",
+                     "eval_data", "diagnostics_every", "show_progress", "eval_batch_size", "max_eval_queries",
                      *OPTIMIZER_CHANGES)
 HISTORY_FILE = "config_history.json"
 # fields added after train_config.json was first written; each default is the behaviour before the field existed,

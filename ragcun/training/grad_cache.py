@@ -102,7 +102,8 @@ class GradCache:
         after_pass1 = _rng_state(device)
         # -- pass 2: the loss on leaf embeddings, and its gradient with respect to them -------------------
         leaves = {role: None if e is None else Embedding(e.mean.detach().requires_grad_(),
-                                                         None if e.logvar is None else e.logvar.detach().requires_grad_())
+                                                         None if e.logvar is None
+                                                         else e.logvar.detach().requires_grad_())
                   for role, e in detached.items()}
         out = loss_fn(loss_inputs(batch, leaves, step))
         total = out.total * scale

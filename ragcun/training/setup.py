@@ -104,7 +104,8 @@ def isotropy_weight(loss_module) -> float:
 
     weights = getattr(loss_module, "weights", {})
     modules = getattr(loss_module, "losses", {})
-    return sum(weight for name, weight in weights.items() if name in modules and isinstance(modules[name], IsotropyLoss))
+    return sum(weight for name, weight in weights.items()
+               if name in modules and isinstance(modules[name], IsotropyLoss))
 
 
 def isotropy_scale_warning(loss_module, embeddings: torch.Tensor) -> str | None:

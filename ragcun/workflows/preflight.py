@@ -147,7 +147,8 @@ def check_training(config: TrainConfig, steps: int, workdir: Path) -> tuple[Chec
         reload_ok = False
     memory = f", peak GPU memory {result.peak_memory_mb:.0f} MiB" if result.peak_memory_mb else ""
     detail = (f"{steps} steps in {took:.1f}s ({result.pairs_per_s:.1f} pairs/s{memory}), losses "
-              f"{', '.join(f'{x:.3f}' for x in result.losses)}; checkpoint {'reloads' if reload_ok else 'does NOT reload'}")
+              f"{', '.join(f'{x:.3f}' for x in result.losses)}; "
+              f"checkpoint {'reloads' if reload_ok else 'does NOT reload'}")
     return Check("training steps", finite and reload_ok, detail), Path(trial.output_dir)
 
 
@@ -157,7 +158,8 @@ def check_eval(model_dir: Path, dataset, queries: int = 20, extra_docs: int = 30
 
     keep = sorted(dataset.queries)[:queries]
     relevant = {d for q in keep for d in dataset.qrels[q]}
-    docs = sorted(relevant & set(dataset.corpus)) + [d for d in sorted(dataset.corpus) if d not in relevant][:extra_docs]
+    docs = (sorted(relevant & set(dataset.corpus))
+            + [d for d in sorted(dataset.corpus) if d not in relevant][:extra_docs])
     small = replace(dataset, queries={q: dataset.queries[q] for q in keep}, qrels={q: dataset.qrels[q] for q in keep},
                     corpus={d: dataset.corpus[d] for d in docs})
     try:
@@ -165,7 +167,8 @@ def check_eval(model_dir: Path, dataset, queries: int = 20, extra_docs: int = 30
         t0 = time.perf_counter()
         out = evaluate_dataset(model, small, k=100, k_values=[10, 100], batch_size=32)
         return Check("tiny evaluation", True, f"{len(keep)} queries x {len(docs)} documents in "
-                                              f"{time.perf_counter() - t0:.1f}s: NDCG@10 {out['metrics']['NDCG@10']:.3f}")
+                                              f"{time.perf_counter() - t0:.1f}s: "
+                                              f"NDCG@10 {out['metrics']['NDCG@10']:.3f}")
     except Exception as exc:
         return Check("tiny evaluation", False, f"{type(exc).__name__}: {exc}")
 

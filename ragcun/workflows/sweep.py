@@ -47,7 +47,8 @@ def sweep_configs(base: TrainConfig, isotropy_weight: float = 1.0, runs=RUNS) ->
     if unknown:
         raise ValueError(f"--runs: unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
     if not isotropy_weight > 0:
-        raise ValueError(f"--isotropy-weight must be positive (the baseline is the weight-0 run), got {isotropy_weight}")
+        raise ValueError(f"--isotropy-weight must be positive (the baseline is the weight-0 run), "
+                         f"got {isotropy_weight}")
     contrastive = "contrastive"
     w = f"{isotropy_weight:g}"
     out = Path(base.output_dir)
@@ -202,8 +203,9 @@ def evaluate_sweep(configs: dict[str, TrainConfig], eval_data: str, *, data_dir:
             ids = sorted(corpus)[:diagnostics_sample]
             emb = model.encode_embeddings(corpus_texts([corpus[i] for i in ids]), batch_size, show_progress=False)
             diag = embedding_diagnostics(emb.mean, seed=0)
-            row["isotropy"] = {k: float(diag[k]) for k in ("sigreg_raw", "sigreg_gaussian_floor", "effective_rank_ratio",
-                                                           "isoscore", "average_cosine") if k in diag}
+            row["isotropy"] = {k: float(diag[k])
+                               for k in ("sigreg_raw", "sigreg_gaussian_floor", "effective_rank_ratio", "isoscore",
+                                         "average_cosine") if k in diag}
         except ImportError:
             row["isotropy"] = {}
         rows.append(row)

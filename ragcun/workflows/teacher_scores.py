@@ -286,7 +286,7 @@ def load_teacher(spec: str, **kwargs):
     return BiEncoderTeacher(spec, **kwargs)
 
 
-# -- files ---------------------------------------------------------------------------------------------------------------
+# -- files -------------------------------------------------------------------------------------------------------------
 def meta_path(output: str | os.PathLike) -> Path:
     return Path(str(output) + ".meta.json")
 
@@ -399,7 +399,10 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
         with mine.open("r+b") as fh:
             fh.truncate(good)
     resumed = len(done)
-    todo = (lambda i: i % ctx.world_size == ctx.rank and i not in done)
+
+    def todo(i):
+        return i % ctx.world_size == ctx.rank and i not in done
+
     scored = 0
     batch: list[tuple[int, ScoringItem]] = []
     with mine.open("a", encoding="utf-8") as out:
@@ -431,7 +434,8 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
                      "similarity is -||q - d||, sqeuclidean -||q - d||^2)"),
             "lines": data.count, "train_data": train_data, "negatives": int(negatives),
             "mine_negatives": mine_negatives, "qrels_threshold": int(qrels_threshold),
-            "query_prefix": getattr(model, "query_prefix", ""), "document_prefix": getattr(model, "document_prefix", ""),
+            "query_prefix": getattr(model, "query_prefix", ""),
+            "document_prefix": getattr(model, "document_prefix", ""),
             "job": recorded, "ragcun_version": __version__,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     if ctx.is_main:  # merge in the input's order; the output appears complete or not at all

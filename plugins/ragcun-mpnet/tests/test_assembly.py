@@ -247,7 +247,8 @@ def die(zf, member, dest):
     real(zf, member, dest)
     os.kill(os.getpid(), signal.SIGKILL)
 assemble._extract_member = die
-assemble.ensure(bundle, cache_dir={str(root)!r}, find=lambda part, b: Path({str(tmp_path / 'pieces')!r}) / part.filename)
+assemble.ensure(bundle, cache_dir={str(root)!r},
+                find=lambda part, b: Path({str(tmp_path / 'pieces')!r}) / part.filename)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           check=False)
