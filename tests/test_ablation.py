@@ -52,18 +52,23 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-_PRE = 'baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n'
+_PRE = 'baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n'
 
 
 @pytest.mark.parametrize("text,message", [
-    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\n[arms.b]\nlos = "x"\n',
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n'
+     '[arms.a]\nloss = "contrastive"\n[arms.b]\nlos = "x"\n',
      "unknown key 'los'; did you mean 'loss'"),
-    ('baseline = "z"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\n', "baseline 'z' is not an arm"),
-    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive+{lambda}*isotropy"\n',
+    ('baseline = "z"\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n'
+     '[arms.a]\nloss = "contrastive"\n', "baseline 'z' is not an arm"),
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n'
+     '[arms.a]\nloss = "contrastive+{lambda}*isotropy"\n',
      "has no \\[select\\]"),
-    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\ntransform = "center"\n',
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n'
+     '[arms.a]\nloss = "contrastive"\ntransform = "center"\n',
      "not both"),
-    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\nlearning_rate = 1\n[arms.a]\nloss = "contrastive"\n',
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n'
+     'learning_rate = 1\n[arms.a]\nloss = "contrastive"\n',
      "unknown key 'learning_rate'"),
     ('baseline = "a"\ndatasets = ["x"]\n[train]\n[arms.a]\nloss = "contrastive"\n', "missing 'data'"),
     ('baseline = "a"\n[arms.a\n', "not valid TOML"),
@@ -79,15 +84,17 @@ _PRE = 'baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\n'
      "a comparison is 'ARM vs CONTROL'"),
     (_PRE + '[primary]\ncomparisons = []\n[arms.a]\nloss = "contrastive"\n', "at least one"),
     (_PRE + '[primary]\ncomparisons = ["b vs a"]\nmargin = -1\n[arms.a]\nloss = "contrastive"\n[arms.b]\n'
-     'loss = "contrastive"\n', "margin must be a positive number"),
+     'loss = "contrastive"\n', "margin: expected a finite number > 0"),
     (_PRE + '[primary]\ncomparisons = ["b vs a"]\ndatasets = ["y"]\n[arms.a]\nloss = "contrastive"\n[arms.b]\n'
      'loss = "contrastive"\n', "datasets must be datasets of the plan"),
     (_PRE + '[primary]\ncomparisons = ["b vs a"]\naverage = "median"\n[arms.a]\nloss = "contrastive"\n[arms.b]\n'
-     'loss = "contrastive"\n', "average must be one of macro, each"),
-    (_PRE + '[secondary]\ncomparisons = "b vs a"\n[arms.a]\nloss = "contrastive"\n', "must be a list of strings"),
-    ('baseline = "a"\ndatasets = ["x"]\nseeds = []\n[train]\ndata = "d"\n[arms.a]\nloss = "contrastive"\n',
-     "seeds must be a non-empty list"),
-    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\ndev_split = "dev"\ndev_fraction = 0.1\n[arms.a]\n'
+     'loss = "contrastive"\n', "average: expected one of macro, each"),
+    (_PRE + '[secondary]\ncomparisons = "b vs a"\n[arms.a]\nloss = "contrastive"\n',
+     "comparisons: expected a list of 'ARM vs CONTROL' strings"),
+    ('baseline = "a"\ndatasets = ["x"]\nseeds = []\n[train]\ndata = "d"\nsteps = 1\n[arms.a]\nloss = "contrastive"\n',
+     "seeds: expected a non-empty list of integers"),
+    ('baseline = "a"\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n'
+     'dev_split = "dev"\ndev_fraction = 0.1\n[arms.a]\n'
      'loss = "contrastive"\n', "not both"),
 ])
 def test_bad_plans_are_refused_naming_the_file_and_key(tmp_path, text, message):
@@ -97,7 +104,7 @@ def test_bad_plans_are_refused_naming_the_file_and_key(tmp_path, text, message):
 
 
 def test_the_order_runs_training_free_arms_then_the_main_comparison_seed_by_seed(tmp_path):
-    text = ('baseline = "ft"\nseeds = [1, 2]\ndatasets = ["x"]\n[train]\ndata = "d"\n[select]\narm = "iso"\n'
+    text = ('baseline = "ft"\nseeds = [1, 2]\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n[select]\narm = "iso"\n'
             'values = [0.1]\n[arms.frozen]\nloss = "contrastive"\nfreeze_encoder = true\nseeds = [7]\n'
             '[arms.base]\ntransform = "none"\n[arms.ft]\nloss = "contrastive"\n'
             '[arms.iso]\nloss = "contrastive+{lambda}*isotropy"\n')
@@ -108,7 +115,7 @@ def test_the_order_runs_training_free_arms_then_the_main_comparison_seed_by_seed
 
 
 def test_the_order_runs_every_arm_of_a_primary_comparison_seed_by_seed(tmp_path):
-    text = ('baseline = "ft"\nseeds = [1, 2]\ndatasets = ["x"]\n[train]\ndata = "d"\n[select]\narm = "iso"\n'
+    text = ('baseline = "ft"\nseeds = [1, 2]\ndatasets = ["x"]\n[train]\ndata = "d"\nsteps = 1\n[select]\narm = "iso"\n'
             'values = [0.1]\n[primary]\ncomparisons = ["iso vs ft", "ft vs cos"]\n'
             '[arms.other]\nloss = "contrastive"\n[arms.cos]\nloss = "contrastive"\n'
             '[arms.ft]\nloss = "contrastive"\n[arms.iso]\nloss = "contrastive+{lambda}*isotropy"\n')

@@ -310,7 +310,7 @@ def test_compare_reads_a_plan_file_and_checks_its_family(tmp_path):
 
     results = tmp_path / "results"
     _fake(results, _arms(np.random.default_rng(5)), primary=None)
-    text = ('baseline = "a"\ndatasets = ["d", "e"]\nseeds = [1, 2, 3]\n[train]\ndata = "x"\n[primary]\n'
+    text = ('baseline = "a"\ndatasets = ["d", "e"]\nseeds = [1, 2, 3]\n[train]\ndata = "x"\nsteps = 1\n[primary]\n'
             'comparisons = ["better vs a"]\naverage = "each"\n[secondary]\ncomparisons = ["same vs a"]\n'
             + "".join(f'[arms.{a}]\nloss = "contrastive"\n' for a in ("a", "better", "same", "noisy", "single"))
             + '[arms.base]\ntransform = "none"\n')
@@ -365,7 +365,8 @@ def test_power_uses_the_observed_paired_differences_or_says_what_it_assumed(tmp_
     pilot = tmp_path / "pilot"
     arms = _arms(np.random.default_rng(8))
     _fake(pilot, {k: arms[k] for k in ("a", "noisy")}, primary=None)
-    text = ('baseline = "a"\ndatasets = ["d", "e"]\nseeds = [1, 2, 3, 4, 5]\n[train]\ndata = "x"\n[primary]\n'
+    text = ('baseline = "a"\ndatasets = ["d", "e"]\nseeds = [1, 2, 3, 4, 5]\n[train]\ndata = "x"\nsteps = 1\n'
+            '[primary]\n'
             'comparisons = ["noisy vs a", "new vs a"]\naverage = "macro"\n'
             '[arms.a]\nloss = "contrastive"\n[arms.noisy]\nloss = "contrastive"\n[arms.new]\nloss = "contrastive"\n')
     (tmp_path / "plan.toml").write_text(text)
@@ -399,7 +400,8 @@ def test_power_from_a_pilot_of_other_datasets_uses_those_it_has_and_says_so(tmp_
     pilot = tmp_path / "pilot"
     arms = _arms(np.random.default_rng(8))
     _fake(pilot, {k: arms[k] for k in ("a", "noisy")}, primary=None)
-    text = ('baseline = "a"\ndatasets = ["d", "zz"]\nseeds = [1, 2, 3, 4, 5]\n[train]\ndata = "x"\n[primary]\n'
+    text = ('baseline = "a"\ndatasets = ["d", "zz"]\nseeds = [1, 2, 3, 4, 5]\n[train]\ndata = "x"\nsteps = 1\n'
+            '[primary]\n'
             'comparisons = ["noisy vs a"]\naverage = "macro"\n'
             '[arms.a]\nloss = "contrastive"\n[arms.noisy]\nloss = "contrastive"\n')
     (tmp_path / "plan.toml").write_text(text)

@@ -18,7 +18,9 @@ CONTROL``:
   no training get only this.
 
 Everything comes from the files the runner wrote (``runs/ARM/seed-S/result.json`` and the per-query JSON, and
-``plan.json``), so the report can be rebuilt on any machine that has the committed results.
+``plan.json``), so the report can be rebuilt on any machine that has the committed results. Runs that record
+their settings are checked first: an arm whose runs ran with different settings (a row would average two
+experiments), or runs evaluated differently, are refused, naming the runs and the settings.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def compare(results: str | Path, *, plan=None, baseline: str | None = None, test
     arms = load_results(results)
     if not arms:
         raise ValueError(f"{results}: no finished runs (looked for runs/*/*/result.json)")
+    check_settings(results, arms)
     if margin is not None and not (math.isfinite(margin) and margin > 0):
         raise ValueError(f"margin must be a finite positive number, got {margin!r}")
     spec = _analysis(results, plan)
@@ -158,6 +161,45 @@ def compare(results: str | Path, *, plan=None, baseline: str | None = None, test
             "tests": len(primary_tests), "bootstrap": {"resamples": resamples, "seed": seed},
             "wall_s": {"runs": sum(sum(r["wall_s"]) for r in rows), "selection_training": sum(selection_s)},
             "selection": _read_json(results / "selection.json"), "dev_split": _dev_summary(results)}
+
+
+def _run_name(result: dict[str, Any]) -> str:
+    return f"runs/{result['arm']}/" + (f"seed-{result['seed']}" if result.get("trained", True) else "fixed")
+
+
+def check_settings(results: Path, arms: dict[str, Any]) -> None:
+    """Refuse a results folder that would average or compare runs made with different settings: within an arm,
+    every run that records its settings must have the same settings hash (the seed aside), and every run the
+    same evaluation settings. Runs written before the settings record are not checked."""
+    from ragcun.ablation.plan import describe_differences, settings_differences, settings_hash
+
+    fix = ("set the odd runs aside (ragcun ablation run PLAN --rerun-changed re-runs those that differ from the "
+           "plan), or move them out of runs/")
+    evaluated: dict[str, list[dict[str, Any]]] = {}
+    for name, arm in arms.items():
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for result in arm["seeds"].values():
+            if isinstance(result.get("settings"), dict):
+                groups.setdefault(settings_hash(result["settings"]), []).append(result)
+                key = json.dumps(result["settings"].get("evaluation"), sort_keys=True)
+                evaluated.setdefault(key, []).append(result)
+        if len(groups) > 1:
+            (_, first), *others = groups.items()
+            lines = [f"{', '.join(_run_name(r) for r in group)}: "
+                     + describe_differences(settings_differences(first[0]["settings"], group[0]["settings"],
+                                                                 ("run.seed",)))
+                     for _, group in others]
+            raise ValueError(f"{results}: arm {name!r} has runs made with different settings, which one row would "
+                             f"average; against {', '.join(_run_name(r) for r in first)}: " + "; ".join(lines)
+                             + f"; {fix}")
+    if len(evaluated) > 1:
+        (_, first), *others = evaluated.items()
+        lines = [f"{', '.join(_run_name(r) for r in group)}: "
+                 + describe_differences(settings_differences({"evaluation": first[0]["settings"].get("evaluation")},
+                                                             {"evaluation": group[0]["settings"].get("evaluation")}))
+                 for _, group in others]
+        raise ValueError(f"{results}: runs were evaluated with different settings, so their numbers do not compare; "
+                         f"against {', '.join(_run_name(r) for r in first)}: " + "; ".join(lines) + f"; {fix}")
 
 
 def _run_level(arms, comparison, endpoint, endpoint_ds, metric, margin, alpha, resamples, seed) -> dict[str, Any]:

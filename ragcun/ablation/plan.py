@@ -63,17 +63,151 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ragcun.training.config import TrainConfig
+from ragcun.evaluation.beir_eval import DTYPES as EVAL_DTYPES
+from ragcun.evaluation.compare_runs import METRIC_FAMILIES
+from ragcun.training.config import TrainConfig, config_default
 
 LAMBDA = "{lambda}"
 TRANSFORMS = ("none", "center", "whiten")
 AVERAGES = ("macro", "each")
 RESERVED_TRAIN = {"output_dir", "train_data", "seed", "loss", "freeze_encoder", "settings", "show_progress"}
 REQUIRED = object()  # a key without a default: load_plan refuses a plan that leaves it out
+# Arm, dataset and split names become folder and file names: letters, digits, '.', '_' and '-', starting with a
+# letter or digit, and no '..' (so a name can never lead out of the results or work folder)
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# [train] settings that change how a run is logged or saved, not what it computes: left out of its settings record
+NOT_RESULT_SETTINGS = frozenset({"save_every", "keep_checkpoints", "log_every", "show_progress", "data_dir"})
+# Arm keys that only a trained arm uses (a training-free arm is the base encoder with a fitted transform)
+TRAINED_ONLY = ("head", "encoder", "freeze_encoder", "head_lr", "set", "seeds")
+
+
+# -- the value checks the key tables declare ---------------------------------------------------------------------
+# Each takes a value read from TOML and raises ValueError("expected ..., got ...") when it does not fit; load_plan
+# prefixes the file, table and key.
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else repr(value)
+
+
+def _expect(what: str, ok: Callable[[Any], bool]) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not ok(value):
+            raise ValueError(f"expected {what}, got {_show(value)}")
+
+    check.what = what  # type: ignore[attr-defined]
+    return check
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def safe_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be a folder or file name of a plan (``None``: it can)."""
+    if not isinstance(name, str) or not name:
+        return f"expected a name, got {_show(name)}"
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        return (f"{name!r} is not a safe name: use letters, digits, '.', '_' and '-' (starting with a letter or digit, "
+                "no '..'), since it becomes a folder or file name")
+    return None
+
+
+def _safe_name(value: Any) -> None:
+    problem = safe_name_problem(value)
+    if problem:
+        raise ValueError(problem)
+
+
+def _list_of(what: str, item: Callable[[Any], bool], *, unique: bool = False) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, list) or not value or not all(item(v) for v in value):
+            raise ValueError(f"expected a non-empty list of {what}, got {_show(value)}")
+        if unique:
+            repeated = sorted({json.dumps(v) for v in value if value.count(v) > 1})
+            if repeated:
+                raise ValueError(f"each of {what} once: {', '.join(repeated)} repeated in {_show(value)}")
+
+    return check
+
+
+def _dataset_names(value: Any) -> None:
+    _list_of("dataset names", lambda v: isinstance(v, str) and bool(v), unique=True)(value)
+    for name in value:
+        _safe_name(name)
+
+
+def _set_options(value: Any) -> None:
+    from ragcun.spec import parse_set_option
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of 'KIND.NAME.PARAM=VALUE' strings, got {_show(value)}")
+    for option in value:
+        parse_set_option(option)
+
+
+def _comparisons(value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of 'ARM vs CONTROL' strings, got {_show(value)}")
+
+
+def _choice(*choices: str) -> Callable[[Any], None]:
+    return _expect("one of " + ", ".join(choices), lambda v: v in choices)
+
+
+def metric_problem(name: Any) -> str | None:
+    """Why ``name`` is not a metric the ablation's evaluation produces (``None``: it is): FAMILY@K, spelt as the
+    evaluator names it (NDCG@10, MAP@100, Recall@100, P@10, MRR@10)."""
+    if not isinstance(name, str):
+        return f"expected a metric name such as NDCG@10, got {_show(name)}"
+    family, sep, k = name.partition("@")
+    if sep and family in METRIC_FAMILIES and k.isdigit() and int(k) >= 1 and str(int(k)) == k:
+        return None
+    spelt = {f.lower(): f for f in METRIC_FAMILIES}.get(family.strip().lower())
+    hint = f"; did you mean {spelt}@{k.strip()}?" if spelt and sep and k.strip().isdigit() and int(k) >= 1 else ""
+    return (f"{name!r} is not a metric the evaluation produces: FAMILY@K with FAMILY one of "
+            f"{', '.join(METRIC_FAMILIES)} and K a cut-off from 1, e.g. NDCG@10{hint}")
+
+
+def _metric(value: Any) -> None:
+    problem = metric_problem(value)
+    if problem:
+        raise ValueError(problem)
+
+
+def metric_cutoff(name: str) -> int:
+    return int(name.partition("@")[2])
+
+
+def _lambda_values(value: Any) -> None:
+    _list_of("finite numbers >= 0", lambda v: _is_number(v) and v >= 0, unique=True)(value)
+
+
+def _tables(value: Any) -> None:
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"expected at least one [arms.NAME] table, got {_show(value)}")
+    for name, spec in value.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"[arms.{name}] must be a table, got {_show(spec)}")
+
+
+STRING = _expect("a string", lambda v: isinstance(v, str))
+NAME = _expect("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
+BOOLEAN = _expect("true or false", lambda v: isinstance(v, bool))
+POSITIVE_INTEGER = _expect("an integer >= 1", lambda v: _is_int(v) and v >= 1)
+POSITIVE_NUMBER = _expect("a finite number > 0", lambda v: _is_number(v) and v > 0)
+UNIT_INTERVAL = _expect("a number between 0 and 1 (both excluded)", lambda v: _is_number(v) and 0 < v < 1)
+TABLE = _expect("a table", lambda v: isinstance(v, dict))
+SEEDS = _list_of("integers", _is_int, unique=True)
 
 
 @dataclass(frozen=True)
@@ -81,13 +215,15 @@ class Key:
     """One key of a plan file: what :func:`load_plan` accepts and what ``docs/ablation-plans.md`` says about it
     (generated from these tables by :func:`reference_markdown`, so the reference cannot drift from the checks).
     ``default`` is the value used when the key is absent (:data:`REQUIRED`: none, the key must be given); a string
-    in ``default_text`` describes a default that depends on the rest of the plan."""
+    in ``default_text`` describes a default that depends on the rest of the plan; ``check`` is the key's type and
+    range check, declared here once (``[train]``'s other keys are checked against TrainConfig's field types)."""
 
     name: str
     type: str
     default: Any
     meaning: str
     default_text: str | None = None
+    check: Callable[[Any], None] | None = None  # the type and range check of a given value (load_plan applies it)
 
     def describe_default(self) -> str:
         if self.default_text is not None:
@@ -100,78 +236,94 @@ class Key:
 # The tables of a plan file, in the order the reference shows them: "" is the top level; "arms.NAME" each arm.
 KEYS: dict[str, tuple[Key, ...]] = {
     "": (
-        Key("name", "string", None, "the plan's name in reports", "the file's stem"),
+        Key("name", "string", None, "the plan's name in reports (it also salts the dev split carved from train)",
+            "the file's stem", check=NAME),
         Key("results", "path", None, "the results folder (committed: per-query metrics, report), relative to the "
-            "plan file", "the file's stem, beside the plan"),
+            "plan file", "the file's stem, beside the plan", check=NAME),
         Key("work_dir", "path", None, "models, caches and TREC runs (not committed), relative to the current folder",
-            "runs/ablation/STEM"),
+            "runs/ablation/STEM", check=NAME),
         Key("baseline", "arm name", REQUIRED, "the arm that legacy plans (without `[primary]`) compare the trained "
-            "arms with; the lambda selection and the run order put it first"),
-        Key("seeds", "list of integers", [1, 2, 3], "the seeds of every trained arm (an arm may list fewer)"),
-        Key("datasets", "list of dataset names", REQUIRED, "BEIR datasets evaluated on their test split"),
-        Key("dtype", "string", "bfloat16", "evaluation precision (`bfloat16` here means autocast, as when the first "
-            "plans were scored)"),
-        Key("batch_size", "integer", 64, "evaluation encoding batch"),
-        Key("k", "integer", 100, "documents retrieved per query"),
-        Key("isotropy_sample", "integer", 2000, "documents of each searched corpus whose isotropy the report shows"),
-        Key("train", "table", REQUIRED, "the shared training recipe: `[train]` below"),
-        Key("arms", "table of tables", REQUIRED, "the arms, one `[arms.NAME]` table each: below"),
+            "arms with; the lambda selection and the run order put it first", check=NAME),
+        Key("seeds", "list of distinct integers", [1, 2, 3], "the seeds of every trained arm (an arm may list fewer)",
+            check=SEEDS),
+        Key("datasets", "list of dataset names", REQUIRED, "BEIR datasets (folders under `--data-dir`) evaluated on "
+            "their test split; a name becomes a file name: letters, digits, `.`, `_`, `-`", check=_dataset_names),
+        Key("dtype", " | ".join(EVAL_DTYPES), "bfloat16", "evaluation precision (`bfloat16` here means autocast, as "
+            "when the first plans were scored)", check=_choice(*EVAL_DTYPES)),
+        Key("batch_size", "integer >= 1", 64, "evaluation encoding batch", check=POSITIVE_INTEGER),
+        Key("k", "integer >= 1", 100, "documents retrieved per query; at least the cut-off of every metric the plan "
+            "scores by (`[primary]` and `[dev]` metric; NDCG@10 without `[primary]`)", check=POSITIVE_INTEGER),
+        Key("isotropy_sample", "integer >= 1", 2000, "documents of each searched corpus whose isotropy the report "
+            "shows", check=POSITIVE_INTEGER),
+        Key("train", "table", REQUIRED, "the shared training recipe: `[train]` below", check=TABLE),
+        Key("arms", "table of tables", REQUIRED, "the arms, one `[arms.NAME]` table each: below; NAME becomes a "
+            "folder name: letters, digits, `.`, `_`, `-`", check=_tables),
         Key("primary", "table", None, "the pre-registered analysis: `[primary]` below", "none: a legacy plan, every "
-            "comparison exploratory"),
-        Key("secondary", "table", None, "exploratory comparisons: `[secondary]` below", "none"),
-        Key("select", "table", None, "the lambda selection on the dev split: `[select]` below", "none"),
-        Key("dev", "table", None, "how the dev split is scored: `[dev]` below", "the defaults below"),
+            "comparison exploratory", check=TABLE),
+        Key("secondary", "table", None, "exploratory comparisons: `[secondary]` below", "none", check=TABLE),
+        Key("select", "table", None, "the lambda selection on the dev split: `[select]` below", "none", check=TABLE),
+        Key("dev", "table", None, "how the dev split is scored: `[dev]` below", "the defaults below", check=TABLE),
     ),
     "primary": (
-        Key("metric", "metric name", "NDCG@10", "the endpoint's metric"),
+        Key("metric", "metric name", "NDCG@10", "the endpoint's metric: NDCG, MAP, Recall, P or MRR at a cut-off "
+            "up to `k` (e.g. NDCG@10)", check=_metric),
         Key("datasets", "list of dataset names", None, "the endpoint's datasets (datasets of the plan)",
-            "every dataset of the plan"),
+            "every dataset of the plan", check=_dataset_names),
         Key("average", " | ".join(AVERAGES), "macro", "macro: one endpoint, the mean over the datasets; each: one "
-            "endpoint per dataset"),
+            "endpoint per dataset", check=_choice(*AVERAGES)),
         Key("comparisons", "list of 'ARM vs CONTROL'", REQUIRED, "the family Holm corrects over: a trained ARM with "
             ">= 2 seeds against a trained CONTROL (paired by seed, >= 2 shared seeds) or a training-free one (a "
-            "fixed reference)"),
-        Key("margin", "positive number", 0.01, "the equivalence margin (TOST) on the endpoint"),
-        Key("alpha", "number in (0, 1)", 0.05, "the level of the tests"),
+            "fixed reference)", check=_comparisons),
+        Key("margin", "positive number", 0.01, "the equivalence margin (TOST) on the endpoint", check=POSITIVE_NUMBER),
+        Key("alpha", "number in (0, 1)", 0.05, "the level of the tests", check=UNIT_INTERVAL),
     ),
     "secondary": (
-        Key("comparisons", "list of 'ARM vs CONTROL'", [], "reported unadjusted, without verdict words"),
+        Key("comparisons", "list of 'ARM vs CONTROL'", [], "reported unadjusted, without verdict words",
+            check=_comparisons),
     ),
     "train": (
-        Key("data", "dataset name", REQUIRED, "the BEIR dataset whose train split is trained on"),
+        Key("data", "dataset name", REQUIRED, "the BEIR dataset whose train split is trained on", check=NAME),
         Key("dev_fraction", "number in (0, 1)", 0.2, "the share of the train queries carved out as the dev split "
-            "(not with `dev_split`)"),
+            "(not with `dev_split`)", check=UNIT_INTERVAL),
         Key("dev_split", "split name", None, "the dataset's own dev split instead (then all of train is trained on)",
-            "none"),
+            "none", check=_safe_name),
         Key("set", "list of 'KIND.NAME.PARAM=VALUE'", [], "`--set` settings of every trained arm (an arm's own "
-            "come after)"),
+            "come after)", check=_set_options),
         Key("ANY", "as in `ragcun train`", None, "any other `ragcun train` setting (a TrainConfig field: epochs, lr, "
-            "batch_size, ...) except " + ", ".join(sorted(RESERVED_TRAIN)) + ", which the runner sets",
+            "batch_size, ...; `steps` or `epochs` is required when an arm is trained) except "
+            + ", ".join(sorted(RESERVED_TRAIN)) + ", which the runner sets; checked as `ragcun train` checks it",
             "`ragcun train`'s"),
     ),
     "select": (
-        Key("arm", "arm name", REQUIRED, "the trained arm whose loss contains `{lambda}`"),
-        Key("values", "list of numbers", REQUIRED, "the candidates substituted for `{lambda}`, chosen on the dev "
-            "split (never on test); 0 must be one of them, so the term can lose"),
+        Key("arm", "arm name", REQUIRED, "the trained arm whose loss contains `{lambda}`", check=NAME),
+        Key("values", "list of distinct numbers >= 0", REQUIRED, "the candidates substituted for `{lambda}`, chosen "
+            "on the dev split (never on test); 0 must be one of them, so the term can lose", check=_lambda_values),
     ),
     "dev": (
-        Key("corpus_sample", "integer", 2000, "documents of the dev corpus searched for each candidate"),
-        Key("metric", "metric name", "NDCG@10", "the dev score that chooses lambda"),
+        Key("corpus_sample", "integer >= 1", 2000, "documents of the dev corpus searched for each candidate",
+            check=POSITIVE_INTEGER),
+        Key("metric", "metric name", "NDCG@10", "the dev score that chooses lambda (as `[primary]` metric)",
+            check=_metric),
     ),
     "arms.NAME": (
-        Key("what", "string", "", "one line for the report's table"),
-        Key("loss", "loss spec", None, "a trained arm's loss (may contain `{lambda}`)", "none: a training-free arm"),
+        Key("what", "string", "", "one line for the report's table", check=STRING),
+        Key("loss", "loss spec", None, "a trained arm's loss (may contain `{lambda}`)", "none: a training-free arm",
+            check=NAME),
         Key("transform", " | ".join(TRANSFORMS), "none", "a training-free arm's fitted transform of the encoder's "
-            "embeddings"),
-        Key("whiten_dim", "integer", None, "whiten: keep this many principal directions", "all"),
+            "embeddings", check=_choice(*TRANSFORMS)),
+        Key("whiten_dim", "integer >= 1", None, "whiten: keep this many principal directions", "all",
+            check=POSITIVE_INTEGER),
         Key("distance", "distance spec", None, "the distance (trained) or similarity (training-free) used",
-            "the encoder's own (training-free), `ragcun train`'s (trained)"),
-        Key("encoder", "encoder spec", None, "the arm's encoder", "`ragcun train`'s"),
-        Key("head", "head spec", None, "a trained arm's head", "`ragcun train`'s"),
-        Key("freeze_encoder", "boolean", False, "train the head only"),
-        Key("head_lr", "number", None, "the head's learning rate", "`[train]`'s head_lr, else its lr"),
-        Key("set", "list of 'KIND.NAME.PARAM=VALUE'", [], "`--set` settings of this arm"),
-        Key("seeds", "list of integers", None, "this arm's seeds (fewer for a secondary arm)", "the plan's seeds"),
+            "the encoder's own (training-free), `ragcun train`'s (trained)", check=NAME),
+        Key("encoder", "encoder spec", None, "a trained arm's encoder (training-free arms use `[train]`'s)",
+            "`ragcun train`'s", check=NAME),
+        Key("head", "head spec", None, "a trained arm's head", "`ragcun train`'s", check=NAME),
+        Key("freeze_encoder", "boolean", False, "train the head only", check=BOOLEAN),
+        Key("head_lr", "positive number", None, "the head's learning rate", "`[train]`'s head_lr, else its lr",
+            check=POSITIVE_NUMBER),
+        Key("set", "list of 'KIND.NAME.PARAM=VALUE'", [], "`--set` settings of this arm", check=_set_options),
+        Key("seeds", "list of distinct integers", None, "this arm's seeds (fewer for a secondary arm)",
+            "the plan's seeds", check=SEEDS),
     ),
 }
 
@@ -337,9 +489,195 @@ class Plan:
                 out += [(a, self.seeds_of(a)[i]) for a in group if i < len(self.seeds_of(a))]
         return out
 
+    def metrics(self) -> dict[str, str]:
+        """The metrics the plan scores by, each with the key that names it: the endpoint's (NDCG@10 for a plan
+        without ``[primary]``, whose report uses it) and, with a lambda selection, the dev score's."""
+        out = {"[primary] metric" if self.primary else "the report's metric (no [primary])":
+               self.primary.metric if self.primary else "NDCG@10"}
+        if self.select_arm:
+            out["[dev] metric"] = self.dev_metric
+        return out
+
+    def base_encoder(self) -> str:
+        """The encoder of the training-free arms (and of the cached base outputs): ``[train]``'s."""
+        return str(self.train.get("encoder", config_default("encoder")))
+
+    # -- what defines a run's result: recorded in its result.json, compared before anything runs --------------------
+    def evaluation_settings(self) -> dict[str, Any]:
+        return {"datasets": list(self.datasets), "dtype": self.dtype, "k": self.k, "batch_size": self.batch_size,
+                "isotropy_sample": self.isotropy_sample}
+
+    def data_settings(self) -> dict[str, Any]:
+        """What is trained on: the dataset's train split less the dev queries (the carved split is salted with
+        the plan's name), or all of it beside the dataset's own dev split."""
+        dev = {"split": self.dev_split} if self.dev_split else {"fraction": self.dev_fraction, "salt": self.name}
+        return {"data": self.train_data, "dev": dev}
+
+    def train_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in sorted(self.train.items()) if k not in NOT_RESULT_SETTINGS}
+
+    def shared_settings(self) -> dict[str, Any]:
+        """The settings every run of the plan shares (recorded in plan.json)."""
+        return {**self.data_settings(), "train": self.train_settings(), "set": list(self.train_set),
+                "evaluation": self.evaluation_settings()}
+
+    def training_settings(self, arm: Arm, lam: float | None) -> dict[str, Any]:
+        train = self.train_settings()
+        for key in ("head_lr", "head", "encoder", "distance"):  # the arm's own, as the runner sets them
+            if getattr(arm, key) is not None:
+                train[key] = getattr(arm, key)
+        return {**self.data_settings(), "train": train, "set": [*self.train_set, *arm.set], "loss": arm.loss,
+                "lambda": lam if arm.selects_lambda else None, "freeze_encoder": arm.freeze_encoder}
+
+    def run_settings(self, arm: Arm, seed: int, lam: float | None = None) -> dict[str, Any]:
+        """Everything that defines the result of ``arm`` with ``seed`` (``lam``: the chosen lambda of an arm that
+        selects one): ``run`` (a trained arm's data, [train] recipe with the arm's own keys, --set settings, loss,
+        lambda, seed and the selection it was chosen by; a training-free arm's encoder, transform and distance)
+        and ``evaluation`` (datasets, precision, k, encoding batch, isotropy sample)."""
+        if arm.trained:
+            run = {**self.training_settings(arm, lam), "seed": seed}
+            if arm.selects_lambda:
+                run["select"] = {"values": list(self.select_values), "metric": self.dev_metric,
+                                 "corpus_sample": self.dev_corpus_sample}
+        else:
+            run = {"encoder": self.base_encoder(), "transform": arm.transform, "whiten_dim": arm.whiten_dim,
+                   "distance": arm.distance or "cosine"}
+        return canonical({"run": run, "evaluation": self.evaluation_settings()})
+
+    def candidate_settings(self, lam: float | None) -> dict[str, Any]:
+        """What defines one lambda candidate's dev score (``lam`` None: the selection's, shared by every
+        candidate)."""
+        arm = self.arms[self.select_arm]
+        evaluation = {k: v for k, v in self.evaluation_settings().items() if k != "datasets"}
+        return canonical({"run": {**self.training_settings(arm, lam), "seed": self.seeds_of(arm)[0]},
+                          "evaluation": {**evaluation, "dev_corpus_sample": self.dev_corpus_sample}})
+
+
+def canonical(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as JSON gives them back (what a result file records), so a recorded and a computed record
+    compare equal when they are."""
+    return json.loads(json.dumps(settings, sort_keys=True))
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A short hash of a settings record without its seed: every run of one arm under one plan has the same."""
+    run = {k: v for k, v in settings.get("run", {}).items() if k != "seed"}
+    text = json.dumps({**settings, "run": run}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+ABSENT = "(absent)"
+
+
+def settings_differences(recorded: dict[str, Any], planned: dict[str, Any],
+                         ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """``(field, recorded, planned)`` for every field that differs (dotted names, e.g. ``run.train.lr``); a field
+    only one side has shows :data:`ABSENT` on the other; fields under a name in ``ignore`` are skipped."""
+    old, new = _flatten(canonical(recorded)), _flatten(canonical(planned))
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == i or key.startswith(i + ".") for i in ignore):
+            continue
+        a, b = old.get(key, ABSENT), new.get(key, ABSENT)
+        if a != b:
+            out.append((key, a, b))
+    return out
+
+
+def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{key} {_show(a) if a is not ABSENT else a} -> {_show(b) if b is not ABSENT else b}"
+                     for key, a, b in differences)
+
+
+def _check_table(table: str, values: dict[str, Any], where: str) -> None:
+    """Every given key of ``table`` through its declared check; the error names ``where`` (file and table) and
+    the key."""
+    for key in KEYS[table]:
+        if key.check is not None and key.name in values:
+            try:
+                key.check(values[key.name])
+            except ValueError as exc:
+                raise ValueError(f"{where} {key.name}: {exc}") from None
+
+
+def _check_train_types(train: dict[str, Any], where: str) -> None:
+    """``[train]``'s TrainConfig settings have the types of TrainConfig's fields (as ``ragcun train --config``)."""
+    import inspect
+
+    from ragcun.spec import check_value_type
+
+    parameters = inspect.signature(TrainConfig).parameters
+    for key, value in train.items():
+        if key in parameters and key not in TRAIN_ONLY:
+            try:
+                check_value_type(parameters[key], value, key)
+            except ValueError as exc:
+                raise ValueError(f"{where} {key}: {str(exc).replace(f'{key} must be ', 'expected ', 1)}") from None
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{where} {key}: expected a finite number, got {value!r}")
+
+
+def _check_training(train: dict[str, Any], arms: dict[str, Arm], where: str) -> None:
+    """Range checks of every trained arm's settings, as ``ragcun train`` validates them, before anything runs:
+    ``[train]`` first (an error there names ``[train]``), then each arm's own keys on top of it."""
+    trained = [a for a in arms.values() if a.trained]
+    if not trained:
+        return
+    shared = {k: v for k, v in train.items() if k not in TRAIN_ONLY}
+    if shared.get("steps") is None and shared.get("epochs") is None:
+        raise ValueError(f"{where} [train]: give steps (optimizer steps) or epochs; the plan trains "
+                         f"{', '.join(a.name for a in trained)}")
+    placeholders = {"train_data": "beir:plan:train", "output_dir": "plan"}
+    checks = [(f"{where} [train]", {**shared, **placeholders, "loss": "contrastive"})]
+    for arm in trained:
+        own = {key: getattr(arm, key) for key in ("head_lr", "head", "encoder", "distance")
+               if getattr(arm, key) is not None}
+        checks.append((f"{where} [arms.{arm.name}]", {**shared, **placeholders, **own, "loss": arm.loss_for(1.0),
+                                                      "freeze_encoder": arm.freeze_encoder}))
+    for label, values in checks:
+        try:
+            TrainConfig.from_dict(values, label).validate()
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}") from None
+
+
+def _check_arm(arm: Arm, spec: dict[str, Any], where: str) -> None:
+    here = f"{where} [arms.{arm.name}]"
+    if arm.trained and arm.transform != "none":
+        raise ValueError(f"{here}: an arm has a loss (trained) or a transform (training-free), not both")
+    if not arm.trained:
+        given = [key for key in TRAINED_ONLY if key in spec]
+        if given:
+            raise ValueError(f"{here}: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for trained arms; this "
+                             "arm has no loss, so it is training-free: the encoder of [train], with its transform, "
+                             "evaluated once")
+    if arm.whiten_dim is not None and arm.transform != "whiten":
+        raise ValueError(f"{here}: whiten_dim goes with transform = \"whiten\" (this arm's transform is "
+                         f"{arm.transform!r})")
+
+
+def _check_metrics(plan: Plan, where: str) -> None:
+    """Every metric the plan scores by is one the evaluation computes: its cut-off at most ``k``."""
+    for label, metric in plan.metrics().items():
+        cutoff = metric_cutoff(metric)
+        if plan.k < cutoff:
+            raise ValueError(f"{where} k: {plan.k} is below the cut-off of {label} {metric} (retrieving {plan.k} "
+                             f"documents per query cannot score it): give k >= {cutoff}")
+
 
 def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: str | Path | None = None) -> Plan:
-    """Read and check a plan file; every error names the file and the key."""
+    """Read and check a plan file: every key's type and range, names that become folder and file names, metric
+    names and cut-offs, and every trained arm's settings as ``ragcun train`` validates them. Every error names the
+    file and the key."""
     from ragcun.spec import load_toml
 
     path = Path(path)
@@ -349,20 +687,21 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     for key in (k.name for k in KEYS[""] if k.default is REQUIRED):
         if key not in data:
             raise ValueError(f"{where}: missing {key!r}")
+    _check_table("", data, where)
+    for table, known in (("primary", PRIMARY_KEYS), ("secondary", SECONDARY_KEYS), ("select", SELECT_KEYS),
+                         ("dev", DEV_KEYS)):
+        if table in data:
+            _unknown(data[table], known, f"{where} [{table}]")
+            _check_table(table, data[table], f"{where} [{table}]")
     arms: dict[str, Arm] = {}
     for name, spec in data["arms"].items():
-        if not isinstance(spec, dict):
-            raise ValueError(f"{where}: [arms.{name}] must be a table")
+        problem = safe_name_problem(name)
+        if problem:
+            raise ValueError(f"{where} [arms.{name}]: the arm name {problem}")
         _unknown(spec, ARM_KEYS, f"{where} [arms.{name}]")
+        _check_table("arms.NAME", spec, f"{where} [arms.{name}]")
         arm = Arm(name=name, **spec)
-        if arm.transform not in TRANSFORMS:
-            raise ValueError(f"{where} [arms.{name}]: transform must be one of {', '.join(TRANSFORMS)}, "
-                             f"got {arm.transform!r}")
-        if arm.trained and arm.transform != "none":
-            raise ValueError(f"{where} [arms.{name}]: an arm has a loss (trained) or a transform (training-free), "
-                             "not both")
-        if not isinstance(arm.set, list) or not all(isinstance(s, str) for s in arm.set):
-            raise ValueError(f"{where} [arms.{name}]: set must be a list of 'kind.name.param=value' strings")
+        _check_arm(arm, spec, where)
         arms[name] = arm
     if data["baseline"] not in arms:
         raise ValueError(f"{where}: baseline {data['baseline']!r} is not an arm (arms: {', '.join(arms)})")
@@ -371,10 +710,10 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         raise ValueError(f"{where} [train]: missing 'data' (a BEIR dataset whose train split is trained on)")
     known = {f.name for f in fields(TrainConfig)} - RESERVED_TRAIN
     _unknown(train, known | TRAIN_ONLY, f"{where} [train]")
+    _check_table("train", train, f"{where} [train]")
+    _check_train_types(train, f"{where} [train]")
     select = data.get("select", {})
-    _unknown(select, SELECT_KEYS, f"{where} [select]")
     dev = data.get("dev", {})
-    _unknown(dev, DEV_KEYS, f"{where} [dev]")
     if select:
         if select.get("arm") not in arms or not arms[select["arm"]].selects_lambda:
             raise ValueError(f"{where} [select]: arm must name a trained arm whose loss contains {LAMBDA}")
@@ -387,16 +726,9 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         raise ValueError(f"{where} [train]: give dev_fraction (carve dev from train) or dev_split (the dataset's own), "
                          "not both")
     seeds = data.get("seeds", default("", "seeds"))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
     datasets = data["datasets"]
-    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) and d for d in datasets):
-        raise ValueError(f"{where}: datasets must be a non-empty list of dataset names, got {datasets!r}")
     primary = _primary(data.get("primary"), arms, datasets, seeds, where)
     secondary_table = data.get("secondary", {})
-    if not isinstance(secondary_table, dict):
-        raise ValueError(f"{where}: [secondary] must be a table with 'comparisons'")
-    _unknown(secondary_table, SECONDARY_KEYS, f"{where} [secondary]")
     secondary = [parse_comparison(c, arms, f"{where} [secondary] comparisons")
                  for c in _string_list(secondary_table.get("comparisons", []), f"{where} [secondary] comparisons")]
     base = path.parent
@@ -415,8 +747,8 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         isotropy_sample=int(data.get("isotropy_sample", default("", "isotropy_sample"))),
         dev_split=str(train["dev_split"]) if "dev_split" in train else None, primary=primary, secondary=secondary,
     )
-    if not 0 < plan.dev_fraction < 1:
-        raise ValueError(f"{where} [train]: dev_fraction must be between 0 and 1, got {plan.dev_fraction}")
+    _check_metrics(plan, where)
+    _check_training(train, arms, where)
     return plan
 
 
@@ -431,10 +763,7 @@ def _primary(table: Any, arms: dict[str, Arm], datasets: list[str], seeds: list[
     paired by seed (the same seeds in arm and control)."""
     if table is None:
         return None
-    if not isinstance(table, dict):
-        raise ValueError(f"{where}: [primary] must be a table")
     here = f"{where} [primary]"
-    _unknown(table, PRIMARY_KEYS, here)
     comparisons = _string_list(table.get("comparisons", []), f"{here} comparisons")
     if not comparisons:
         raise ValueError(f"{here}: comparisons must name at least one 'ARM vs CONTROL'")
@@ -442,14 +771,8 @@ def _primary(table: Any, arms: dict[str, Arm], datasets: list[str], seeds: list[
                       datasets=_string_list(table.get("datasets", list(datasets)), f"{here} datasets"),
                       average=table.get("average", default("primary", "average")),
                       comparisons=[parse_comparison(c, arms, f"{here} comparisons") for c in comparisons])
-    for key in ("margin", "alpha"):
-        value = table.get(key, default("primary", key))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < (1 if key == "alpha" else 1e9):
-            raise ValueError(f"{here}: {key} must be a positive number" + (" below 1" if key == "alpha" else "")
-                             + f", got {value!r}")
-        setattr(primary, key, float(value))
-    if primary.average not in AVERAGES:
-        raise ValueError(f"{here}: average must be one of {', '.join(AVERAGES)}, got {primary.average!r}")
+    for key in ("margin", "alpha"):  # checked by the key table
+        setattr(primary, key, float(table.get(key, default("primary", key))))
     missing = [d for d in primary.datasets if d not in datasets]
     if missing or not primary.datasets:
         raise ValueError(f"{here}: datasets must be datasets of the plan ({', '.join(datasets)}); got "

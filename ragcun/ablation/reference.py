@@ -24,6 +24,18 @@ matches). A plan is a TOML file read by `ragcun ablation run PLAN` (`--dry-run` 
 run's settings without writing anything), `ragcun ablation power PLAN` and `ragcun ablation compare --plan PLAN`.
 A key not listed here is an error that names the file, the table and the closest known key; the
 [training guide](training.md#ablations) explains how the analysis uses `[primary]` and `[secondary]`.
+
+Every key is checked before anything runs, as strictly as a command line: its type (a string where a boolean,
+an integer or a list belongs is an error naming the file, the table and the key), its range (empty or repeated
+lists, `k` below the cut-off of a metric the plan scores by, a metric the evaluation does not produce), names
+that become folder and file names (arms, datasets, splits), and every trained arm's settings as `ragcun train`
+checks them. Each finished run's `result.json` (and each lambda candidate's file) records the settings that
+define it (`settings`, with `settings_hash`: the same for every seed of an arm); a run whose settings differ from
+the plan's, because the plan was edited since, is refused with each setting named (old -> new), and so is a
+model folder trained with other settings. `ragcun ablation run --rerun-changed` sets those runs aside under
+`RESULTS/stale/` (their models under `WORK/stale/`) and runs them again; `ragcun ablation compare` refuses an arm
+whose runs carry different settings. Results written before the settings record are reused with a warning;
+`plan.json`'s settings stand for them.
 """
 
 TITLES = {

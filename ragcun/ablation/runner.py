@@ -5,6 +5,15 @@ atomically; models and TREC runs go to the work folder. So an interrupted plan r
 on another machine too once the finished results are committed (a half-trained model in the work folder
 resumes from its checkpoint; a missing one is trained again).
 
+A finished run is reused only if it is the run the plan describes now: each result.json (and each lambda
+candidate's file) records the settings that define it (:meth:`ragcun.ablation.plan.Plan.run_settings`) and their
+hash, and before anything runs they are compared with the plan's. A difference (the plan edited between seeds
+or after the runs) is refused, naming each result and setting; with ``rerun_changed`` those runs are set aside
+under ``RESULTS/stale/`` (their models under ``WORK/stale/``) and run again. A model folder whose
+train_config.json differs from the settings the plan now gives is refused (or set aside) the same way. Results
+written before the settings record are accepted with a warning (they cannot be checked one by one; plan.json's
+settings stand for them).
+
 Order: the training-free arms (they only need the base encoder's outputs, encoded once per dataset and
 cached); then the lambda selection on the dev split (one training per candidate, first seed); then the
 baseline and the selected arm seed by seed, then the other arms. With ``parallel`` (a GPU node), the trained
@@ -17,11 +26,17 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
-from ragcun.ablation.plan import Arm, Plan
+from ragcun.ablation.plan import Arm, Plan, describe_differences, settings_differences, settings_hash
 
 RESULT_FILE = "result.json"
+STALE = "stale"  # RESULTS/stale/ and WORK/stale/: runs set aside by --rerun-changed
+# train_config.json fields a model folder may differ in from the run the plan gives now: where things are (the
+# data's folder depends on --data-dir and the work folder) and how the run is logged and saved
+MODEL_IGNORES = ("output_dir", "train_data", "data_dir", "save_every", "keep_checkpoints", "log_every",
+                 "show_progress")
 
 
 def _atomic_json(path: Path, data: Any) -> None:
@@ -36,10 +51,47 @@ def run_dir(plan: Plan, arm: Arm, seed: int) -> Path:
     return plan.results / "runs" / arm.name / (f"seed-{seed}" if arm.trained else "fixed")
 
 
+def candidate_file(plan: Plan, lam: float) -> Path:
+    return plan.results / "selection" / f"lambda-{lam:g}.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); delete it to run that part of the plan again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object; delete it to run that part of the plan again")
+    return data
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``path`` with -2, -3, ... before its suffix when that is taken."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+class Stale:
+    """A finished run (or lambda candidate) whose recorded settings differ from the plan's."""
+
+    def __init__(self, path: Path, differences: list, *, model: Path | None = None, tag: str = "legacy",
+                 legacy: bool = False) -> None:
+        self.path, self.differences, self.model, self.tag, self.legacy = path, differences, model, tag, legacy
+
+    def describe(self) -> str:
+        what = ("predates the settings record; plan.json says it ran with " if self.legacy else "")
+        return f"{self.path}: {what}{describe_differences(self.differences)}"
+
+
 class PlanRunner:
     def __init__(self, plan: Plan, *, data_dir: str | None = None, show: Callable[[str], None] = print,
-                 only: set[str] | None = None, seeds: set[int] | None = None) -> None:
+                 only: set[str] | None = None, seeds: set[int] | None = None, rerun_changed: bool = False) -> None:
         self.plan, self.data_dir, self.show, self.only, self.seeds = plan, data_dir, show, only, seeds
+        self.rerun_changed = rerun_changed
+        self._warned_legacy = False
         self._datasets: dict[str, Any] = {}
         self._base_cache: dict[str, Any] = {}
         self._base_model = None
@@ -65,7 +117,8 @@ class PlanRunner:
                                                   "datasets": plan.datasets, "arms": list(plan.arms),
                                                   "train": plan.train, "dtype": plan.dtype, "k": plan.k,
                                                   "primary": plan.primary.family() if plan.primary else None,
-                                                  "secondary": [str(c) for c in plan.secondary]})
+                                                  "secondary": [str(c) for c in plan.secondary],
+                                                  "settings": plan.shared_settings()})
         self.show(f"dev split: {info['dev_queries']} {plan.train_data} {info['split']} queries"
                   + (f" of {info['train_queries'] + info['dev_queries']} train queries (training uses the other "
                      f"{info['train_queries']})" if not plan.dev_split else
@@ -121,8 +174,7 @@ class PlanRunner:
         if self._base_model is None:
             from ragcun.model import EmbeddingModel
 
-            self._base_model = EmbeddingModel.build(self.plan.train.get("encoder", "all-minilm-l6-v2"), "identity",
-                                                    "cosine")
+            self._base_model = EmbeddingModel.build(self.plan.base_encoder(), "identity", "cosine")
             self._base_model.eval()
         return self._base_model
 
@@ -164,7 +216,11 @@ class PlanRunner:
         from ragcun.ablation.scoring import apply_head, encode_dataset, score
         from ragcun.evaluation.run_files import format_trec_run
 
-        k_values = sorted({10, 100, self.plan.k} & set(range(1, self.plan.k + 1)))
+        from ragcun.ablation.plan import metric_cutoff
+
+        cutoffs = {10, 100, self.plan.k, *(metric_cutoff(m) for m in self.plan.metrics().values())}
+        k_values = sorted(cutoffs & set(range(1, self.plan.k + 1)))
+        shown = "NDCG@10" if 10 in k_values else next(iter(self.plan.metrics().values()))
         report = {}
         for name in datasets:
             t0 = time.perf_counter()
@@ -183,12 +239,12 @@ class PlanRunner:
                 trec.parent.mkdir(parents=True, exist_ok=True)
                 trec.write_text(format_trec_run(scored["results"], tag))
             report[name] = {"metrics": {m: v for m, v in scored["metrics"].items()
-                                        if m.split("@")[0] in ("NDCG", "MRR", "Recall", "MAP")},
+                                        if m.split("@")[0] in ("NDCG", "MRR", "Recall", "MAP", "P")},
                             "isotropy": scored["isotropy"], "counts": scored["counts"],
                             "eval_s": time.perf_counter() - t0}
             if keep_per_query:
                 report[name]["per_query"] = scored["per_query"]
-            self.show(f"  {name}: NDCG@10 {scored['metrics']['NDCG@10']:.4f}  SIGReg "
+            self.show(f"  {name}: {shown} {scored['metrics'][shown]:.4f}  SIGReg "
                       f"{scored['isotropy']['sigreg_raw']:.2f} (floor {scored['isotropy']['sigreg_gaussian_floor']:.2f})"
                       f"  IsoScore {scored['isotropy']['isoscore']:.3f}")
         return report
@@ -198,9 +254,8 @@ class PlanRunner:
         from ragcun.spec import settings_from_options
         from ragcun.training.config import TrainConfig
 
-        suffix = f"seed-{seed}" + (f"-lambda-{lam:g}" if arm.selects_lambda else "")
         values = dict(self.plan.train)
-        values.update({"output_dir": str(self.plan.work_dir / "models" / arm.name / suffix),
+        values.update({"output_dir": str(self.model_folder(arm, seed, lam)),
                        "train_data": f"beir:{self.train_folder}:train", "seed": seed, "loss": arm.loss_for(lam),
                        "freeze_encoder": arm.freeze_encoder, "show_progress": False,
                        "settings": settings_from_options([*self.plan.train_set, *arm.set])})
@@ -224,6 +279,7 @@ class PlanRunner:
         from ragcun.run_lock import acquire
 
         with acquire(folder, what="ragcun ablation run", label=f"the ablation run {folder}"):  # one writer
+            self.check_model_folder(folder, config)
             if not (folder / CONFIG_FILE).is_file():
                 resume = ckpt.latest_checkpoint(folder) is not None
                 self.show(f"{arm.name} seed {seed}: training ({config.loss}"
@@ -243,6 +299,182 @@ class PlanRunner:
         info.setdefault("steps", _final_step(folder))
         return model, info
 
+    def check_model_folder(self, folder: Path, config) -> None:
+        """A model folder (finished or part trained) is reused only when its train_config.json is the run the
+        plan gives now; otherwise refused, naming each setting, or (``rerun_changed``) set aside under
+        WORK/stale/ and trained again. Call it holding the folder's lock."""
+        from ragcun.training.config import CONFIG_FILE as TRAIN_CONFIG
+        from ragcun.training.config import TrainConfig
+
+        if not (folder / TRAIN_CONFIG).is_file():
+            return
+        saved = TrainConfig.load(folder)
+        differences = saved.differences(config, ignore=(*MODEL_IGNORES, "settings"))
+        given = [{kind: {name: params for name, params in names.items() if params}
+                  for kind, names in c.settings.items() if any(names.values())} for c in (saved, config)]
+        if given[0] != given[1]:  # component settings, kinds without any left out
+            differences["settings"] = tuple(given)
+        if not differences:
+            return
+        listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differences.items()))
+        if not self.rerun_changed:
+            raise ValueError(f"{folder}: this model was trained with other settings than the plan "
+                             f"{self.plan.path} now gives ({listed}); revert the plan to them, or run it with "
+                             "--rerun-changed to set this model aside (under the work folder's stale/) and train it "
+                             "again")
+        moved = self._set_aside_model(folder)
+        self.show(f"{folder}: trained with other settings ({listed}): set aside as {moved}, training it again")
+
+    def _set_aside_model(self, folder: Path) -> Path:
+        """Move a model folder's contents to WORK/stale/models/ARM/NAME[-N] (the folder, and its lock, stay)."""
+        from ragcun.run_lock import LOCK_FILE, acquire
+
+        models = self.plan.work_dir / "models"
+        try:
+            relative = folder.relative_to(models)
+        except ValueError:
+            relative = Path(folder.name)
+        target = _free_path(self.plan.work_dir / STALE / "models" / relative)
+        with acquire(folder, what="ragcun ablation run", label=f"the ablation run {folder}"):
+            target.mkdir(parents=True)
+            for entry in sorted(folder.iterdir()):
+                if entry.name != LOCK_FILE:
+                    entry.rename(target / entry.name)
+        return target
+
+    # -- finished runs against the plan ------------------------------------------------------------------
+    def known_lambda(self) -> float | None:
+        """The chosen lambda when selection.json holds this plan's selection (else None: not chosen yet)."""
+        path = self.plan.results / "selection.json"
+        if not self.plan.select_arm or not path.is_file():
+            return None
+        chosen = _read_json(path)
+        if self._selection_reusable(chosen):
+            return float(chosen["chosen"])
+        return None
+
+    def _selection_reusable(self, chosen: dict) -> bool:
+        plan = self.plan
+        recorded = chosen.get("settings")
+        return (chosen.get("values") == plan.select_values and "chosen" in chosen
+                and (recorded is None or not settings_differences(recorded, plan.candidate_settings(None))))
+
+    def stale_runs(self, lam: float | None = None) -> tuple[list[Stale], list[Path]]:
+        """The finished runs and lambda candidates whose recorded settings differ from the plan's, and those that
+        predate the settings record (accepted unless plan.json's settings differ from the plan's: then they are
+        stale too). ``lam``: the chosen lambda (default: selection.json's, when it holds this plan's selection;
+        unknown, the lambda of the selected arm's runs is not compared)."""
+        plan = self.plan
+        lam = self.known_lambda() if lam is None else lam
+        stale: list[Stale] = []
+        legacy: list[tuple[Path, Path | None]] = []
+
+        def check(path: Path, planned: dict, model: Path | None, ignore: tuple[str, ...] = ()) -> None:
+            recorded = _read_json(path).get("settings")
+            if recorded is None:
+                legacy.append((path, model))
+                return
+            differences = settings_differences(recorded, planned, ignore)
+            if differences:
+                trains = any(k.startswith("run.") and not k.startswith(("run.select.", "run.lambda"))
+                             for k, _, _ in differences)
+                stale.append(Stale(path, differences, model=model if trains else None, tag=settings_hash(recorded)))
+
+        for arm, seed in plan.order():
+            path = run_dir(plan, arm, seed) / RESULT_FILE
+            if path.is_file():
+                unknown = arm.selects_lambda and lam is None
+                model = self.model_folder(arm, seed, lam) if arm.trained and not unknown else None
+                check(path, plan.run_settings(arm, seed, lam), model, ("run.lambda",) if unknown else ())
+        if plan.select_arm:
+            arm = plan.arms[plan.select_arm]
+            for value in plan.select_values:
+                path = candidate_file(plan, value)
+                if path.is_file():
+                    check(path, plan.candidate_settings(value), self.model_folder(arm, plan.seeds_of(arm)[0], value))
+        differences = self.plan_json_differences() if legacy else []
+        if differences:  # what plan.json records (what the legacy runs ran with) is not the plan any more
+            trains = any(k.split(".")[0] in ("data", "dev", "train", "set") or k.startswith("plan.json train")
+                         for k, _, _ in differences)
+            stale += [Stale(path, differences, model=model if trains else None, legacy=True)
+                      for path, model in legacy]
+            legacy = []
+        return stale, [path for path, _ in legacy]
+
+    def model_folder(self, arm: Arm, seed: int, lam: float | None) -> Path:
+        suffix = f"-lambda-{lam:g}" if arm.selects_lambda else ""
+        return self.plan.work_dir / "models" / arm.name / f"seed-{seed}{suffix}"
+
+    def plan_json_differences(self) -> list:
+        """How the plan's shared settings differ from those plan.json records (what the runs written before the
+        settings record ran with); [] without plan.json."""
+        from ragcun.ablation.plan import NOT_RESULT_SETTINGS
+
+        path = self.plan.results / "plan.json"
+        if not path.is_file():
+            return []
+        old = _read_json(path)
+        if "settings" in old:
+            return settings_differences(old["settings"], self.plan.shared_settings())
+        # a plan.json written before the settings record: the result-defining fields it has
+        recorded = {"train": {k: v for k, v in (old.get("train") or {}).items() if k not in NOT_RESULT_SETTINGS},
+                    "dtype": old.get("dtype"), "k": old.get("k"), "datasets": old.get("datasets")}
+        planned = {"train": self.plan.train_settings(), "dtype": self.plan.dtype, "k": self.plan.k,
+                   "datasets": self.plan.datasets}
+        return [(f"plan.json {k}", a, b) for k, a, b in settings_differences(recorded, planned)]
+
+    def check_finished(self, lam: float | None = None) -> None:
+        """Refuse (or, with ``rerun_changed``, set aside to run again) every finished run whose settings differ
+        from the plan's; say once that runs without a settings record could not be checked. Nothing is written
+        unless ``rerun_changed``."""
+        stale, legacy = self.stale_runs(lam)
+        if legacy and not self._warned_legacy:
+            self._warned_legacy = True
+            shown = ", ".join(str(p.parent.relative_to(self.plan.results)) if p.name == RESULT_FILE else p.name
+                              for p in legacy[:3])
+            self.show(f"warning: {len(legacy)} finished result(s) in {self.plan.results} predate the settings record "
+                      f"({shown}{', ...' if len(legacy) > 3 else ''}): they cannot be checked against the plan, run "
+                      "by run, and are reused as they are")
+        if not stale:
+            return
+        if not self.rerun_changed:
+            raise ValueError(self.refusal(stale))
+        listed = "\n".join(f"  {s.describe()}" for s in stale)
+        self.show(f"--rerun-changed: {len(stale)} finished run(s) differ from the plan; setting them aside to run "
+                  f"again:\n{listed}")
+        selection_changed = False
+        for each in stale:
+            self._set_aside_result(each)
+            selection_changed |= each.path.parent.name == "selection"
+        if selection_changed and (self.plan.results / "selection.json").is_file():
+            target = _free_path(self.plan.results / STALE / "selection.json")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.plan.results / "selection.json").rename(target)
+
+    def refusal(self, stale: list[Stale]) -> str:
+        listed = "\n".join(f"  {s.describe()}" for s in stale)
+        return (f"{self.plan.path}: {len(stale)} finished run(s) were trained or evaluated with other settings than "
+                f"the plan now gives (old -> new); reusing them would mix two experiments in one table:\n{listed}\n"
+                "Revert the plan to the settings they ran with, or run it again with --rerun-changed to set those "
+                f"runs aside (under {self.plan.results / STALE}, their models under {self.plan.work_dir / STALE}) and "
+                "run them with the plan's settings.")
+
+    def _set_aside_result(self, stale: Stale) -> None:
+        results = self.plan.results
+        if stale.path.name == RESULT_FILE:  # the run's folder: result.json and the per-query files with it
+            folder = stale.path.parent
+            target = _free_path(results / STALE / folder.relative_to(results).with_name(f"{folder.name}-{stale.tag}"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(target)
+            self.show(f"  {folder} -> {target}")
+        else:  # a lambda candidate's file
+            target = _free_path(results / STALE / "selection" / f"{stale.path.stem}-{stale.tag}.json")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            stale.path.rename(target)
+            self.show(f"  {stale.path} -> {target}")
+        if stale.model is not None and stale.model.is_dir() and any(stale.model.iterdir()):
+            self.show(f"  {stale.model} -> {self._set_aside_model(stale.model)}")
+
     # -- the plan --------------------------------------------------------------------------------------
     def select_lambda(self) -> float | None:
         """Train the selected arm once per candidate (first seed) and keep the best dev score; a tie goes to the
@@ -256,8 +488,8 @@ class PlanRunner:
             return None
         path = plan.results / "selection.json"
         if path.is_file():
-            chosen = json.loads(path.read_text())
-            if chosen.get("values") == plan.select_values and "chosen" in chosen:
+            chosen = _read_json(path)
+            if self._selection_reusable(chosen):
                 return float(chosen["chosen"])
         if 0.0 not in plan.select_values:
             raise ValueError(f"{plan.path} [select]: values must include 0 so that the regularizer can lose to no "
@@ -265,9 +497,9 @@ class PlanRunner:
         arm, seed = plan.arms[plan.select_arm], plan.seeds_of(plan.arms[plan.select_arm])[0]
         scores, per_query, global_batch = {}, {}, None
         for lam in plan.select_values:
-            step_file = plan.results / "selection" / f"lambda-{lam:g}.json"
-            if step_file.is_file():
-                saved = json.loads(step_file.read_text())
+            step_file = candidate_file(plan, lam)
+            if step_file.is_file():  # its settings were checked before anything ran (check_finished)
+                saved = _read_json(step_file)
                 scores[lam] = saved["dev"][plan.dev_metric]
                 per_query[lam] = saved.get("per_query")
                 global_batch = saved.get("train", {}).get("global_batch", global_batch)
@@ -277,8 +509,10 @@ class PlanRunner:
             dev = self.evaluate(model, ["dev"], reuse_base=False, out=None, tag="dev", keep_per_query=True)["dev"]
             scores[lam], per_query[lam] = dev["metrics"][plan.dev_metric], dev["per_query"]
             global_batch = info.get("global_batch")
+            settings = plan.candidate_settings(lam)
             _atomic_json(step_file, {"lambda": lam, "dev": dev["metrics"], "isotropy": dev["isotropy"], "train": info,
-                                     "per_query": {q: m[plan.dev_metric] for q, m in dev["per_query"].items()}})
+                                     "per_query": {q: m[plan.dev_metric] for q, m in dev["per_query"].items()},
+                                     "settings": settings, "settings_hash": settings_hash(settings)})
             per_query[lam] = {q: m[plan.dev_metric] for q, m in dev["per_query"].items()}
         best = max(scores.values())
         chosen = min(lam for lam, s in scores.items() if s == best)  # a tie goes to the weaker regularizer
@@ -300,7 +534,8 @@ class PlanRunner:
         _atomic_json(path, {"arm": arm.name, "seed": seed, "metric": plan.dev_metric, "values": plan.select_values,
                             "dev": {f"{lam:g}": s for lam, s in scores.items()}, "chosen": chosen,
                             "global_batch": global_batch, "candidates": detail,
-                            "rule": "the best mean dev score; a tie goes to the smaller lambda"})
+                            "rule": "the best mean dev score; a tie goes to the smaller lambda",
+                            "settings": plan.candidate_settings(None)})
         self.show(f"lambda chosen on dev ({plan.dev_metric}): {chosen:g}  " + "  ".join(
             f"{k}: {r['score']:.4f}" + (f" ± {r['se']:.4f}" if "se" in r else "") for k, r in detail.items()))
         return chosen
@@ -342,6 +577,13 @@ class PlanRunner:
                                  f"({', '.join(changed_fields(recorded['family'], family))})")
             else:
                 lines.append(f"primary analysis: as recorded (hash {recorded['hash']})")
+        stale, legacy = self.stale_runs()
+        if stale and not self.rerun_changed:
+            raise ValueError(self.refusal(stale))
+        for each in stale:
+            lines.append(f"would set aside and run again (--rerun-changed): {each.describe()}")
+        if legacy:
+            lines.append(f"{len(legacy)} finished result(s) predate the settings record: reused unchecked")
         lambdas = plan.select_values if plan.select_arm else []
         in_use: dict[str, set[str]] = {}  # a shared --set must address a component of some arm, as in training
         settings = []
@@ -385,21 +627,24 @@ class PlanRunner:
         each on a GPU node), after the training-free arms and the lambda selection ran here."""
         plan = self.plan
         t_start = time.perf_counter()
-        self.prepare()
-        skipped = [f"{a.name}/{run_dir(plan, a, s).name}" for a, s in plan.order()
-                   if (run_dir(plan, a, s) / RESULT_FILE).is_file()]
-        todo = self.todo()
         processes = resolve_slots(parallel, slots)
+        self.check_finished()  # before anything is written: a plan that no longer matches its results stops here
+        self.prepare()
+        todo = self.todo()
         done = []
+        for arm, seed in [(a, s) for a, s in todo if not a.trained]:
+            done.append(self.run_one(arm, seed))
+        if any(a.selects_lambda for a, _ in todo):
+            self.check_finished(self.select_lambda())  # the selected arm's runs against the lambda chosen now
+            todo = self.todo()
+        trained = [(a, s) for a, s in todo if a.trained]
         if processes > 1:
-            for arm, seed in [(a, s) for a, s in todo if not a.trained]:
-                done.append(self.run_one(arm, seed))
-            if any(a.selects_lambda for a, _ in todo):
-                self.select_lambda()
-            done += run_side_by_side(self, [(a, s) for a, s in todo if a.trained], processes)
+            done += run_side_by_side(self, trained, processes)
         else:
-            for arm, seed in todo:
+            for arm, seed in trained:
                 done.append(self.run_one(arm, seed))
+        skipped = [name for a, s in plan.order() if (run_dir(plan, a, s) / RESULT_FILE).is_file()
+                   and (name := f"{a.name}/{run_dir(plan, a, s).name}") not in done]
         summary = {"finished_now": done, "skipped": skipped, "wall_s": time.perf_counter() - t_start,
                    "processes": processes}
         with (plan.results / "run_log.jsonl").open("a") as fh:
@@ -411,6 +656,7 @@ class PlanRunner:
         plan = self.plan
         out = run_dir(plan, arm, seed)
         t0 = time.perf_counter()
+        lam = None
         if arm.trained:
             lam = self.select_lambda() if arm.selects_lambda else None
             model, info = self.trained_model(arm, seed, lam)
@@ -420,8 +666,10 @@ class PlanRunner:
         else:
             model, info = self.transformed_model(arm)
             report = self.evaluate_transform(arm, model, out)
+        settings = plan.run_settings(arm, seed, lam)
         _atomic_json(out / RESULT_FILE, {"arm": arm.name, "what": arm.what, "seed": seed, "trained": arm.trained,
-                                         "datasets": report, "info": info, "wall_s": time.perf_counter() - t0})
+                                         "datasets": report, "info": info, "wall_s": time.perf_counter() - t0,
+                                         "settings": settings, "settings_hash": settings_hash(settings)})
         return f"{arm.name}/{out.name}"
 
     # -- training-free arms ----------------------------------------------------------------------------
@@ -431,8 +679,7 @@ class PlanRunner:
         head = {"none": "identity", "center": "center", "whiten": "whiten"}[arm.transform]
         settings = {"head": {"whiten": {"dim": arm.whiten_dim}}} if arm.transform == "whiten" and arm.whiten_dim else None
         base = self.base_model()
-        model = EmbeddingModel.build(self.plan.train.get("encoder", "all-minilm-l6-v2"), head,
-                                     arm.distance or "cosine", settings)
+        model = EmbeddingModel.build(self.plan.base_encoder(), head, arm.distance or "cosine", settings)
         model.encoder = base.encoder  # the same weights: share them instead of holding two copies
         return model, {"transform": arm.transform, "distance": arm.distance or "cosine", "trainable_params": 0,
                        "fitted_on": "the corpus being searched (each dataset's own)"}
@@ -487,8 +734,6 @@ def run_side_by_side(runner: PlanRunner, runs: list[tuple[Arm, int]], processes:
     """Each run in its own ``ragcun ablation run --only ARM --seeds S`` process, ``processes`` at a time (GPU i
     of the node for slot i; on a CPU the cores are shared out); the finished ones write their result.json
     themselves, so an interrupted batch resumes like any plan."""
-    import subprocess
-    import sys
 
     import torch
 
@@ -523,7 +768,8 @@ def _supervise(runner, queue, running, done, failed, children, processes: int, g
             slot = next(i for i in range(processes) if i not in {s for s, _, _ in running.values()})
             cmd = [sys.executable, "-m", "ragcun", "ablation", "run", str(plan.path), "--results", str(plan.results),
                    "--work-dir", str(plan.work_dir), "--only", arm.name, "--seeds", str(seed), "--parallel", "no",
-                   "--no-compare"] + (["--data-dir", runner.data_dir] if runner.data_dir else [])
+                   "--no-compare"] + (["--data-dir", runner.data_dir] if runner.data_dir else []) \
+                + (["--rerun-changed"] if getattr(runner, "rerun_changed", False) else [])
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
@@ -545,6 +791,8 @@ def _supervise(runner, queue, running, done, failed, children, processes: int, g
 
 
 def run_plan(plan: Plan, *, data_dir: str | None = None, show=print, only: set[str] | None = None,
-             seeds: set[int] | None = None, parallel: str = "no", slots: int | None = None) -> dict[str, Any]:
+             seeds: set[int] | None = None, parallel: str = "no", slots: int | None = None,
+             rerun_changed: bool = False) -> dict[str, Any]:
     """Run every arm x seed of ``plan`` not finished yet (see the module docstring)."""
-    return PlanRunner(plan, data_dir=data_dir, show=show, only=only, seeds=seeds).run(parallel=parallel, slots=slots)
+    return PlanRunner(plan, data_dir=data_dir, show=show, only=only, seeds=seeds,
+                      rerun_changed=rerun_changed).run(parallel=parallel, slots=slots)

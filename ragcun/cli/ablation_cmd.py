@@ -53,16 +53,22 @@ def ablation_group() -> None:
               help="how many runs at once with --parallel [default: the GPU count, or 2 on a CPU]")
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="build the comparison table from every finished run at the end")
+@click.option("--rerun-changed", is_flag=True,
+              help="finished runs (and lambda candidates, model folders) whose recorded settings differ from the "
+                   "plan's are set aside under RESULTS/stale/ (models under WORK/stale/) and run again with the "
+                   "plan's settings [default: such a plan is refused, naming each run and setting]")
 @click.option("--dry-run", is_flag=True,
-              help="check the plan (datasets, splits, every run's settings and components, the pre-registration) "
-                   "and print what would run, without training or writing anything")
+              help="check the plan (datasets, splits, every run's settings and components, the pre-registration, "
+                   "finished runs against the plan) and print what would run, without training or writing anything")
 def run_command(plan_file: str, data_dir: str | None, results: str | None, work_dir: str | None,
                 only: str | None, seed_list: str | None, parallel: str, slots: int | None, compare: bool,
-                dry_run: bool) -> None:
+                rerun_changed: bool, dry_run: bool) -> None:
     """Run every arm x seed of PLAN_FILE that has not finished yet, one after another.
 
     Finished runs (a result.json in the results folder) are skipped, so an interrupted plan resumes where it
-    stopped; a half-trained model resumes from its checkpoint.
+    stopped; a half-trained model resumes from its checkpoint. Each result records the settings that define it;
+    a finished run whose settings differ from the plan's (the plan edited since) is refused, naming the run and
+    each setting, unless --rerun-changed.
     """
     from ragcun.ablation.compare import write_report
     from ragcun.ablation.plan import load_plan
@@ -70,7 +76,7 @@ def run_command(plan_file: str, data_dir: str | None, results: str | None, work_
 
     plan = load_plan(plan_file, results=results, work_dir=work_dir)
     if dry_run:
-        for line in PlanRunner(plan, data_dir=data_dir).dry_run():
+        for line in PlanRunner(plan, data_dir=data_dir, rerun_changed=rerun_changed).dry_run():
             click.echo(line)
         click.echo("dry run: the plan checks out; nothing was trained or written")
         return
@@ -88,12 +94,31 @@ def run_command(plan_file: str, data_dir: str | None, results: str | None, work_
         except ValueError:
             raise click.BadParameter(f"{seed_list!r}: give comma-separated integers", param_hint="--seeds") from None
     summary = run_plan(plan, data_dir=data_dir, show=lambda s: click.echo(s, err=True), only=chosen, seeds=seeds,
-                       parallel=parallel, slots=slots)
+                       parallel=parallel, slots=slots, rerun_changed=rerun_changed)
     click.echo(f"finished now: {len(summary['finished_now'])} run(s), already finished: {len(summary['skipped'])}, "
                f"wall time {summary['wall_s'] / 60:.1f} min", err=True)
     if compare:
+        missing = _report_needs(plan)
+        if missing:
+            click.echo(f"report: not built yet: {missing}; run the other arms (without --only), then "
+                       f"ragcun ablation compare {plan.results}", err=True)
+            return
         _, paths = write_report(plan.results)
         click.echo(f"report: {', '.join(str(p) for p in paths)}", err=True)
+
+
+def _report_needs(plan) -> str | None:
+    """What the report still lacks before it can be built (``None``: it can be): any finished run, and, for a
+    plan without [primary] (each arm against the baseline), the baseline's runs."""
+    from ragcun.ablation.runner import RESULT_FILE
+
+    finished = {p.parent.parent.name for p in plan.results.glob(f"runs/*/*/{RESULT_FILE}")}
+    if not finished:
+        return "no run has finished"
+    if plan.primary is None and plan.baseline not in finished:
+        return (f"the comparison needs the baseline's runs, and {plan.baseline!r} has none (finished: "
+                f"{', '.join(sorted(finished))})")
+    return None
 
 
 @ablation_group.command("compare")
