@@ -300,7 +300,8 @@ def test_a_dry_run_checks_every_run_and_writes_nothing(tiny_model_dir, data_dir,
     from ragcun.cli.root import build_cli
 
     plan = _write(tmp_path, TINY_PLAN.format(model=tiny_model_dir))
-    args = ["ablation", "run", str(plan), "--data-dir", str(data_dir), "--work-dir", str(tmp_path / "work"), "--dry-run"]
+    args = ["ablation", "run", str(plan), "--data-dir", str(data_dir), "--work-dir", str(tmp_path / "work"),
+            "--dry-run"]
     result = CliRunner().invoke(build_cli(), args)
     assert result.exit_code == 0, result.output
     assert "ft-iso seed 1: contrastive+0*isotropy" in result.output and "ft seed 2: contrastive" in result.output
@@ -311,5 +312,6 @@ def test_a_dry_run_checks_every_run_and_writes_nothing(tiny_model_dir, data_dir,
     assert result.exit_code != 0 and "--lr must be positive" in result.output
     missing = _write(tmp_path, TINY_PLAN.format(model=tiny_model_dir).replace('datasets = ["nq-utd"]',
                                                                                'datasets = ["nq-utd", "nope"]'))
-    result = CliRunner().invoke(build_cli(), ["ablation", "run", str(missing), "--data-dir", str(data_dir), "--dry-run"])
+    result = CliRunner().invoke(build_cli(), ["ablation", "run", str(missing), "--data-dir", str(data_dir),
+                                              "--dry-run"])
     assert result.exit_code != 0 and "nope" in result.output

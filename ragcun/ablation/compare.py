@@ -374,7 +374,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     if wall:
         lines += ["", "Time (wall, this machine, as measured by the runs themselves; a run is its training and its "
                   f"evaluation): finished runs {wall['runs'] / 60:.1f} min in all; the lambda selection trained its "
-                  f"candidates for {wall['selection_training'] / 60:.1f} min when it ran (selection/; that time is inside "
+                  f"candidates for {wall['selection_training'] / 60:.1f} min when it ran (selection/; that time is "
+                  "inside "
                   "the selected arm's first run when both ran in one invocation, see run_log.jsonl); mean per run: "
                   + "; ".join(
                       f"`{r['arm']}` {np.mean(r['wall_s']) / 60:.1f} min" for r in report["arms"] if r["wall_s"]) + "."]
@@ -491,7 +492,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
         margin = report["margin"]
         ax.axvspan(-margin, margin, color="0.9", zorder=0, label=f"±{margin:g} (equivalence margin)")
         ax.axvline(0, color="0.4", lw=0.8)
-        for y, (label, role, mean, ci, boot, conditional) in enumerate(reversed(items)):
+        for y, (_label, role, mean, ci, boot, conditional) in enumerate(reversed(items)):
             color = "C0" if role == "primary" else "C1" if role == "exploratory" else "0.35"
             ax.errorbar([mean], [y], xerr=[[mean - ci[0]], [ci[1] - mean]], fmt="o", color=color, capsize=4,
                         mfc="white" if conditional else color)

@@ -33,7 +33,8 @@ def split_queries(query_ids, fraction: float, salt: str) -> tuple[list[str], lis
 
 def _write_qrels(path: Path, qrels: dict[str, dict[str, int]], ids: list[str]) -> None:
     # runs side by side prepare the same folder: an unchanged file is left alone
-    write_text_atomic(path, QRELS_HEADER + "".join(f"{q}\t{d}\t{s}\n" for q in ids for d, s in sorted(qrels[q].items())),
+    lines = "".join(f"{q}\t{d}\t{s}\n" for q in ids for d, s in sorted(qrels[q].items()))
+    write_text_atomic(path, QRELS_HEADER + lines,
                       skip_unchanged=True)
 
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -113,7 +114,8 @@ def query_blocks(arm: dict[str, Any], control: dict[str, Any], seeds: Sequence[i
     for dataset in datasets:
         a_runs = arm["per_query"][dataset]
         c_runs = control["per_query"][dataset]
-        c_of = (lambda s: c_runs[s]) if control["trained"] else (lambda s: next(iter(c_runs.values())))
+        c_of = ((lambda s, c_runs=c_runs: c_runs[s]) if control["trained"]
+                else (lambda s, c_runs=c_runs: next(iter(c_runs.values()))))
         qids = sorted(set.intersection(*[set(a_runs[s]) & set(c_of(s)) for s in seeds]))
         blocks.append(np.array([[a_runs[s][q][metric] - c_of(s)[q][metric] for q in qids] for s in seeds]))
     return blocks

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 FILE = "preregistration.json"
 
@@ -50,7 +51,8 @@ def check_or_record(plan, *, show: Callable[[str], None] = print) -> None:
                 f"{plan.results / FILE} ({', '.join(changed)}: was "
                 + "; ".join(f"{k}={recorded['family'].get(k)!r}" for k in changed)
                 + "). Restore the [primary] table, or start a new results folder; "
-                "`ragcun ablation compare --exploratory` analyses these results against the new family, without verdicts")
+                "`ragcun ablation compare --exploratory` analyses these results against the new family, without "
+                "verdicts")
         return
     finished = _finished_runs(plan.results)
     from ragcun.files import write_text_atomic
