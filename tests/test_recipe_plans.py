@@ -35,7 +35,14 @@ def test_the_plans_load_and_their_arms_would_train(name, arms, comparison, tmp_p
     assert "NOT RUN" in path.read_text()
 
 
-def test_the_distill_plan_says_what_the_plan_format_cannot_express_yet():
-    text = (PLANS / "squad-distill.toml").read_text()
+def test_the_distill_plan_trains_both_arms_on_the_scored_file_and_says_how_to_make_it():
+    path = PLANS / "squad-distill.toml"
+    plan = load_plan(path)
+    # Both arms read the teacher-scored JSONL (same pairs, negatives and order); the plan names the command that
+    # writes it and the commands that run the plan once it exists.
+    assert plan.train_file == "jsonl:runs/ablation/squad-distill/data/squad-train-mpnet.jsonl"
+    assert plan.dev_split is None
+    text = path.read_text()
     assert "ragcun data score --teacher hf:/models/all-mpnet-base-v2 --train-data beir:squad:train" in text
-    assert "CANNOT point its arms at that scored JSONL" in text
+    assert "--output runs/ablation/squad-distill/data/squad-train-mpnet.jsonl" in text
+    assert "ragcun ablation run benchmarks/ablation/squad-distill.toml --dry-run" in text

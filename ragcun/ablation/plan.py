@@ -128,6 +128,16 @@ def _safe_name(value: Any) -> None:
         raise ValueError(problem)
 
 
+def _train_file(value: Any) -> None:
+    from ragcun.data.training import parse_data_spec
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a training file spec such as jsonl:PATH, got {_show(value)}")
+    if parse_data_spec(value, flag="train_file").kind == "beir":
+        raise ValueError(f"expected a file (jsonl:PATH or triples:PATH), got the BEIR split {value!r}: a BEIR "
+                         "dataset goes in `data`")
+
+
 def _list_of(what: str, item: Callable[[Any], bool], *, unique: bool = False) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if not isinstance(value, list) or not value or not all(item(v) for v in value):
@@ -287,6 +297,11 @@ KEYS: dict[str, tuple[Key, ...]] = {
             "(not with `dev_split`)", check=UNIT_INTERVAL),
         Key("dev_split", "split name", None, "the dataset's own dev split instead (then all of train is trained on)",
             "none", check=_safe_name),
+        Key("train_file", "data spec", None, "a training file (`jsonl:PATH`, e.g. `ragcun data score`'s output with a "
+            "teacher's scores, or `triples:PATH`; relative to the current folder, like work_dir) that every trained "
+            "arm trains on instead of `data`'s train split; `data` then names the BEIR dataset the file comes from, "
+            "whose `dev_split` (required with a [select]) scores the lambda candidates; its SHA-256 is part of every "
+            "run's settings", "none", check=_train_file),
         Key("set", "list of 'KIND.NAME.PARAM=VALUE'", [], "`--set` settings of every trained arm (an arm's own "
             "come after)", check=_set_options),
         Key("ANY", "as in `ragcun train`", None, "any other `ragcun train` setting (a TrainConfig field: epochs, lr, "
@@ -432,7 +447,8 @@ def parse_comparison(text: Any, arms: dict[str, Arm], where: str) -> Comparison:
     for name in (arm, control):
         if name not in arms:
             close = difflib.get_close_matches(name, list(arms), n=1)
-            raise ValueError(f"{where}: {text!r} names no arm {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            raise ValueError(f"{where}: {text!r} names no arm {name!r}"
+                             + (f"; did you mean {close[0]!r}?" if close else "")
                              + f" (arms: {', '.join(arms)})")
     if arm == control:
         raise ValueError(f"{where}: {text!r} compares an arm with itself")
@@ -466,6 +482,8 @@ class Plan:
     k: int = 100
     isotropy_sample: int = 2000
     dev_split: str | None = None  # the dataset's own dev split (else dev_fraction of train is carved out)
+    train_file: str | None = None  # a jsonl:/triples: file every trained arm trains on instead of data's train split
+    _file_hash: tuple | None = field(default=None, repr=False, compare=False)  # ((path, mtime, size), sha256)
     primary: Primary | None = None  # None: a plan written before pre-registration (legacy: each arm vs baseline)
     secondary: list[Comparison] = field(default_factory=list)
 
@@ -511,7 +529,31 @@ class Plan:
         """What is trained on: the dataset's train split less the dev queries (the carved split is salted with
         the plan's name), or all of it beside the dataset's own dev split."""
         dev = {"split": self.dev_split} if self.dev_split else {"fraction": self.dev_fraction, "salt": self.name}
+        if self.train_file:  # the file's contents, not only its name: a file rewritten in place is another run
+            return {"data": self.train_data, "dev": dev if self.dev_split else None, "train_file": self.train_file,
+                    "train_file_sha256": self.train_file_sha256()}
         return {"data": self.train_data, "dev": dev}
+
+    def train_file_path(self) -> Path | None:
+        from ragcun.data.training import parse_data_spec
+
+        return Path(parse_data_spec(self.train_file).target).expanduser() if self.train_file else None
+
+    def train_file_sha256(self) -> str | None:
+        """The training file's SHA-256 (None while it does not exist: the runner refuses to start then)."""
+        import hashlib
+
+        path = self.train_file_path()
+        if path is None or not path.is_file():
+            return None
+        key = (str(path), path.stat().st_mtime_ns, path.stat().st_size)
+        if self._file_hash is None or self._file_hash[0] != key:
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            self._file_hash = (key, digest.hexdigest())
+        return self._file_hash[1]
 
     def train_settings(self) -> dict[str, Any]:
         return {k: v for k, v in sorted(self.train.items()) if k not in NOT_RESULT_SETTINGS}
@@ -722,6 +764,12 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     for arm in arms.values():
         if arm.selects_lambda and not select:
             raise ValueError(f"{where} [arms.{arm.name}]: its loss has {LAMBDA} but the plan has no [select]")
+    if "train_file" in train and "dev_fraction" in train:
+        raise ValueError(f"{where} [train]: dev_fraction carves a dev split out of `data`'s train split, which "
+                         "train_file replaces; give dev_split (the dataset's own dev split) instead")
+    if "train_file" in train and select and "dev_split" not in train:
+        raise ValueError(f"{where} [train]: with train_file, the lambda selection needs dev_split (the dataset's own "
+                         "dev split; a file cannot be carved)")
     if "dev_fraction" in train and "dev_split" in train:
         raise ValueError(f"{where} [train]: give dev_fraction (carve dev from train) or dev_split (the dataset's own), "
                          "not both")
@@ -746,6 +794,7 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         batch_size=int(data.get("batch_size", default("", "batch_size"))), k=int(data.get("k", default("", "k"))),
         isotropy_sample=int(data.get("isotropy_sample", default("", "isotropy_sample"))),
         dev_split=str(train["dev_split"]) if "dev_split" in train else None, primary=primary, secondary=secondary,
+        train_file=str(train["train_file"]) if "train_file" in train else None,
     )
     _check_metrics(plan, where)
     _check_training(train, arms, where)
@@ -784,7 +833,8 @@ def _primary(table: Any, arms: dict[str, Arm], datasets: list[str], seeds: list[
                              "no run-level verdict; compare it under [secondary]")
         arm_seeds = arm.seeds or seeds
         if len(arm_seeds) < 2:
-            raise ValueError(f"{here}: {comparison}: arm {arm.name!r} has {len(arm_seeds)} seed; a run-level test needs "
+            raise ValueError(f"{here}: {comparison}: arm {arm.name!r} has {len(arm_seeds)} seed; a run-level test "
+                             "needs "
                              "at least 2 seeds per arm (5 or more for a useful power)")
         if control.trained:
             shared = set(arm_seeds) & set(control.seeds or seeds)

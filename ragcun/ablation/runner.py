@@ -104,6 +104,11 @@ class PlanRunner:
         plan = self.plan
         plan.results.mkdir(parents=True, exist_ok=True)
         self.check_preregistration()
+        if plan.train_file and not plan.dev_split:  # every arm trains on the file, and no lambda needs a dev split
+            self.train_folder = None
+            self.show(f"training data: {plan.train_file} (every trained arm); no dev split (no lambda to choose)")
+            self.write_plan_record()
+            return
         if plan.dev_split:
             folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split)
         else:
@@ -112,6 +117,21 @@ class PlanRunner:
                                            salt=plan.name)
         self.train_folder = folder
         _atomic_json(plan.results / "dev_split.json", info)
+        self.write_plan_record()
+        self.show(f"dev split: {info['dev_queries']} {plan.train_data} {info['split']} queries"
+                  + (f" of {info['train_queries'] + info['dev_queries']} train queries (training uses the other "
+                     f"{info['train_queries']})" if not plan.dev_split else
+                     " (the dataset's own; training uses "
+                     + (plan.train_file if plan.train_file else f"all {info['train_queries']} train queries") + ")"))
+
+    def check_train_file(self) -> None:
+        path = self.plan.train_file_path()
+        if path is not None and not path.is_file():
+            raise ValueError(f"{self.plan.path} [train] train_file: {path} does not exist (relative paths are read "
+                             "from the current folder); write it first (e.g. ragcun data score ... --output FILE)")
+
+    def write_plan_record(self) -> None:
+        plan = self.plan
         _atomic_json(plan.results / "plan.json", {"name": plan.name, "plan_file": str(plan.path),
                                                   "baseline": plan.baseline, "seeds": plan.seeds,
                                                   "datasets": plan.datasets, "arms": list(plan.arms),
@@ -119,10 +139,6 @@ class PlanRunner:
                                                   "primary": plan.primary.family() if plan.primary else None,
                                                   "secondary": [str(c) for c in plan.secondary],
                                                   "settings": plan.shared_settings()})
-        self.show(f"dev split: {info['dev_queries']} {plan.train_data} {info['split']} queries"
-                  + (f" of {info['train_queries'] + info['dev_queries']} train queries (training uses the other "
-                     f"{info['train_queries']})" if not plan.dev_split else
-                     f" (the dataset's own; training uses all {info['train_queries']} train queries)"))
         self.warn_if_results_ignored()
         self.warn_if_precision_is_slow()
 
@@ -245,7 +261,8 @@ class PlanRunner:
             if keep_per_query:
                 report[name]["per_query"] = scored["per_query"]
             self.show(f"  {name}: {shown} {scored['metrics'][shown]:.4f}  SIGReg "
-                      f"{scored['isotropy']['sigreg_raw']:.2f} (floor {scored['isotropy']['sigreg_gaussian_floor']:.2f})"
+                      f"{scored['isotropy']['sigreg_raw']:.2f} "
+                      f"(floor {scored['isotropy']['sigreg_gaussian_floor']:.2f})"
                       f"  IsoScore {scored['isotropy']['isoscore']:.3f}")
         return report
 
@@ -256,7 +273,8 @@ class PlanRunner:
 
         values = dict(self.plan.train)
         values.update({"output_dir": str(self.model_folder(arm, seed, lam)),
-                       "train_data": f"beir:{self.train_folder}:train", "seed": seed, "loss": arm.loss_for(lam),
+                       "train_data": self.plan.train_file or f"beir:{self.train_folder}:train", "seed": seed,
+                       "loss": arm.loss_for(lam),
                        "freeze_encoder": arm.freeze_encoder, "show_progress": False,
                        "settings": settings_from_options([*self.plan.train_set, *arm.set])})
         for key in ("head_lr", "head", "encoder", "distance"):
@@ -272,7 +290,8 @@ class PlanRunner:
 
         config = self.train_config(arm, seed, lam)
         folder = Path(config.output_dir)
-        info: dict[str, Any] = {"loss": config.loss, "seed": seed, "lambda": lam, "freeze_encoder": config.freeze_encoder,
+        info: dict[str, Any] = {"loss": config.loss, "seed": seed, "lambda": lam,
+                                "freeze_encoder": config.freeze_encoder,
                                 "batch_size": config.batch_size, "global_batch": config.batch_size * config.grad_accum,
                                 "lr": config.lr, "head_lr": config.head_lr, "dtype": config.dtype,
                                 "settings": config.settings}
@@ -550,17 +569,30 @@ class PlanRunner:
         from ragcun.data.beir import available_splits, find_dataset
 
         plan = self.plan
-        lines = [f"plan {plan.name} ({plan.path}): {len(plan.arms)} arm(s), results {plan.results}, work {plan.work_dir}"]
+        lines = [f"plan {plan.name} ({plan.path}): {len(plan.arms)} arm(s), results {plan.results}, "
+                 f"work {plan.work_dir}"]
+        if plan.train_file:
+            path = plan.train_file_path()
+            lines.append(f"training data: {plan.train_file} for every trained arm ("
+                         + (f"{path.stat().st_size / 2**20:.1f} MiB, sha256 {plan.train_file_sha256()[:16]}"
+                            if path.is_file() else "MISSING: write it before running") + ")")
         if plan.dev_split:
             self.train_folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split)
-            lines.append(f"training data: {plan.train_data} train ({info['train_queries']} queries); lambda chosen on "
-                         f"its own {plan.dev_split} split ({info['dev_queries']} queries)")
+            if not plan.train_file:
+                lines.append(f"training data: {plan.train_data} train ({info['train_queries']} queries); lambda "
+                             f"chosen on its own {plan.dev_split} split ({info['dev_queries']} queries)")
+            elif plan.select_arm:
+                lines.append(f"lambda chosen on {plan.train_data}'s {plan.dev_split} split ({info['dev_queries']} "
+                             "queries)")
+        elif plan.train_file:
+            self.train_folder = None
         else:
             source = find_dataset(plan.train_data, self.data_dir, download=False)
             if "train" not in available_splits(source):
                 raise ValueError(f"{plan.path} [train]: {source} has no train split")
             self.train_folder = plan.work_dir / "data" / f"{Path(plan.train_data).name}-train-dev"
-            lines.append(f"training data: {plan.train_data} train minus a {plan.dev_fraction:g} dev split carved from it")
+            lines.append(f"training data: {plan.train_data} train minus a {plan.dev_fraction:g} dev split carved "
+                         "from it")
         for name in plan.datasets:
             folder = find_dataset(name, self.data_dir, download=False)
             if "test" not in available_splits(folder):
@@ -573,7 +605,8 @@ class PlanRunner:
                 lines.append(f"primary analysis: would be pre-registered now (hash {plan.primary.family_hash()}): "
                              + "; ".join(str(c) for c in plan.primary.comparisons))
             elif changed_fields(recorded["family"], family):
-                raise ValueError(f"{plan.path} [primary]: differs from the recorded {plan.results}/preregistration.json "
+                raise ValueError(f"{plan.path} [primary]: differs from the recorded "
+                                 f"{plan.results}/preregistration.json "
                                  f"({', '.join(changed_fields(recorded['family'], family))})")
             else:
                 lines.append(f"primary analysis: as recorded (hash {recorded['hash']})")
@@ -588,7 +621,8 @@ class PlanRunner:
         in_use: dict[str, set[str]] = {}  # a shared --set must address a component of some arm, as in training
         settings = []
         if lambdas:
-            lines.append(f"lambda selection: arm {plan.select_arm}, seed {plan.seeds_of(plan.arms[plan.select_arm])[0]}, "
+            first_seed = plan.seeds_of(plan.arms[plan.select_arm])[0]
+            lines.append(f"lambda selection: arm {plan.select_arm}, seed {first_seed}, "
                          f"candidates {', '.join(f'{v:g}' for v in lambdas)}"
                          + ("" if 0.0 in lambdas else "  (refused when it runs: 0 must be a candidate)"))
         for arm, seed in plan.order():
@@ -609,7 +643,8 @@ class PlanRunner:
                                  + ("  [finished]" if done else ""))
                     break
                 lines.append(f"  {arm.name} seed {seed}: {config.loss} ({config.encoder}, {config.head}, "
-                             f"{config.distance}; {config.steps or config.epochs} {'steps' if config.steps else 'epochs'} "
+                             f"{config.distance}; {config.steps or config.epochs} "
+                             f"{'steps' if config.steps else 'epochs'} "
                              f"x {config.batch_size * config.grad_accum}, lr {config.lr:g}, {config.dtype})"
                              + ("  [finished]" if done else ""))
         for each in settings:
@@ -619,24 +654,27 @@ class PlanRunner:
     def todo(self) -> list[tuple[Arm, int]]:
         """The (arm, seed) runs of the plan not finished yet, in run order (``only`` / ``seeds`` applied)."""
         return [(arm, seed) for arm, seed in self.plan.order()
-                if (not self.only or arm.name in self.only) and (not self.seeds or not arm.trained or seed in self.seeds)
+                if (not self.only or arm.name in self.only)
+                and (not self.seeds or not arm.trained or seed in self.seeds)
                 and not (run_dir(self.plan, arm, seed) / RESULT_FILE).is_file()]
 
     def run(self, *, parallel: str = "no", slots: int | None = None) -> dict[str, Any]:
-        """Every unfinished run; with ``parallel`` the trained runs go side by side, one process each (one GPU
-        each on a GPU node), after the training-free arms and the lambda selection ran here."""
+        """Every unfinished run: the lambda selection on the dev split first (before any test-set run), then the
+        training-free arms, then the trained runs; with ``parallel`` those go side by side, one process each (one
+        GPU each on a GPU node)."""
         plan = self.plan
         t_start = time.perf_counter()
         processes = resolve_slots(parallel, slots)
+        self.check_train_file()
         self.check_finished()  # before anything is written: a plan that no longer matches its results stops here
         self.prepare()
         todo = self.todo()
-        done = []
-        for arm, seed in [(a, s) for a, s in todo if not a.trained]:
-            done.append(self.run_one(arm, seed))
         if any(a.selects_lambda for a, _ in todo):
             self.check_finished(self.select_lambda())  # the selected arm's runs against the lambda chosen now
             todo = self.todo()
+        done = []
+        for arm, seed in [(a, s) for a, s in todo if not a.trained]:
+            done.append(self.run_one(arm, seed))
         trained = [(a, s) for a, s in todo if a.trained]
         if processes > 1:
             done += run_side_by_side(self, trained, processes)
@@ -677,7 +715,8 @@ class PlanRunner:
         from ragcun.model import EmbeddingModel
 
         head = {"none": "identity", "center": "center", "whiten": "whiten"}[arm.transform]
-        settings = {"head": {"whiten": {"dim": arm.whiten_dim}}} if arm.transform == "whiten" and arm.whiten_dim else None
+        settings = ({"head": {"whiten": {"dim": arm.whiten_dim}}} if arm.transform == "whiten" and arm.whiten_dim
+                    else None)
         base = self.base_model()
         model = EmbeddingModel.build(self.plan.base_encoder(), head, arm.distance or "cosine", settings)
         model.encoder = base.encoder  # the same weights: share them instead of holding two copies
@@ -777,10 +816,11 @@ def _supervise(runner, queue, running, done, failed, children, processes: int, g
                 env.update(OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
             log = open(logs / f"{arm.name}-seed-{seed}.log", "a")  # noqa: SIM115 (outlives this block)
             runner.show(f"{arm.name} seed {seed}: started in its own process "
-                        f"({'GPU ' + env['CUDA_VISIBLE_DEVICES'] if gpus else f'{threads} CPU thread(s)'}); log {log.name}")
+                        f"({'GPU ' + env['CUDA_VISIBLE_DEVICES'] if gpus else f'{threads} CPU thread(s)'}); "
+                        f"log {log.name}")
             running[(arm.name, seed)] = (slot, children.popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
         time.sleep(0.5)
-        for key, (slot, proc, log) in list(running.items()):
+        for key, (_slot, proc, log) in list(running.items()):
             if proc.poll() is None:
                 continue
             log.close()
