@@ -34,6 +34,26 @@ class DuplicateComponentError(RegistryError):
     pass
 
 
+# Registration metadata beyond the named arguments of Registry.register, by kind: only these keys are read
+# (ragcun.components), so any other key is a misspelling (``provide=`` for ``provides=``) that would otherwise be
+# kept and ignored without a word.
+METADATA = {"loss": {"wraps": "True: the loss takes another loss term as its ':ARG' (matryoshka:contrastive)"}}
+_REGISTER_ARGUMENTS = ("aliases", "summary", "provides", "needs")
+
+
+def _check_metadata(kind: str, name: str, provider: str, extra: dict[str, Any]) -> None:
+    known = METADATA.get(kind, {})
+    for key in extra:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, [*known, *_REGISTER_ARGUMENTS], n=1)
+        allowed = ", ".join(f"{k} ({why})" for k, why in known.items()) or "none"
+        raise RegistryError(
+            f"{provider} registered {kind} {name!r} with unknown metadata {key}="
+            + (f" (did you mean {close[0]}=?)" if close else "")
+            + f"; register() takes aliases, summary, provides and needs, and for a {kind} these extras: {allowed}")
+
+
 def normalize_name(name: str) -> str:
     """Canonical form of a component name: lower case, ``_`` and spaces become ``-``. Idempotent."""
     return re.sub(r"[\s_]+", "-", name.strip()).lower()
@@ -111,6 +131,7 @@ class Registry:
             raise RegistryError(
                 f"{provider} registered {kind} {name!r} with target {target!r}; "
                 "give a class or a 'module:Class' string")
+        _check_metadata(kind, name, provider, extra)
         entry = Entry(kind, canonical, target, provider, tuple(normalize_name(a) for a in aliases),
                       summary, tuple(provides), tuple(needs), dict(extra))
         for key in (canonical, *entry.aliases):

@@ -90,14 +90,49 @@ def test_normalize_name_idempotent():
         assert normalize_name(once) == once
 
 
-def test_builtins_are_registered_by_the_default_plugins():
+def test_every_builtin_registration_loads_a_component_class_of_its_kind():
+    """Every built-in entry (none listed by hand) imports to a class of its kind: a target pointing at the
+    wrong object (a module, a function, a loss registered as a distance) fails here, not in a user's run."""
+    import torch.nn as nn
+
+    from ragcun.distances.base import Distance
+    from ragcun.losses.base import Loss
+    from ragcun.registry import KINDS
+
+    bases = {"encoder": nn.Module, "head": nn.Module, "loss": Loss, "distance": Distance}
     reg = get_registry()
-    for kind, name in [("encoder", "hf"), ("encoder", "all-minilm-l6-v2"), ("head", "identity"),
-                       ("head", "linear"), ("head", "gaussian"), ("distance", "euclidean"),
-                       ("distance", "sqeuclidean"), ("distance", "cosine"), ("distance", "dot")]:
-        entry = reg.get(kind, name)
-        assert entry.provider == "ragcun"
-        assert entry.load() is not None  # every string target imports
+    builtins = [e for kind in KINDS for e in reg.entries(kind) if e.provider == "ragcun"]
+    # the components the README and docs promise are among them
+    assert {("encoder", "hf"), ("encoder", "all-minilm-l6-v2"), ("head", "gaussian"), ("head", "identity"),
+            ("loss", "contrastive"), ("loss", "isotropy"), ("distance", "euclidean"), ("distance", "cosine"),
+            ("evaluator", "beir")} <= {(e.kind, e.name) for e in builtins}
+    for entry in builtins:
+        cls = entry.load()
+        assert isinstance(cls, type), f"{entry.kind} {entry.name}: {cls!r} is not a class"
+        if entry.kind in bases:
+            assert issubclass(cls, bases[entry.kind]), f"{entry.kind} {entry.name}: {cls} is no {bases[entry.kind]}"
+        else:  # an evaluator is called with the model and returns its report
+            assert "__call__" in vars(cls), entry.name
+
+
+@pytest.mark.parametrize("kind,metadata,hint", [
+    ("head", {"provide": ("mean",)}, "did you mean provides=?"),
+    ("loss", {"wrap": True}, "did you mean wraps=?"),
+    ("distance", {"wraps": True}, "for a distance these extras: none"),
+    ("loss", {"teacher_scores": True}, "for a loss these extras: wraps"),
+])
+def test_misspelt_or_unknown_registration_metadata_is_an_error(kind, metadata, hint):
+    reg = Registry()
+    with pytest.raises(RegistryError, match="unknown metadata") as info:
+        reg.register(kind, "thing", "x.y:Thing", provider="some-plugin", **metadata)
+    assert "some-plugin" in str(info.value) and hint in str(info.value)
+    assert reg.entries(kind) == []  # nothing half-registered
+
+
+def test_known_registration_metadata_is_kept():
+    reg = Registry()
+    entry = reg.register("loss", "wrapper", "x.y:Wrapper", provider="some-plugin", wraps=True)
+    assert entry.extra == {"wraps": True}
 
 
 def test_registered_provides_and_needs_agree_with_the_built_components():

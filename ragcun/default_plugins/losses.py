@@ -18,10 +18,8 @@ def register_losses(register):
     register("gaussian-kl", "ragcun.losses.gaussian_kl:GaussianKLLoss", needs=("mean", "logvar"),
              summary="KL of each text's diagonal Gaussian to N(0, I) (needs head.gaussian.logvar=true)")
     register("margin-mse", "ragcun.losses.distill:MarginMSELoss", aliases=("distill-margin-mse",), needs=("mean",),
-             teacher_scores=True,
              summary="Margin-MSE distillation: student margins s(q,pos)-s(q,neg) regressed on a teacher's")
     register("distill-kl", "ragcun.losses.distill:DistillKLLoss", aliases=("kl-distill",), needs=("mean",),
-             teacher_scores=True,
              summary="KL(teacher || student) of the softmax over each query's own positive and negatives")
     register("matryoshka", "ragcun.losses.matryoshka:MatryoshkaLoss", needs=("mean",), wraps=True,
              summary="matryoshka:LOSS: LOSS on prefixes of the embedding (loss.matryoshka.dims), averaged")

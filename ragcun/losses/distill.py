@@ -120,7 +120,7 @@ class _DistillLoss(Loss):
         if len(inputs.positives) != b or len(inputs.negatives) % max(b, 1):
             raise ValueError(f"{self.name}: {b} queries, {len(inputs.positives)} positives and "
                              f"{len(inputs.negatives)} hard negatives (must be B, B and a multiple of B)")
-        k = len(inputs.negatives) // max(b, 1)
+        k = inputs.negatives_per_query
         q, p, n = _upcast(inputs.queries), _upcast(inputs.positives), _upcast(inputs.negatives)
         teacher = torch.as_tensor(inputs.teacher_scores).to(device=q.mean.device)
         teacher = upcast(teacher.to(q.mean.dtype) if teacher.is_floating_point() else teacher.float())
