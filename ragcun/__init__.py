@@ -67,8 +67,8 @@ def export(model_or_path: Any, out: str, to: str = "sentence-transformers", *, m
            overwrite: bool = False, truncate_dim: int | None = None) -> Any:
     """Export a model or checkpoint to another library's folder format (see :mod:`ragcun.exporters`);
     ``truncate_dim``: its embeddings' first D coordinates (a Matryoshka prefix)."""
-    from ragcun.cli.command_line import training_command
     from ragcun.exporters import export as _export
+    from ragcun.training.command_line import training_command
 
     return _export(model_or_path, out, to, mean_only=mean_only, overwrite=overwrite, training_command=training_command,
                    truncate_dim=truncate_dim)

@@ -6,28 +6,27 @@ from typing import Any
 
 import click
 
-from ragcun.cli.options import (DATA_DIR, DATA_DIR_HELP, GRADIENT_CHECKPOINTING_HELP, TRAIN_DTYPE_HELP, TRAIN_DTYPES,
-                                 config_flags, config_option, echo_json, format_option, set_option)
+from ragcun.cli.options import config_flags, config_option, echo_json, format_option, set_option
 
 
 @click.command("preflight")
 @click.option("--train-data", required=True, metavar="SPEC", help="as for ragcun train")
 @click.option("--eval-data", default=None, metavar="SPEC",
               help="a BEIR split for the tiny evaluation, e.g. beir:scifact:test")
-@click.option("--data-dir", type=DATA_DIR, default=None, envvar="RAGCUN_DATA", show_envvar=True, help=DATA_DIR_HELP)
+@config_option("--data-dir")
 @click.option("--output-dir", default="runs", show_default=True, help="where the real run will write (disk check)")
 @config_option("--encoder", help="encoder spec, as for ragcun train")
 @config_option("--head", help="head spec, as for ragcun train")
 @config_option("--distance", help="distance spec, as for ragcun train")
 @config_option("--loss", help="loss spec, as for ragcun train")
-@config_option("--batch-size", type=int, help="per process, as the real run will use it (memory is checked with it)")
+@config_option("--batch-size", help="per process, as the real run will use it (memory is checked with it)")
 @click.option("--steps", type=int, default=3, show_default=True, help="real training steps to try")
-@config_option("--grad-cache-chunk", type=int, help="GradCache chunk, as for ragcun train")
-@config_option("--gradient-checkpointing", is_flag=True, help=GRADIENT_CHECKPOINTING_HELP)
-@config_option("--no-duplicate-queries", is_flag=True,
+@config_option("--grad-cache-chunk", help="GradCache chunk, as for ragcun train")
+@config_option("--gradient-checkpointing")
+@config_option("--no-duplicate-queries",
                help="each query at most once per global batch, as for ragcun train")
-@config_option("--dtype", type=TRAIN_DTYPES, help=TRAIN_DTYPE_HELP)
-@config_option("--device", help="cpu, cuda, cuda:1  [default: cuda:LOCAL_RANK if available]")
+@config_option("--dtype")
+@config_option("--device")
 @set_option
 @format_option
 @click.pass_context

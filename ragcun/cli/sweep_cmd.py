@@ -6,36 +6,35 @@ from typing import Any
 
 import click
 
-from ragcun.cli.options import (DATA_DIR, DATA_DIR_HELP, GRADIENT_CHECKPOINTING_HELP, TRAIN_DTYPE_HELP, TRAIN_DTYPES,
-                                 config_flags, config_option, echo_json, format_option, set_option)
+from ragcun.cli.options import config_flags, config_option, echo_json, format_option, set_option
 
 
 @click.command("sweep")
 @click.option("--train-data", required=True, metavar="SPEC", help="as for ragcun train, e.g. beir:scifact:train")
 @click.option("--eval-data", required=True, metavar="SPEC",
               help="BEIR split evaluated at the end, e.g. beir:scifact:test")
-@click.option("--data-dir", type=DATA_DIR, default=None, envvar="RAGCUN_DATA", show_envvar=True, help=DATA_DIR_HELP)
+@config_option("--data-dir")
 @click.option("--output-dir", required=True, help="the runs go in OUTPUT_DIR/baseline, /isotropy, /frozen")
 @config_option("--encoder", help="encoder spec, as for ragcun train")
 @config_option("--head", help="head spec, as for ragcun train")
 @config_option("--distance", help="distance spec, as for ragcun train")
 @click.option("--isotropy-weight", type=float, default=1.0, show_default=True, help="W in contrastive+W*isotropy")
 @click.option("--runs", default="baseline,isotropy,frozen", show_default=True, help="which of the three to run")
-@config_option("--steps", type=int, help="optimizer steps per run")
-@config_option("--epochs", type=float, help="passes over the data per run (instead of --steps)")
-@config_option("--batch-size", type=int, help="per process")
-@config_option("--lr", type=float, help="peak learning rate")
-@config_option("--head-lr", type=float, help="[default: --lr; 1e-3 for the frozen run]")
-@config_option("--warmup", type=float, help="warmup: a fraction of the steps (< 1) or a number of steps")
-@config_option("--negatives", type=int, help="hard negatives per query")
+@config_option("--steps", help="optimizer steps per run")
+@config_option("--epochs", help="passes over the data per run (instead of --steps)")
+@config_option("--batch-size", help="per process")
+@config_option("--lr")
+@config_option("--head-lr", help="[default: --lr; 1e-3 for the frozen run]")
+@config_option("--warmup")
+@config_option("--negatives")
 @config_option("--mine-negatives", help="bm25 or model, with filters (bm25:skip=3,range=10-50,margin=0.05)")
-@config_option("--no-duplicate-queries", is_flag=True, help="each query at most once per global batch")
-@config_option("--grad-cache-chunk", type=int, help="GradCache chunk, as for ragcun train")
-@config_option("--gradient-checkpointing", is_flag=True, help=GRADIENT_CHECKPOINTING_HELP)
-@config_option("--dtype", type=TRAIN_DTYPES, help=TRAIN_DTYPE_HELP)
-@config_option("--seed", type=int, help="seed of every run")
-@config_option("--save-every", type=int, help="checkpoint every K steps")
-@config_option("--eval-batch-size", type=int, help="for the final evaluation")
+@config_option("--no-duplicate-queries", help="each query at most once per global batch")
+@config_option("--grad-cache-chunk", help="GradCache chunk, as for ragcun train")
+@config_option("--gradient-checkpointing")
+@config_option("--dtype")
+@config_option("--seed", help="seed of every run")
+@config_option("--save-every")
+@config_option("--eval-batch-size", help="for the final evaluation")
 @click.option("--resume", is_flag=True, help="continue unfinished runs from their checkpoints")
 @click.option("--parallel", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="auto: in parallel when there is a GPU per run, else one after another; yes: always in "

@@ -8,57 +8,24 @@ from typing import Any
 
 import click
 
-from ragcun.cli.options import (DATA_DIR, DATA_DIR_HELP, GRADIENT_CHECKPOINTING_HELP, TRAIN_DTYPE_HELP, TRAIN_DTYPES,
-                                 config_flags, config_option, given_options, set_option)
+from ragcun.cli.options import config_flags, config_options, given_options, set_option
+
+# the order of the settings in --help; a setting not named here (one added later) comes after them
+_HELP_ORDER = ("--head", "--loss", "--encoder", "--distance", "--train-data", "--data-dir", "--output-dir",
+               "--batch-size", "--steps", "--epochs", "--lr", "--head-lr", "--warmup", "--schedule", "--weight-decay",
+               "--grad-accum", "--max-grad-norm", "--seed", "--freeze-encoder", "--negatives", "--mine-negatives",
+               "--qrels-threshold", "--shuffle-buffer", "--no-duplicate-queries", "--grad-cache-chunk",
+               "--gradient-checkpointing", "--max-seq-length", "--dtype", "--device", "--save-every",
+               "--keep-checkpoints", "--log-every", "--eval-data", "--eval-every", "--max-eval-queries",
+               "--diagnostics-every", "--no-progress")
+
 
 def _train_options(fn):
-    # defaults: TrainConfig's (config_option), shown in --help; an option the user does not give leaves the
-    # value to --config, a resumed run or the dataclass (ragcun.training.config.build_config)
+    # one option per TrainConfig field with a flag, made from the field's declaration (ragcun.training.config:
+    # help, type, default shown in --help); an option the user does not give leaves the value to --config, a
+    # resumed run or the dataclass (ragcun.training.config.build_config)
     options = [
-        config_option("--head", help="head spec"),
-        config_option("--loss", help="loss spec, e.g. contrastive+isotropy or contrastive+0.5*isotropy"),
-        config_option("--encoder", help="encoder spec: all-minilm-l6-v2 or hf:PATH"),
-        config_option("--distance", help="distance spec"),
-        config_option("--train-data", metavar="SPEC", show_default=False,
-                      help="beir:NAME[:SPLIT] (qrels pairs), jsonl:PATH (MS MARCO-style) or "
-                           "triples:PATH (MS MARCO TSV)"),
-        config_option("--data-dir", type=DATA_DIR, envvar="RAGCUN_DATA", show_envvar=True, help=DATA_DIR_HELP),
-        config_option("--output-dir", help="run folder: config, metrics, checkpoints, final model"),
-        config_option("--batch-size", type=int, help="per process and micro-step"),
-        config_option("--steps", type=int, help="optimizer steps"),
-        config_option("--epochs", type=float, help="passes over the data (instead of --steps)"),
-        config_option("--lr", type=float, help="peak learning rate"),
-        config_option("--head-lr", type=float, help="the head's learning rate  [default: --lr]"),
-        config_option("--warmup", type=float, help="warmup: a fraction of the steps (< 1) or a number of steps"),
-        config_option("--schedule", help="linear, cosine or constant (after warmup)"),
-        config_option("--weight-decay", type=float, help="AdamW weight decay"),
-        config_option("--grad-accum", type=int, help="micro-batches per optimizer step"),
-        config_option("--max-grad-norm", type=float, help="gradient clipping (0 disables)"),
-        config_option("--seed", type=int),
-        config_option("--freeze-encoder", is_flag=True, help="train only the head"),
-        config_option("--negatives", type=int, help="hard negatives per query"),
-        config_option("--mine-negatives", help="bm25 or model: mine hard negatives (BEIR data), cached; filters "
-                                               "against false negatives: bm25:skip=3,range=10-50,margin=0.05"),
-        config_option("--qrels-threshold", type=int, help="graded qrels: a pair is relevant when its score >= this"),
-        config_option("--shuffle-buffer", type=int, help="streamed data: shuffle buffer"),
-        config_option("--no-duplicate-queries", is_flag=True,
-                      help="a global batch holds each query at most once (a repeat waits for a later batch)"),
-        config_option("--grad-cache-chunk", type=int,
-                      help="GradCache: embed in chunks of K texts (large batches in bounded memory)"),
-        config_option("--gradient-checkpointing", is_flag=True, help=GRADIENT_CHECKPOINTING_HELP),
-        config_option("--max-seq-length", type=int,
-                      help="tokens per text while training  [default: the encoder's own]; the saved model keeps the "
-                           "encoder's limit, so evaluation reads whole texts"),
-        config_option("--dtype", type=TRAIN_DTYPES, help=TRAIN_DTYPE_HELP),
-        config_option("--device", help="cpu, cuda, cuda:1  [default: cuda:LOCAL_RANK if available]"),
-        config_option("--save-every", type=int, help="checkpoint every K steps"),
-        config_option("--keep-checkpoints", type=int, help="checkpoints kept"),
-        config_option("--log-every", type=int, help="metrics every K steps"),
-        config_option("--eval-data", metavar="SPEC", help="periodic evaluation, e.g. beir:nfcorpus:dev"),
-        config_option("--eval-every", type=int, help="evaluate every K steps"),
-        config_option("--max-eval-queries", type=int, help="cap on the queries of periodic evaluation"),
-        config_option("--diagnostics-every", type=int, help="isotropy diagnostics every K steps"),
-        click.option("--no-progress", is_flag=True, default=False, help="no live display"),
+        *config_options(_HELP_ORDER),
         click.option("--resume", is_flag=True, default=False,
                      help="continue the run in --output-dir from its latest checkpoint (its saved settings apply)"),
         click.option("--config", "config_file", default=None, metavar="FILE",
@@ -78,11 +45,8 @@ def resolve_config(ctx: click.Context):
     from ragcun.training.config import build_config
 
     params = ctx.params
-    flags = config_flags(ctx)
-    if params.get("no_progress"):
-        flags["show_progress"] = False
     return build_config(config_file=params.get("config_file"), settings=params.get("set_options") or (),
-                        flags=flags, resume=bool(params.get("resume")), command="ragcun train")
+                        flags=config_flags(ctx), resume=bool(params.get("resume")), command="ragcun train")
 
 
 def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:

@@ -9,7 +9,7 @@ databases and RAG frameworks that read that format) loads offline, with a model 
 * :mod:`~ragcun.exporters.st_similarity`: the model's distance -> ``similarity_fn_name`` (or a refusal);
 * :mod:`~ragcun.exporters.st_export`: the folder (written atomically) and its config files;
 * :mod:`~ragcun.exporters.model_card`, :mod:`~ragcun.exporters.run_folder`,
-  :mod:`ragcun.cli.command_line` (injected): the README.md and what it reports from the run folder.
+  :mod:`ragcun.training.command_line` (injected): the README.md and what it reports from the run folder.
 
 Light to import: torch loads when :func:`export` runs.
 """

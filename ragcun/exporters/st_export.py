@@ -116,7 +116,7 @@ def export_sentence_transformers(model: Any, out: str | Path, *, mean_only: bool
                                  training_command=None) -> ExportResult:
     """Export ``model``; ``source`` is the checkpoint/run folder it was loaded from (for the model card);
     ``training_command(train_config) -> (command line, unflagged settings)`` spells the training command in
-    the card (``ragcun.cli.command_line.training_command``; without it the card shows ``--config``)."""
+    the card (``ragcun.training.command_line.training_command``; without it the card shows ``--config``)."""
     from ragcun import __version__
     from ragcun.components import provenance
     from ragcun.exporters.atomic_folder import atomic_folder, check_target

@@ -1,80 +1,154 @@
-"""Every resolved training setting in one dataclass, saved with the run as ``train_config.json``."""
+"""Every resolved training setting in one dataclass, saved with the run as ``train_config.json``.
+
+Each setting is declared once, here: its default, and in its field's metadata (:func:`setting`) its help text,
+its ``ragcun train`` flag (or that it has none), whether a resumed run may change it, and how the command line
+reads it. The CLI's options (``ragcun.cli.options``), the command line a saved run is rendered back to
+(``ragcun.training.command_line``) and what ``--resume`` accepts (:data:`RESUMABLE_CHANGES`) are read from it.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterable, Mapping
 
-from ragcun.precision import check_dtype_name
+from ragcun.precision import DTYPES, check_dtype_name  # names only: no torch at import
 
 CONFIG_FILE = "train_config.json"
 SCHEDULES = ("linear", "cosine", "constant")
-# Settings a resumed run may change without changing what it computes.
-# Optimizer-side settings a resumed run may change (the model's shape stays): they are applied to the restored
-# optimizer's parameter groups and the scheduler's base rates, and recorded in config_history.json.
-OPTIMIZER_CHANGES = ("lr", "head_lr", "weight_decay", "max_grad_norm", "warmup", "schedule")
-# output_dir too: the run is the folder being resumed, wherever it now is (run folders are relocatable)
-RESUMABLE_CHANGES = ("output_dir", "steps", "epochs", "save_every", "keep_checkpoints", "log_every", "eval_every",
-                     "eval_data", "diagnostics_every", "show_progress", "eval_batch_size", "max_eval_queries",
-                     *OPTIMIZER_CHANGES)
 HISTORY_FILE = "config_history.json"
 # fields added after train_config.json was first written; each default is the behaviour before the field existed,
 # so a run saved without one reads as it ran (a field added from now on joins this list, or old runs cannot resume)
 ADDED_LATER = ("no_duplicate_queries", "gradient_checkpointing", "max_seq_length")
 
+# What a resumed run may do with a setting (Setting.resume):
+FIXED = "fixed"  # keep it: changing it changes what the run computes (the resume is refused, naming it)
+FREE = "free"  # change it without changing what the run computes (how long, how often, where, what is shown)
+OPTIMIZER = "optimizer"  # change it: applied to the restored optimizer's parameter groups and the scheduler's base
+#                          rates (the model's shape stays), and recorded in config_history.json
+_RESUME = (FIXED, FREE, OPTIMIZER)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What TrainConfig's field metadata says about a setting (made by :func:`setting`). The click option of a
+    flag is built from it in ``ragcun.cli.options``: this module imports no click."""
+
+    help: str
+    flag: str | None  # the ragcun train flag; None: none (the setting is given with --config or otherwise)
+    resume: str = FIXED
+    metavar: str | None = None
+    envvar: str | None = None  # read from this environment variable when the flag is not given (shown in --help)
+    directory: bool = False  # the value is a folder (click.Path(file_okay=False), DIRECTORY in --help)
+    choices: tuple[str, ...] | None = None  # one of these (click.Choice)
+    show_default: bool = True  # the default shown in --help
+    inverted: bool = False  # a bool setting the flag turns off (show_progress: --no-progress)
+    none_as: str | None = None  # the flag's value that means None (max_grad_norm: --max-grad-norm 0, no clipping)
+    always: bool = False  # what was trained: spelled out in a rendered command line even at its default
+
+
+def setting(default: Any = MISSING, *, help: str, flag: str | None, default_factory: Any = MISSING,
+            **attrs: Any) -> Any:
+    """A TrainConfig field with its :class:`Setting` in the metadata. ``flag`` is required: a setting without a
+    ``ragcun train`` flag says so with ``flag=None``."""
+    meta = Setting(help=help, flag=flag, **attrs)
+    if meta.resume not in _RESUME:
+        raise ValueError(f"resume must be one of {', '.join(_RESUME)}, got {meta.resume!r}")
+    return field(default=default, default_factory=default_factory, metadata={"setting": meta})
+
 
 @dataclass
 class TrainConfig:
     # what to train
-    output_dir: str = "runs/default"
-    train_data: str = ""
-    data_dir: str | None = None
-    encoder: str = "all-minilm-l6-v2"
-    head: str = "gaussian"
-    distance: str = "euclidean"
-    loss: str = "contrastive+isotropy"
-    settings: dict[str, Any] = field(default_factory=dict)  # kind -> name -> param -> value
-    freeze_encoder: bool = False
+    output_dir: str = setting(
+        "runs/default", flag="--output-dir", always=True,
+        # the run is the folder being resumed, wherever it now is (run folders are relocatable)
+        resume=FREE, help="run folder: config, metrics, checkpoints, final model")
+    train_data: str = setting(
+        "", flag="--train-data", metavar="SPEC", show_default=False, always=True,
+        help="beir:NAME[:SPLIT] (qrels pairs), jsonl:PATH (MS MARCO-style) or triples:PATH (MS MARCO TSV)")
+    data_dir: str | None = setting(
+        None, flag="--data-dir", directory=True, envvar="RAGCUN_DATA", help="folder holding the BEIR datasets")
+    encoder: str = setting("all-minilm-l6-v2", flag="--encoder", always=True,
+                           help="encoder spec: all-minilm-l6-v2 or hf:PATH")
+    head: str = setting("gaussian", flag="--head", always=True, help="head spec")
+    distance: str = setting("euclidean", flag="--distance", always=True, help="distance spec")
+    loss: str = setting("contrastive+isotropy", flag="--loss", always=True,
+                        help="loss spec, e.g. contrastive+isotropy or contrastive+0.5*isotropy")
+    settings: dict[str, Any] = setting(
+        default_factory=dict, flag=None,  # given as --set KIND.NAME.PARAM=VALUE (or [KIND.NAME] tables)
+        help="component settings: kind -> name -> param -> value")
+    freeze_encoder: bool = setting(False, flag="--freeze-encoder", help="train only the head")
     # data
-    negatives: int = 0  # hard negatives per query (0 = in-batch negatives only)
-    mine_negatives: str | None = None  # None, "bm25" or "model", with filters: "bm25:skip=3,range=10-50,margin=0.05"
-    qrels_threshold: int = 1  # a (query, doc) pair is relevant when its qrels score >= this
-    shuffle_buffer: int = 10_000  # streamed sources: size of the deterministic shuffle buffer
-    no_duplicate_queries: bool = False  # a global batch holds each query at most once (repeats deferred)
+    negatives: int = setting(0, flag="--negatives",  # 0 = in-batch negatives only
+                             help="hard negatives per query")
+    mine_negatives: str | None = setting(
+        None, flag="--mine-negatives",  # None, "bm25" or "model", with filters
+        help="bm25 or model: mine hard negatives (BEIR data), cached; filters against false negatives: "
+             "bm25:skip=3,range=10-50,margin=0.05")
+    qrels_threshold: int = setting(1, flag="--qrels-threshold",
+                                   help="graded qrels: a pair is relevant when its score >= this")
+    shuffle_buffer: int = setting(10_000, flag="--shuffle-buffer",  # streamed sources; deterministic
+                                  help="streamed data: shuffle buffer")
+    no_duplicate_queries: bool = setting(
+        False, flag="--no-duplicate-queries",
+        help="a global batch holds each query at most once (a repeat waits for a later batch)")
     # optimisation
-    batch_size: int = 32  # per process, per micro-step
-    steps: int | None = None  # optimizer steps; None -> from epochs
-    epochs: float | None = None
-    lr: float = 2e-5
-    head_lr: float | None = None  # None -> lr
-    warmup: float = 0.1  # < 1: fraction of the steps; >= 1: a number of steps
-    schedule: str = "linear"
-    weight_decay: float = 0.01
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0  # None: no clipping (the CLI's --max-grad-norm 0)
-    grad_cache_chunk: int | None = None
-    gradient_checkpointing: bool = False  # recompute each encoder layer in the backward pass (less memory)
-    # tokens per text while training (None: the encoder's own limit); the saved model keeps the encoder's own
-    # limit, so evaluation reads whole texts as the base model does
-    max_seq_length: int | None = None
-    dtype: str = "auto"
-    seed: int = 42
-    device: str | None = None  # None -> cuda:LOCAL_RANK if available, else cpu
+    batch_size: int = setting(32, flag="--batch-size", help="per process and micro-step")
+    steps: int | None = setting(None, flag="--steps", resume=FREE,  # None -> from epochs
+                                help="optimizer steps")
+    epochs: float | None = setting(None, flag="--epochs", resume=FREE,
+                                   help="passes over the data (instead of --steps)")
+    lr: float = setting(2e-5, flag="--lr", resume=OPTIMIZER, help="peak learning rate")
+    head_lr: float | None = setting(None, flag="--head-lr", resume=OPTIMIZER,  # None -> lr
+                                    help="the head's learning rate  [default: --lr]")
+    warmup: float = setting(0.1, flag="--warmup", resume=OPTIMIZER,
+                            help="warmup: a fraction of the steps (< 1) or a number of steps")
+    schedule: str = setting("linear", flag="--schedule", resume=OPTIMIZER,
+                            help="linear, cosine or constant (after warmup)")
+    weight_decay: float = setting(0.01, flag="--weight-decay", resume=OPTIMIZER, help="AdamW weight decay")
+    grad_accum: int = setting(1, flag="--grad-accum", help="micro-batches per optimizer step")
+    max_grad_norm: float | None = setting(1.0, flag="--max-grad-norm", none_as="0", resume=OPTIMIZER,
+                                          help="gradient clipping (0 disables)")  # None: no clipping
+    grad_cache_chunk: int | None = setting(
+        None, flag="--grad-cache-chunk", help="GradCache: embed in chunks of K texts (large batches in bounded memory)")
+    # benchmarks/RESULTS.md, "Memory per phase": the quickstart's training on a quiet machine, 1.21x the time
+    gradient_checkpointing: bool = setting(
+        False, flag="--gradient-checkpointing",
+        help="recompute each encoder layer in the backward pass: less memory (0.58x the peak), about 1.21x the "
+             "training time, the same losses")
+    # None: the encoder's own limit, which the saved model keeps (evaluation reads whole texts as the base model does)
+    max_seq_length: int | None = setting(
+        None, flag="--max-seq-length",
+        help="tokens per text while training  [default: the encoder's own]; the saved model keeps the encoder's "
+             "limit, so evaluation reads whole texts")
+    dtype: str = setting(
+        "auto", flag="--dtype", choices=DTYPES,
+        help="autocast precision of the steps (weights stay float32); auto: bf16 on GPUs that support it, float32 on "
+             "CPUs; bfloat16 also works on a CPU, 1.55x faster on one with AVX512-BF16, see benchmarks/RESULTS.md")
+    seed: int = setting(42, flag="--seed", help="random seed: the initial weights, the data order and dropout")
+    device: str | None = setting(None, flag="--device",  # None -> cuda:LOCAL_RANK if available, else cpu
+                                 help="cpu, cuda, cuda:1  [default: cuda:LOCAL_RANK if available]")
     # bookkeeping
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    eval_every: int | None = None
-    eval_data: str | None = None  # beir:NAME:SPLIT evaluated every eval_every steps (rank 0)
-    eval_batch_size: int = 64
-    max_eval_queries: int | None = None
-    diagnostics_every: int | None = None
-    show_progress: bool = True
+    save_every: int = setting(500, flag="--save-every", resume=FREE, help="checkpoint every K steps")
+    keep_checkpoints: int = setting(2, flag="--keep-checkpoints", resume=FREE, help="checkpoints kept")
+    log_every: int = setting(10, flag="--log-every", resume=FREE, help="metrics every K steps")
+    eval_every: int | None = setting(None, flag="--eval-every", resume=FREE, help="evaluate every K steps")
+    eval_data: str | None = setting(None, flag="--eval-data", metavar="SPEC", resume=FREE,  # evaluated on rank 0
+                                    help="periodic evaluation, e.g. beir:nfcorpus:dev")
+    eval_batch_size: int = setting(64, flag=None, resume=FREE, help="batch size of the periodic evaluation")
+    max_eval_queries: int | None = setting(None, flag="--max-eval-queries", resume=FREE,
+                                           help="cap on the queries of periodic evaluation")
+    diagnostics_every: int | None = setting(None, flag="--diagnostics-every", resume=FREE,
+                                            help="isotropy diagnostics every K steps")
+    show_progress: bool = setting(True, flag="--no-progress", inverted=True, resume=FREE, help="no live display")
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the flag for any bad value."""
@@ -182,13 +256,55 @@ class TrainConfig:
             raise ValueError(f"{source}: {exc}") from None
         return config
 
-    def differences(self, other: TrainConfig, ignore=RESUMABLE_CHANGES) -> dict[str, tuple[Any, Any]]:
+    def differences(self, other: TrainConfig, ignore: Iterable[str] | None = None) -> dict[str, tuple[Any, Any]]:
         """Settings that differ, paths compared resolved (``./runs/x`` is ``runs/x``; a data folder given
-        relative is the absolute one the run stored)."""
+        relative is the absolute one the run stored); ``ignore``: those not compared (by default
+        :data:`RESUMABLE_CHANGES`, what a resumed run may change)."""
+        ignore = RESUMABLE_CHANGES if ignore is None else tuple(ignore)
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a
                 if k not in ignore and a[k] != b[k] and _comparable(k, a[k]) != _comparable(k, b[k])}
 
+
+
+def settings_of() -> dict[str, Setting]:
+    """``{field: Setting}`` of every TrainConfig field, in the dataclass's order."""
+    return {f.name: f.metadata["setting"] for f in fields(TrainConfig)}
+
+
+def setting_of(name: str) -> Setting:
+    """The :class:`Setting` of the field ``name``.
+
+    >>> setting_of("batch_size").flag, setting_of("settings").flag
+    ('--batch-size', None)
+    """
+    try:
+        return settings_of()[name]
+    except KeyError:
+        raise KeyError(f"TrainConfig has no field {name!r}") from None
+
+
+def value_type(name: str) -> type:
+    """The type of the field ``name``'s values, None aside (``steps: int | None`` -> ``int``).
+
+    >>> value_type("steps"), value_type("show_progress"), value_type("settings")
+    (<class 'int'>, <class 'bool'>, <class 'dict'>)
+    """
+    hint = _type_hints()[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in hint.__args__ if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+# Settings a resumed run may change without changing what it computes, and among them the optimizer's: both read
+# from each field's Setting.resume (ragcun.training.run_folder checks a resume against them).
+OPTIMIZER_CHANGES = tuple(name for name, s in settings_of().items() if s.resume == OPTIMIZER)
+RESUMABLE_CHANGES = tuple(name for name, s in settings_of().items() if s.resume != FIXED)
 
 def config_default(name: str) -> Any:
     """TrainConfig's default for the field ``name``: the dataclass is the one place the defaults are written
@@ -335,7 +451,7 @@ def record_history(folder: str | Path, config: TrainConfig, *, previous: TrainCo
                              "global_batch": config.batch_size * int(world_size) * config.grad_accum,
                              "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     # which torchrun job wrote this entry: a worker that torchrun restarts (--max-restarts) resumes by itself only
-    # a run its own job started (ragcun.training.loop._elastic_resume)
+    # a run its own job started (ragcun.training.run_folder.elastic_resume)
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         entry["torchelastic_run_id"] = os.environ["TORCHELASTIC_RUN_ID"]
         entry["torchelastic_restart"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
