@@ -82,13 +82,33 @@ def build(kind: str, spec: str | Term, settings: Settings | None = None, *, regi
         component = target(**config, **kwargs)
     except TypeError as exc:
         raise ValueError(f"cannot build {kind} {entry.name!r} with {config}: {exc}") from None
-    component._ragcun_entry = entry  # provenance for checkpoints
+    record_entry(component, entry)
     return component
+
+
+# -- provenance: which registry entry built a component (only this module knows where it is kept) ---------------
+_ENTRY_ATTRIBUTE = "_ragcun_entry"  # travels with the object (copies, pickles); read it through entry_of
+
+
+def record_entry(component: Any, entry: Entry) -> None:
+    """Remember that ``entry`` built ``component`` (:func:`build` does it for every component it builds)."""
+    setattr(component, _ENTRY_ATTRIBUTE, entry)
+
+
+def entry_of(component: Any) -> Entry | None:
+    """The registry entry that built ``component``, or ``None`` (built directly, not through :func:`build`)."""
+    return getattr(component, _ENTRY_ATTRIBUTE, None)
+
+
+def component_name(component: Any) -> str:
+    """The registry name a component was built under, or its class name when it was built directly."""
+    entry = entry_of(component)
+    return entry.name if entry is not None else type(component).__name__
 
 
 def provenance(component: Any) -> dict[str, Any]:
     """Registry name and supplying distribution of a built component, for ``ragcun.json``."""
-    entry: Entry | None = getattr(component, "_ragcun_entry", None)
+    entry = entry_of(component)
     if entry is None:
         return {"name": None, "provider": "unknown", "provider_version": None}
     try:

@@ -11,7 +11,7 @@ def pairwise_report(texts: list[str], model_spec: str, *, distance: str | None =
                     settings: Settings | None = None) -> dict[str, Any]:
     """Distances (or similarities, for cosine/dot) between every pair of ``texts`` under the model's distance,
     computed exactly (``Distance.exact_similarity``, float64)."""
-    from ragcun.components import check_settings
+    from ragcun.components import check_settings, entry_of
     from ragcun.resolve import components_built_for, resolve_model
 
     if not texts:
@@ -27,6 +27,6 @@ def pairwise_report(texts: list[str], model_spec: str, *, distance: str | None =
 
     exact = exact_similarity(dist, emb, emb)
     matrix = (-exact if dist.is_metric else exact) + 0.0  # + 0.0 turns -0.0 into 0.0
-    entry = getattr(dist, "_ragcun_entry", None)
+    entry = entry_of(dist)
     return {"model": model_spec, "dim": int(emb.mean.shape[1]), "distance": entry.name if entry else repr(dist),
             "is_metric": bool(dist.is_metric), "texts": texts, "matrix": matrix.tolist()}

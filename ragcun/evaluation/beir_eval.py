@@ -265,6 +265,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     """
     import torch
 
+    from ragcun.components import component_name
     from ragcun.data.beir import default_data_dir, load_beir
     from ragcun.distributed import pick_device, world
     if batch_size < 1:
@@ -313,7 +314,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
         "skipped": skipped,
         "settings": {
             "split": split, "k": k, "k_values": k_values, "batch_size": batch_size, "dtype": dtype,
-            "distance": getattr(getattr(model.distance, "_ragcun_entry", None), "name", type(model.distance).__name__),
+            "distance": component_name(model.distance),
             "query_prefix": q_prefix, "document_prefix": d_prefix, "ignore_identical_ids": ignore_identical_ids,
             "search": search, "corpus_chunk_size": corpus_chunk_size, "data_dir": str(data_dir),
             "dim": model.dim, "truncate_dim": truncate_dim,

@@ -36,8 +36,9 @@ PROBE_BATCH = 8
 
 
 def component_name(component: Any) -> str:
-    entry = getattr(component, "_ragcun_entry", None)
-    return entry.name if entry is not None else type(component).__name__
+    from ragcun.components import component_name as registry_name
+
+    return registry_name(component)
 
 
 def encoder_modules(encoder: Any) -> list[STModule]:

@@ -25,8 +25,9 @@ ATTRIBUTE = "sentence_transformers_similarity"
 
 
 def distance_name(distance: Any) -> str:
-    entry = getattr(distance, "_ragcun_entry", None)
-    return entry.name if entry is not None else type(distance).__name__
+    from ragcun.components import component_name
+
+    return component_name(distance)
 
 
 def reads_logvar(distance: Any) -> bool:

@@ -24,7 +24,9 @@ def needs_fit(head: nn.Module) -> bool:
 
 
 def not_fitted_error(head: nn.Module) -> ValueError:
-    name = getattr(getattr(head, "_ragcun_entry", None), "name", type(head).__name__)
+    from ragcun.components import component_name
+
+    name = component_name(head)
     return ValueError(f"the model's {name} head is not fitted yet: it is fitted from the encoder's vectors of the "
                       "corpus to search, not trained. Fit it first: model.fit_head(documents) in Python; ragcun eval "
                       "beir and ragcun isotropy report fit it on the corpus they read, ragcun train on the training "

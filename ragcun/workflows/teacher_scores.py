@@ -199,6 +199,7 @@ class BiEncoderTeacher:
 
     def __init__(self, spec: str, *, distance: str | None = None, settings=None, device=None,
                  query_prefix: str | None = None, document_prefix: str | None = None, batch_size: int = 32) -> None:
+        from ragcun.components import component_name
         from ragcun.distances.base import similarity_formula
         from ragcun.resolve import resolve_model
 
@@ -209,8 +210,7 @@ class BiEncoderTeacher:
         self.query_prefix = self.model.query_prefix if query_prefix is None else query_prefix
         self.document_prefix = self.model.document_prefix if document_prefix is None else document_prefix
         self.batch_size = batch_size
-        entry = getattr(self.model.distance, "_ragcun_entry", None)
-        self.similarity = entry.name if entry is not None else type(self.model.distance).__name__
+        self.similarity = component_name(self.model.distance)
         self.formula = similarity_formula(self.model.distance)
         self.key = json.dumps(["teacher", spec, distance, settings], sort_keys=True, default=str)
 
