@@ -355,3 +355,41 @@ def test_a_loss_that_raises_is_named_with_its_package(tiny_model_dir, pairs, tmp
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert ("loss 'isotropy' (from the package 'ragcun') raised RuntimeError: shape mismatch in my plugin"
             in result.output)
+
+
+def test_loss_failures_are_named_without_touching_the_loss():
+    """The composite names a failing term through its own ``on_failure`` (issue 26, section 5): no term's
+    ``forward`` is replaced, and outside training the exception passes unchanged."""
+    import torch
+    from torch import nn
+
+    from ragcun.embedding import Embedding
+    from ragcun.losses.base import LossInputs
+    from ragcun.losses.composite import CompositeLoss, build_loss
+    from ragcun.training.faults import LossFailed
+    from ragcun.training.setup import with_named_failures
+
+    class Broken(nn.Module):
+        def __init__(self, error):
+            super().__init__()
+            self.error = error
+
+        def forward(self, inputs):
+            raise self.error
+
+    contrastive = build_loss("contrastive").losses["contrastive"]
+    loss = CompositeLoss([("contrastive", 1.0, contrastive), ("broken", 0.5, Broken(RuntimeError("boom")))])
+    assert [(name, weight) for name, weight, _ in loss.terms()] == [("contrastive", 1.0), ("broken", 0.5)]
+    inputs = LossInputs(Embedding(torch.randn(4, 8)), Embedding(torch.randn(4, 8)), step=0)
+    with pytest.raises(LossFailed, match=r"loss 'broken' \(from the package 'unknown'\) raised RuntimeError: boom"):
+        with_named_failures(loss)(inputs)
+    assert all("forward" not in vars(module) for _, _, module in loss.terms())
+    with pytest.raises(RuntimeError, match="boom"):
+        loss(inputs)
+    refusing = CompositeLoss([("broken", 1.0, Broken(ValueError("bad data")))])
+    with pytest.raises(ValueError, match="bad data") as info:
+        with_named_failures(refusing)(inputs)
+    assert not isinstance(info.value, LossFailed)
+    single = Broken(KeyError("k"))
+    with pytest.raises(LossFailed, match="loss 'Broken'.*raised KeyError"):
+        with_named_failures(single)(inputs)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ragcun.losses.base import LossInputs, LossOutput
 from ragcun.spec import Settings, Term, parse_spec
+
+
+# on_failure(term name, term loss, the exception it raised) -> the exception to raise instead, or None
+FailureNamer = Callable[[str, nn.Module, Exception], Exception | None]
 
 
 class CompositeLoss(nn.Module):
@@ -27,6 +31,8 @@ class CompositeLoss(nn.Module):
         >>> out.total.backward()
         >>> sorted(out.terms), bool(torch.isclose(out.total, sum(out.terms.values())))
         (['contrastive', 'isotropy'], True)
+
+    Read the terms with :meth:`terms` (``(name, weight, loss)`` in spec order), not through the attributes.
     """
 
     def __init__(self, terms: Iterable[tuple[str, float, nn.Module]], args: dict[str, str] | None = None) -> None:
@@ -41,10 +47,15 @@ class CompositeLoss(nn.Module):
         self.weights = {name: float(weight) for name, weight, _ in terms}
         self.losses = nn.ModuleDict({name: module for name, _, module in terms})
 
+    def terms(self) -> Iterator[tuple[str, float, nn.Module]]:
+        """``(name, weight, loss)`` of every term, in the order of the spec."""
+        for name in self.names:
+            yield name, self.weights[name], self.losses[name]
+
     @property
     def needs(self) -> frozenset[str]:
         out: frozenset[str] = frozenset()
-        for module in self.losses.values():
+        for _, _, module in self.terms():
             out |= frozenset(getattr(module, "needs", {"mean"}))
         return out
 
@@ -52,16 +63,32 @@ class CompositeLoss(nn.Module):
     def spec(self) -> str:
         return "+".join(Term(name, self.weights[name], self.args.get(name)).format() for name in self.names)
 
-    def forward(self, inputs: LossInputs) -> LossOutput:
-        terms = {name: self.weights[name] * self.losses[name](inputs) for name in self.names}
+    def weighted_terms(self, inputs: LossInputs, on_failure: FailureNamer | None = None) -> dict[str, torch.Tensor]:
+        """Every term's *weighted* value by name. ``on_failure(name, loss, exc)``, when given, sees an exception a
+        term raises and returns the exception to raise in its place (chained to it), or ``None`` to let it pass
+        unchanged (training uses it to name the term and its package: ragcun.training.setup)."""
+        out = {}
+        for name, weight, module in self.terms():
+            try:
+                value = module(inputs)
+            except Exception as exc:
+                replacement = on_failure(name, module, exc) if on_failure is not None else None
+                if replacement is None:
+                    raise
+                raise replacement from exc
+            out[name] = weight * value
+        return out
+
+    def forward(self, inputs: LossInputs, *, on_failure: FailureNamer | None = None) -> LossOutput:
+        terms = self.weighted_terms(inputs, on_failure)
         total = torch.stack(list(terms.values())).sum()
         return LossOutput(total, terms)
 
     def batch_requirement(self, negatives_per_query: int) -> tuple[int, str]:
         """The most demanding term's, named."""
         best = (1, "")
-        for name in self.names:
-            term = getattr(self.losses[name], "batch_requirement", None)
+        for name, _, module in self.terms():
+            term = getattr(module, "batch_requirement", None)
             n, why = term(negatives_per_query) if term is not None else (1, "")
             if n > best[0]:
                 best = (n, f"its term {name} {why}")
@@ -69,8 +96,8 @@ class CompositeLoss(nn.Module):
 
     def get_config(self) -> dict:
         return {"spec": self.spec,
-                "terms": {name: dict(self.losses[name].get_config()) if hasattr(self.losses[name], "get_config")
-                          else {} for name in self.names}}
+                "terms": {name: dict(module.get_config()) if hasattr(module, "get_config") else {}
+                          for name, _, module in self.terms()}}
 
 
 def build_loss(spec: str, settings: Settings | None = None, distance=None, registry=None,

@@ -38,7 +38,7 @@ from ragcun.training.faults import LossFailed, TrainingDiverged, last_good
 from ragcun.training.logs import METRICS_FILE, LiveDisplay, MetricsLog, format_terms
 from ragcun.training.setup import (SCALE_PROBE, build_training_loss, build_training_model, check_batch_can_teach,
                                    diagnostic_texts, fit_head_on_training_documents, freeze_unused_parameters,
-                                   isotropy_scale_warning, isotropy_weight, name_loss_failures, training_data)
+                                   isotropy_scale_warning, isotropy_weight, training_data, with_named_failures)
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "LossFailed", "isotropy_scale_warning", "METRICS_FILE"]
 
@@ -129,7 +129,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     # -- calibration (new runs only): a head with init_scale="auto" gets unit-scale outputs -----------------
     head_fit = None if resume else fit_head_on_training_documents(model, source, config)  # center / whiten heads
     calibration = None if resume else calibrate(model, loss_module, probe_texts(source), ctx)
-    name_loss_failures(loss_module)
+    loss_call = with_named_failures(loss_module)  # a term that raises is named with its package
     memory["calibration"] = _memory_mark()
 
     # -- optimizer, schedule, resume state -------------------------------------------------------------------
@@ -192,7 +192,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
             optimizer.zero_grad(set_to_none=True)
             with D.waiting(f"step {step + 1}'s forward and backward (the loss's collectives, DDP's gradient "
                            "all-reduce)"):
-                out = accumulate(model=model, forward_module=forward_module, loss_module=loss_module,
+                out = accumulate(model=model, forward_module=forward_module, loss_module=loss_call,
                                  stream=stream, step=step, grad_accum=config.grad_accum, device=device,
                                  autocast=prec.autocast, scaler=prec.scaler, grad_cache=grad_cache)
             term_names = list(out.terms) if term_names is None else term_names

@@ -100,12 +100,12 @@ SCALE_PROBE = 32  # documents embedded once before training to check that spread
 
 def isotropy_weight(loss_module) -> float:
     """The total weight a (composite) loss gives SIGReg terms."""
+    from ragcun.losses.composite import CompositeLoss
     from ragcun.losses.isotropy import IsotropyLoss
 
-    weights = getattr(loss_module, "weights", {})
-    modules = getattr(loss_module, "losses", {})
-    return sum(weight for name, weight in weights.items()
-               if name in modules and isinstance(modules[name], IsotropyLoss))
+    if not isinstance(loss_module, CompositeLoss):
+        return 0
+    return sum(weight for _, weight, module in loss_module.terms() if isinstance(module, IsotropyLoss))
 
 
 def isotropy_scale_warning(loss_module, embeddings: torch.Tensor) -> str | None:
@@ -133,31 +133,42 @@ def as_output(result):
 
 
 
-def name_loss_failures(loss_module) -> None:
-    """Make an exception inside a loss term's forward name that term and its provider (a plugin's bug then
-    reads as such, not as a traceback from deep inside ragcun's loop). ValueErrors pass unchanged."""
+def loss_failure(name: str, module, exc: Exception) -> Exception | None:
+    """The :class:`LossFailed` that names the loss term that raised ``exc`` and its package (a plugin's bug then
+    reads as such, not as a traceback from deep inside ragcun's loop); ``None`` (raise ``exc`` unchanged) for a
+    ValueError or a TrainingDiverged. The ``on_failure`` of :meth:`CompositeLoss.forward`."""
     from ragcun.components import provenance
 
-    terms = getattr(loss_module, "losses", None)
-    modules = dict(terms.items()) if isinstance(terms, (dict, torch.nn.ModuleDict)) else {"": loss_module}
-    for name, module in modules.items():
-        if not isinstance(module, torch.nn.Module) or getattr(module, "_ragcun_named_failures", False):
-            continue
-        info = provenance(module)
-        label = info["name"] or name or type(module).__name__
-        forward = module.forward
+    if isinstance(exc, (ValueError, TrainingDiverged)):
+        return None
+    info = provenance(module)
+    label = info["name"] or name or type(module).__name__
+    return LossFailed(f"loss {label!r} (from the package {info['provider']!r}) raised {type(exc).__name__}: {exc}")
 
-        def named(*args, _forward=forward, _label=label, _provider=info["provider"], **kwargs):
-            try:
-                return _forward(*args, **kwargs)
-            except (ValueError, KeyboardInterrupt, TrainingDiverged):
+
+def with_named_failures(loss_module):
+    """What the training steps call instead of ``loss_module``: the same values, with an exception a loss term
+    raises named by :func:`loss_failure` (each term of a composite; a single ``nn.Module`` loss as a whole). A
+    callable that is no ``nn.Module`` (a wrapper given as ``loss_fn``) is called unchanged."""
+    import functools
+
+    from ragcun.losses.composite import CompositeLoss
+
+    if isinstance(loss_module, CompositeLoss):
+        return functools.partial(loss_module, on_failure=loss_failure)
+    if not isinstance(loss_module, torch.nn.Module):
+        return loss_module
+
+    def named(inputs):
+        try:
+            return loss_module(inputs)
+        except Exception as exc:
+            replacement = loss_failure("", loss_module, exc)
+            if replacement is None:
                 raise
-            except Exception as exc:
-                raise LossFailed(f"loss {_label!r} (from the package {_provider!r}) raised "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise replacement from exc
 
-        module.forward = named
-        module._ragcun_named_failures = True
+    return named
 
 
 def training_data(config: TrainConfig, model, ctx, in_memory=None):
