@@ -98,6 +98,41 @@ def test_calibrate_keeps_the_initial_contrastive_loss(tiny_model_dir, distance, 
         assert iso1 < iso0  # unit-scale, centred coordinates: closer to N(0, I)
 
 
+def _calibrate_on_rank(rank: int, world_size: int, features: torch.Tensor):
+    """Each rank calibrates the same head on a slightly different probe (as devices whose reductions differ)."""
+    from ragcun.distributed import DistributedContext
+
+    torch.manual_seed(0)
+    head = GaussianHead(in_dim=features.shape[1], out_dim=10)
+    ctx = DistributedContext(rank=rank, world_size=world_size)
+    factor = head.calibrate(features * (1 + 1e-3 * rank), center=True, ctx=ctx)
+    return factor, head.init_scale, head.mean.weight.detach().clone(), head.mean.bias.detach().clone()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow  # two spawned gloo ranks
+def test_the_head_calibrates_itself_identically_on_every_rank():
+    """The head, not the training code, makes every rank hold the same calibrated weights and factor: the
+    average of what each rank computed alone (issue 26, section 5)."""
+    from ragcun.testing.distributed import run_on_ranks
+
+    features = _unit(24, 6, 3)
+    ranks = run_on_ranks(_calibrate_on_rank, 2, features)
+    alone = []
+    for rank in range(2):
+        torch.manual_seed(0)
+        head = GaussianHead(in_dim=6, out_dim=10)
+        alone.append((head.calibrate(features * (1 + 1e-3 * rank), center=True), head.mean.weight.detach().clone(),
+                      head.mean.bias.detach().clone()))
+    assert alone[0][0] != alone[1][0]  # the ranks did compute different values alone
+    (f0, s0, w0, b0), (f1, s1, w1, b1) = ranks
+    assert f0 == f1 == s0 == s1
+    assert f0 == pytest.approx((alone[0][0] + alone[1][0]) / 2, rel=1e-6)
+    assert torch.equal(w0, w1) and torch.equal(b0, b1)
+    torch.testing.assert_close(w0, (alone[0][1] + alone[1][1]) / 2)
+    torch.testing.assert_close(b0, (alone[0][2] + alone[1][2]) / 2)
+
+
 def test_a_head_without_calibration_is_left_alone(tiny_model_dir):
     from ragcun.model import EmbeddingModel
     from ragcun.training.calibration import calibrate

@@ -66,12 +66,17 @@ class GaussianHead(nn.Module):
         return self.init_scale == AUTO
 
     @torch.no_grad()
-    def calibrate(self, features: torch.Tensor, *, center: bool | None = None) -> float:
+    def calibrate(self, features: torch.Tensor, *, center: bool | None = None, ctx=None) -> float:
         """Rescale (and, with ``center``, shift) the mean map from a probe batch of encoder outputs (N, H) so
         that its outputs have zero mean and unit mean variance per coordinate; return the scale factor.
 
         A uniform scale and a shift change no Euclidean ranking, so the calibrated head ranks exactly like
         the uncalibrated one (for cosine or dot, pass ``center=False``: a shift would change their rankings).
+
+        ``ctx`` (a :class:`ragcun.distributed.DistributedContext`): under DDP every rank calls this with the same
+        probe, and the mean map and the factor are then averaged over the ranks (one all-reduce each), so every
+        rank holds identical weights and returns the same factor even where its floating-point reductions
+        differ; with one process (or no ``ctx``) nothing is communicated.
         """
         if features.ndim != 2 or features.shape[0] < 2:
             raise ValueError(f"head.gaussian.calibrate needs at least 2 probe vectors (N, {self.in_dim}), "
@@ -86,6 +91,18 @@ class GaussianHead(nn.Module):
         if self.center if center is None else center:
             self.mean.bias.sub_(y.mean(dim=0) * factor)
         self.init_scale = factor  # recorded in ragcun.json: this head is calibrated
+        if ctx is not None and ctx.enabled:
+            factor = self._agree_across_ranks(factor, ctx)
+        return factor
+
+    def _agree_across_ranks(self, factor: float, ctx) -> float:
+        """Average the mean map and ``factor`` over the ranks; the averaged factor becomes ``init_scale``."""
+        import ragcun.distributed as D
+
+        for param in (self.mean.weight, self.mean.bias):
+            param.copy_(D.all_reduce_mean(param.detach(), ctx))
+        factor = float(D.all_reduce_mean(torch.tensor([factor], device=ctx.device), ctx)[0])
+        self.init_scale = factor
         return factor
 
     def forward(self, x: torch.Tensor) -> Embedding:  # (B, H) -> mean (B, D), logvar (B, D)

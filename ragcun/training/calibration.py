@@ -47,8 +47,10 @@ def probe_texts(source, limit: int = PROBE_TEXTS) -> list[str]:
 
 
 def _contrastive_terms(loss_module) -> list:
-    modules = getattr(loss_module, "losses", None)
-    candidates = list(modules.values()) if modules is not None else [loss_module]
+    from ragcun.losses.composite import CompositeLoss
+
+    candidates = ([module for _, _, module in loss_module.terms()] if isinstance(loss_module, CompositeLoss)
+                  else [loss_module])
     return [m for m in candidates if hasattr(m, "rescale_temperature")]
 
 
@@ -56,11 +58,12 @@ def calibrate(model, loss_module, texts: list[str], ctx) -> Calibration | None:
     """Calibrate ``model.head`` if it asks for it (``head.calibrates``) and keep the initial logits of every
     contrastive term of ``loss_module`` unchanged; ``None`` when the head does not calibrate.
 
-    Every rank computes the same probe; the result is averaged over ranks so that all hold identical weights
-    and temperatures even where floating-point reductions differ between devices.
+    The head does the work (``head.calibrate(features, center=..., ctx=ctx)``, the protocol of
+    :class:`ragcun.protocols.CalibratingHead`): every rank computes the same probe, and the head agrees with the
+    other ranks on its parameters and factor (the gaussian head averages them) so that all hold identical weights
+    and temperatures even where floating-point reductions differ between devices. This function never touches the
+    head's parameters.
     """
-    import ragcun.distributed as D
-
     head = model.head
     if not getattr(head, "calibrates", False):
         return None
@@ -82,15 +85,9 @@ def calibrate(model, loss_module, texts: list[str], ctx) -> Calibration | None:
             tokens = {k: v.to(model.device) for k, v in model.tokenize(texts).items()}
             features = torch.cat([model.encoder({k: v[i:i + PROBE_SLICE] for k, v in tokens.items()})
                                   for i in range(0, len(texts), PROBE_SLICE)])  # (N, H)
-            factor = head.calibrate(features.float(), center=centered)
+            factor = float(head.calibrate(features.float(), center=centered, ctx=ctx))  # the same on every rank
     finally:
         model.train(was_training)
-    if ctx.enabled:  # identical weights and factor on every rank
-        with torch.no_grad():
-            for param in (head.mean.weight, head.mean.bias):
-                param.copy_(D.all_reduce_mean(param.detach(), ctx))
-        factor = float(D.all_reduce_mean(torch.tensor([factor], device=ctx.device), ctx)[0])
-        head.init_scale = factor
     temperature_factor = factor ** degree
     for term in _contrastive_terms(loss_module):
         term.rescale_temperature(temperature_factor)
