@@ -8,6 +8,9 @@ Full disks and read-only folders: :class:`OutputError` is the one-line error (no
 the cause; :func:`output_error` turns an ``OSError`` (or the error torch or safetensors makes of one) into it,
 :func:`check_writable` finds an unwritable output before the work starts, and :func:`torch_save` keeps the
 errno that ``torch.save`` loses (it reports a full disk as ``inline_container.cc ... unexpected pos``).
+
+Folders (a checkpoint, an export) get the same treatment from :func:`atomic_folder`: built in a temporary folder
+beside the target, given ordinary permissions, fsynced, and renamed into place.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +214,71 @@ def ignored_by_git(path: str | os.PathLike) -> str | None:
     if found.returncode != 0 or not found.stdout.strip():  # 1: not ignored; 128: not a work tree
         return None
     return found.stdout.split("\t", 1)[0]
+
+
+def ordinary_permissions(root: Path, names: tuple[str, ...] | None = None) -> None:
+    """Folders 0777 and files 0666 less the umask, as any tool's output (mkdtemp and mkstemp make 0700 and 0600):
+    ``root`` itself and everything under it, or only ``names`` inside it (and everything under those). Links are
+    left alone (chmod would follow them)."""
+    mask = current_umask()
+    for top in [root / n for n in names] if names is not None else [root]:
+        if not top.exists():
+            continue
+        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            if not path.is_symlink():
+                path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Every file under ``folder`` on the disk, so the rename that publishes the folder cannot outrun its data."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike, *, prefix: str | None = None,
+                  on_error: Callable[[BaseException], BaseException | None] | None = None) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; when the block succeeds it is given ordinary
+    permissions, fsynced and renamed to ``target``. An existing non-empty ``target`` is moved aside first and
+    deleted after (no POSIX call swaps two folders), and put back if the second rename fails; an empty one is
+    replaced. On any failure, the block's or the rename's, the temporary folder is removed and ``target`` is as
+    it was. ``prefix`` names the temporary folders (default ``.TARGET.``; readers of the parent skip them);
+    ``on_error(exc)`` may turn the exception into another to raise instead (an :class:`OutputError` saying what
+    is safe), or return None to let it through."""
+    target = Path(target)
+    prefix = prefix or f".{target.name}."
+
+    def reraise(exc: BaseException) -> None:
+        error = on_error(exc) if on_error is not None else None
+        if error is not None and error is not exc:
+            raise error from None
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        reraise(exc)
+        raise
+    try:
+        yield tmp
+        ordinary_permissions(tmp)
+        fsync_tree(tmp)
+        if target.is_dir() and not target.is_symlink() and any(target.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=target.parent))
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if target.is_dir() and not target.is_symlink():
+                target.rmdir()  # empty: nothing to lose
+            os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reraise(exc)
+        raise

@@ -11,8 +11,6 @@ unwritable place is one line naming ``OUT`` and the cause, with ``OUT`` left as 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Iterator
@@ -90,45 +88,12 @@ def check_target(out: Path, *, overwrite: bool, protect: Path | None = None) -> 
 
 @contextmanager
 def atomic_folder(out: Path, *, overwrite: bool = False, protect: Path | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``out``; on success it becomes ``out``."""
-    from ragcun.files import output_error
+    """Yield an empty temporary folder beside ``out``; on success it becomes ``out``
+    (:func:`ragcun.files.atomic_folder`, after :func:`check_target`: only an empty folder or an earlier export is
+    ever replaced)."""
+    from ragcun.files import atomic_folder as publish, output_error
 
     check_target(out, overwrite=overwrite, protect=protect)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise (output_error(exc, out, what=f"OUT {out}") or exc) from None
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
+    with publish(out, on_error=lambda exc: output_error(exc, out, what=f"OUT {out}",
+                                                         then=f"; nothing was written ({out} is as it was)")) as tmp:
         yield tmp
-        _ordinary_permissions(tmp, umask)
-        if out.is_dir() and any(out.iterdir()):
-            # No POSIX call swaps two folders, so: move the old one aside, move the new one in, then delete the old
-            # one. If the second rename fails the old folder is put back.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except OSError:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if out.is_dir():
-                out.rmdir()  # empty: nothing to lose
-            os.replace(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        error = output_error(exc, out, what=f"OUT {out}", then=f"; nothing was written ({out} is as it was)")
-        if error is not None:
-            raise error from None
-        raise
-
-
-def _ordinary_permissions(folder: Path, umask: int) -> None:
-    """mkdtemp (and some writers' own temporary files) make entries private; an export is an ordinary folder."""
-    os.chmod(folder, 0o777 & ~umask)
-    for path in folder.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)

@@ -19,10 +19,8 @@ live process's).
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ragcun.files import current_umask, torch_save
+from ragcun.files import atomic_folder, torch_save
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.pt"
@@ -172,12 +170,9 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, sche
     cause, the newest checkpoint that is still intact); nothing of the failed checkpoint is left behind."""
     root = Path(output_dir) / CHECKPOINTS
     final = root / step_folder_name(step)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    except OSError as exc:
-        raise (_checkpoint_error(exc, final, output_dir) or exc) from None
-    try:
+    # the same step saved again (interrupted right after a periodic save) replaces the earlier copy in one rename
+    with atomic_folder(final, prefix=f".tmp-{final.name}-",
+                       on_error=lambda exc: _checkpoint_error(exc, final, output_dir)) as tmp:
         model.save_pretrained(tmp / MODEL_FOLDER)
         trainer = {"step": int(step), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict() if scaler is not None else None,
@@ -185,21 +180,6 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, sche
         torch_save(trainer, tmp / TRAINER_FILE)
         state = {"step": int(step), "data": dict(data_position), **(extra or {})}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        apply_umask(tmp)  # mkdtemp/mkstemp make 0700/0600: give the files the user's usual permissions
-        _fsync_tree(tmp)
-        if final.exists():  # the same step saved again (e.g. interrupted right after a periodic save)
-            old = root / f".tmp-old-{final.name}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        error = _checkpoint_error(exc, final, output_dir)
-        if error is not None:
-            raise error from None
-        raise
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old.folder, ignore_errors=True)
     return final
@@ -222,24 +202,3 @@ def load_trainer_state(checkpoint: Checkpoint, map_location: str | torch.device 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one
         raise ValueError(f"{path}: cannot read the training state ({type(exc).__name__}: {exc})") from None
-
-
-def apply_umask(root: Path, names: tuple[str, ...] | None = None) -> None:
-    """Folders 0777 and files 0666 less the umask, as any tool's output: ``root`` itself and everything under
-    it, or only ``names`` inside it (and everything under those)."""
-    mask = current_umask()
-    paths = [root / n for n in names] if names is not None else [root]
-    for top in paths:
-        if not top.exists():
-            continue
-        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
-            if path.is_symlink():
-                continue
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())

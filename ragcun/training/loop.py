@@ -250,7 +250,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
     result.peak_rss_mb = peak_resident_mib()
     if step >= total_steps and not result.interrupted:
         def save_final() -> None:
-            from ragcun.files import OutputError
+            from ragcun.files import OutputError, ordinary_permissions
 
             try:
                 model.save_pretrained(out_dir)  # `ragcun eval beir --model OUTPUT_DIR` works on a finished run
@@ -259,7 +259,7 @@ def _train(config: TrainConfig, ctx: D.DistributedContext, *, resume: bool, loss
                 raise OutputError(f"{exc}; the final model was not written" + (
                     f"; the run's last checkpoint, {kept.folder} (step {kept.step}), is intact: free some space, "
                     "then --resume writes the final model" if kept is not None else "")) from None
-            ckpt.apply_umask(out_dir, ("model.safetensors", "ragcun.json", "encoder"))
+            ordinary_permissions(out_dir, ("model.safetensors", "ragcun.json", "encoder"))
             log.write({"step": step, "final": {"pairs_per_s": result.pairs_per_s, "elapsed_s": elapsed,
                                                "peak_memory_mb": result.peak_memory_mb,
                                                "peak_rss_mb": result.peak_rss_mb}})
