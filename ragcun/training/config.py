@@ -217,10 +217,10 @@ class TrainConfig:
         return cls(**data)
 
     def save(self, folder: str | Path) -> Path:
+        from ragcun.files import write_text_atomic  # the standard library only, like this module
+
         path = Path(folder) / CONFIG_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -460,9 +460,9 @@ def record_history(folder: str | Path, config: TrainConfig, *, previous: TrainCo
         entry["changes"] = {k: {"from": a, "to": b}
                             for k, (a, b) in sorted(previous.differences(config, ignore=()).items())}
     history.append(entry)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(history, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    from ragcun.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(history, indent=2, sort_keys=True) + "\n")
     return path
 
 
