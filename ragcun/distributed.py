@@ -96,6 +96,14 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def torchrun_ranks() -> tuple[int, int, int]:
+    """``(RANK, LOCAL_RANK, WORLD_SIZE)`` as torchrun set them for this process, ``(0, 0, 1)`` outside torchrun:
+    the one reader of those variables (a process group need not exist, e.g. after training tore it down)."""
+    env = os.environ
+    rank = int(env.get("RANK", "0") or 0)
+    return rank, int(env.get("LOCAL_RANK", str(rank)) or 0), int(env.get("WORLD_SIZE", "1") or 1)
+
+
 def launched_by_torchrun() -> bool:
     """True when torchrun started this process (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are set)."""
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
@@ -120,13 +128,13 @@ def setup(device: str | None = None) -> DistributedContext:
     """Join the process group torchrun described (or an existing one); a single process otherwise."""
     if dist.is_available() and dist.is_initialized():  # e.g. tests that created the group themselves
         rank, world_size = dist.get_rank(), dist.get_world_size()
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else rank
         return DistributedContext(rank, local_rank, world_size, pick_device(device, local_rank), False)
     if not launched_by_torchrun():
         return DistributedContext(0, 0, 1, pick_device(device, 0), False)
     # Under torchrun the group is created even for one process (as nanoGPT does), so a one-GPU run exercises
     # NCCL exactly as an eight-GPU run does; DDP and the losses' collectives only engage with world_size > 1.
-    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    rank, local_rank, world_size = torchrun_ranks()
     dev = pick_device(device, local_rank)
     if rank == 0:
         _warn_if_restarts_share_the_agent_store()

@@ -145,17 +145,17 @@ def run_training(config, *, resume: bool = False):
         from ragcun.signals import exit_code
 
         raise click.exceptions.Exit(exit_code(result.signal))
-    import os
-
     from ragcun.console import stderr
+    from ragcun.distributed import torchrun_ranks
 
+    main_process = torchrun_ranks()[0] == 0
     if result.already_finished:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if main_process:
             stderr.print(f"{result.output_dir} is already finished ({result.step} of {result.total_steps} steps; "
                          f"model in {result.model_dir}); nothing was changed. To train longer, --resume with a "
                          "larger --steps or --epochs", highlight=False)
         return result
-    if result.model_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+    if result.model_dir is not None and main_process:
         memory = "".join([f", peak memory {result.peak_rss_mb:.0f} MiB" if result.peak_rss_mb else "",
                           f" (GPU {result.peak_memory_mb:.0f} MiB)" if result.peak_memory_mb else ""])
         stderr.print(f"done: {result.step} steps, {result.pairs_per_s:.1f} pairs/s{memory}; "
