@@ -369,9 +369,9 @@ def test_a_full_disk_writing_the_eval_report_shows_the_results_and_leaves_no_par
 def test_a_read_only_output_dir_fails_before_training(tiny_model_dir, pairs, tmp_path, monkeypatch):
     from pathlib import Path
 
-    from ragcun.training import loop
+    from ragcun.training import state
 
-    monkeypatch.setattr(loop, "build_training_model", lambda *a: pytest.fail("the model was built"))
+    monkeypatch.setattr(state, "build_training_model", lambda *a: pytest.fail("the model was built"))
     real = Path.mkdir
     target = tmp_path / "ro" / "run"
 

@@ -161,10 +161,11 @@ def nonfinite_tensors(named_tensors) -> list[str]:
     return [named[i][0] for i in suspects if not bool(torch.isfinite(named[i][1]).all())]
 
 
-def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, scheduler, scaler, rng_states: list,
-                    data_position: dict[str, int], loss_state: dict | None = None,
+def save_checkpoint(output_dir: str | Path, step: int, *, model, trainer: dict[str, Any],
                     extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
-    """Write ``checkpoints/step-STEP`` atomically and delete all but the newest ``keep`` checkpoints.
+    """Write ``checkpoints/step-STEP`` atomically and delete all but the newest ``keep`` checkpoints: ``model``'s
+    folder, ``trainer`` (:meth:`ragcun.training.state.TrainState.state_dict`) as trainer.pt, and state.json (the
+    step, ``trainer``'s data position, and ``extra``).
 
     A full disk or an unwritable folder raises :class:`ragcun.files.OutputError` (one line: the checkpoint, the
     cause, the newest checkpoint that is still intact); nothing of the failed checkpoint is left behind."""
@@ -174,11 +175,8 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, sche
     with atomic_folder(final, prefix=f".tmp-{final.name}-",
                        on_error=lambda exc: _checkpoint_error(exc, final, output_dir)) as tmp:
         model.save_pretrained(tmp / MODEL_FOLDER)
-        trainer = {"step": int(step), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "scaler": scaler.state_dict() if scaler is not None else None,
-                   "rng": rng_states, "data": dict(data_position), "loss": loss_state or None}
         torch_save(trainer, tmp / TRAINER_FILE)
-        state = {"step": int(step), "data": dict(data_position), **(extra or {})}
+        state = {"step": int(step), "data": dict(trainer["data"]), **(extra or {})}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old.folder, ignore_errors=True)

@@ -1,8 +1,8 @@
 """The run folder: its lock (one writer: :func:`hold_run_folder`), the checks before anything is written (a new
 run never overwrites an old one, a resumed run must be the same run, damaged checkpoints are passed over, no
-symbolic link the run would write through), restoring a checkpoint, writing the run's record, and saving
-checkpoints (rank 0 writes; every rank contributes its RNG state, and every rank learns if rank 0's write
-failed)."""
+symbolic link the run would write through), writing the run's record, and :func:`on_main` (rank 0 writes, every
+rank learns if its write failed). Saving a checkpoint and resuming from one are the training state's
+(:mod:`ragcun.training.state`)."""
 
 from __future__ import annotations
 
@@ -120,18 +120,6 @@ def elastic_resume(out_dir: Path, config: TrainConfig, latest: ckpt.Checkpoint |
             "checkpoint, as --resume would")
 
 
-def gather_rng_states(ctx: D.DistributedContext) -> list:
-    state = ckpt.rng_state(ctx.device)
-    if not ctx.enabled:
-        return [state]
-    import torch.distributed as dist
-
-    states = [None] * ctx.world_size
-    with D.waiting("all_gather_object (the RNG states for a checkpoint)"):
-        dist.all_gather_object(states, {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()})
-    return states
-
-
 @dataclass
 class RunFolder:
     """What the checks found in ``--output-dir``: whether this invocation resumes, from which checkpoint, the
@@ -224,85 +212,6 @@ def check_world_size(latest: ckpt.Checkpoint, config: TrainConfig, ctx: D.Distri
                      "torchrun's), or start a new --output-dir")
 
 
-def load_checkpoint_weights(model, folder: RunFolder) -> None:
-    """The resumed checkpoint's weights into ``model`` (its checksum was verified by check_run_folder); a shape that
-    differs (a train_config.json edited after the run started) is named, not a traceback."""
-    from safetensors.torch import load_file
-
-    from ragcun.model import WEIGHTS_FILE
-
-    path = folder.latest.folder / ckpt.MODEL_FOLDER / WEIGHTS_FILE
-    state = load_file(str(path))
-    own = model.state_dict()
-    for key, tensor in state.items():
-        if key in own and own[key].shape != tensor.shape:
-            raise ValueError(f"--resume: {path} holds {key} of shape {tuple(tensor.shape)}, but the settings in "
-                             f"{folder.path / 'train_config.json'} build {tuple(own[key].shape)}: the run's settings "
-                             "were edited after it started; restore them, or start a new --output-dir")
-    model.load_state_dict(state, strict=False)
-
-
-def restore_trainer_state(folder: RunFolder, config: TrainConfig, ctx: D.DistributedContext, *, optimizer,
-                          scheduler, scaler, loss_module, stream, total_steps: int) -> int:
-    """Optimizer, loss, scheduler, scaler, data position and RNG states of the checkpoint; returns its step.
-    Changed optimizer-side settings (a lower --lr after a divergence) are applied on top."""
-    from ragcun.data.training import DataPosition
-    from ragcun.training.config import OPTIMIZER_CHANGES
-    from ragcun.training.optim import apply_optimizer_settings, lr_lambda, seed_everything
-
-    fresh_groups = [(group["initial_lr"], group["weight_decay"]) for group in optimizer.param_groups]
-    state = ckpt.load_trainer_state(folder.latest)
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("loss") and isinstance(loss_module, torch.nn.Module):
-        loss_module.load_state_dict(state["loss"])
-    scheduler.load_state_dict(state["scheduler"])
-    if any(getattr(folder.saved, k) != getattr(config, k) for k in OPTIMIZER_CHANGES):
-        apply_optimizer_settings(optimizer, scheduler, fresh_groups, lr_lambda(config, total_steps))
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    step = int(state["step"])
-    planned = _planned_steps(folder.latest.folder / ckpt.STATE_FILE)
-    if planned and planned != total_steps:
-        replan_schedule(config, ctx, optimizer, scheduler, planned_steps=int(planned), total_steps=total_steps,
-                        resumed_at=step)
-    stream.state = DataPosition(**state["data"])
-    rngs = state["rng"]
-    if len(rngs) == ctx.world_size:
-        ckpt.set_rng_state(rngs[ctx.rank], ctx.device)
-    else:  # another world size: the data order is the same, dropout masks cannot be
-        seed_everything(config.seed + 1_000_003 * step + ctx.rank)
-    return step
-
-
-def _planned_steps(state_file: Path) -> int | None:
-    """The run length the checkpoint was trained toward (its state file's ``total_steps``), if recorded."""
-    try:
-        value = json.loads(state_file.read_text()).get("total_steps")
-    except (OSError, ValueError):
-        return None
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def replan_schedule(config: TrainConfig, ctx: D.DistributedContext, optimizer, scheduler, *, planned_steps: int,
-                    total_steps: int, resumed_at: int) -> None:
-    """A run resumed with another --steps: the schedule continues from the current rate (see
-    :func:`ragcun.training.optim.replanned_lr_lambda`), and rank 0 says so (config_history.json records the
-    change of ``steps``)."""
-    from ragcun.training.optim import replanned_lr_lambda
-
-    factor = replanned_lr_lambda(config, total_steps, planned_steps=planned_steps, resumed_at=resumed_at)
-    scheduler.lr_lambdas = [factor] * len(optimizer.param_groups)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = base * factor(resumed_at)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-    if ctx.is_main:
-        from ragcun.console import stderr
-
-        stderr.print(f"--steps changed from {planned_steps} to {total_steps} at step {resumed_at}: the learning rate "
-                     f"continues from {scheduler._last_lr[0]:.3g} and follows the {config.schedule} schedule to the "
-                     f"new last step (docs/training.md, 'Resuming')", highlight=False, soft_wrap=True)
-
-
 def write_run_record(folder: RunFolder, config: TrainConfig, ctx: D.DistributedContext, step: int) -> None:
     """Rank 0 creates the folder and writes train_config.json and the history entry (only now: bad data or
     settings have failed before, without leaving an empty run folder)."""
@@ -325,31 +234,3 @@ def write_run_record(folder: RunFolder, config: TrainConfig, ctx: D.DistributedC
             raise (output_error(exc, folder.path, what=f"--output-dir {folder.path}") or exc) from None
 
     on_main(ctx, write, "writing the run's train_config.json")  # every rank waits for it (and fails with it)
-
-
-class CheckpointSaver:
-    """``save(step, loss)``: every rank hands over its RNG state, rank 0 writes the checkpoint atomically
-    (ragcun.training.checkpoint), and all ranks wait for it."""
-
-    def __init__(self, folder: Path, config: TrainConfig, ctx: D.DistributedContext, *, model, optimizer, scheduler,
-                 scaler, loss_module, stream, total_steps: int) -> None:
-        self.folder, self.config, self.ctx, self.total_steps = folder, config, ctx, total_steps
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
-        self.loss_module, self.stream = loss_module, stream
-
-    def save(self, step: int, last_loss: float | None) -> Path | None:
-        rngs = gather_rng_states(self.ctx)
-
-        def write() -> Path:
-            loss_state = self.loss_module.state_dict() if isinstance(self.loss_module, torch.nn.Module) else None
-            return ckpt.save_checkpoint(self.folder, step, model=self.model, optimizer=self.optimizer,
-                                        scheduler=self.scheduler, scaler=self.scaler, rng_states=rngs,
-                                        loss_state=loss_state, data_position=self.stream.state.as_dict(),
-                                        keep=self.config.keep_checkpoints,
-                                        extra={"loss": last_loss, "total_steps": self.total_steps,
-                                               "world_size": self.ctx.world_size,
-                                               "global_batch": self.config.batch_size * self.ctx.world_size
-                                               * self.config.grad_accum})
-
-        # every rank waits for rank 0's write, and stops with its error (a full disk) instead of waiting forever
-        return on_main(self.ctx, write, f"saving the checkpoint of step {step}")
