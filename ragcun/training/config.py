@@ -345,7 +345,7 @@ def build_config(*, config_file: str | Path | None = None, settings: Iterable[st
     actually run, when they are derived from this one (``ragcun sweep``'s three runs): each is validated and
     the settings are checked against the components of them all.
     """
-    from ragcun.spec import load_toml, settings_from_mapping, settings_from_options
+    from ragcun.spec import settings_from_options
 
     flags = dict(flags or {})
     if "settings" in flags:
@@ -353,43 +353,9 @@ def build_config(*, config_file: str | Path | None = None, settings: Iterable[st
     base: dict[str, Any] = TrainConfig().to_dict()
     origins: dict[tuple[str, str, str], str] = {}  # (kind, name, param) -> where the setting came from
     if resume:
-        output_dir = flags.get("output_dir")
-        if not output_dir:
-            raise ValueError("--resume needs --output-dir (the run to continue)")
-        if not (Path(output_dir) / CONFIG_FILE).is_file():
-            raise ValueError(f"--resume: {output_dir} has no {CONFIG_FILE}; it is not a ragcun training run")
-        base = TrainConfig.load(output_dir).to_dict()
-        for kind, names in (base.get("settings") or {}).items():
-            for name, values in names.items():
-                for param in values:
-                    origins[(kind, name, param)] = f"{Path(output_dir) / CONFIG_FILE} (settings.{kind}.{name})"
+        base = _resumed_values(flags.get("output_dir"), origins)
     if config_file:
-        if str(config_file).endswith(".json"):
-            try:
-                data = json.loads(Path(config_file).read_text())
-            except FileNotFoundError:
-                raise ValueError(f"--config {config_file} does not exist") from None
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"--config {config_file}: not valid JSON ({exc})") from None
-            if not isinstance(data, dict):
-                raise ValueError(f"--config {config_file}: expected a JSON object of training settings, got "
-                                 f"{type(data).__name__}")
-            _check_field_types(data, f"--config {config_file}")
-            base.update(TrainConfig.from_dict(data, str(config_file)).to_dict())
-        else:
-            data = load_toml(config_file)
-            table = {k.replace("-", "_"): v for k, v in dict(data.get("train", {})).items()}
-            unknown = set(table) - set(base) - {"settings"}
-            if unknown:
-                TrainConfig.from_dict(table, f"{config_file} [train]")  # raises with a did-you-mean
-            _check_field_types(table, f"{config_file} [train]")
-            base.update(table)
-            components = settings_from_mapping(data, str(config_file), other_tables=("train",), origins=origins)
-            merged = base.get("settings") or {}
-            for kind, names in components.items():
-                for name, values in names.items():
-                    merged.setdefault(kind, {}).setdefault(name, {}).update(values)
-            base["settings"] = merged
+        _read_config_file(config_file, base, origins)
     base.update(flags)
     if base.get("max_grad_norm") == 0:
         base["max_grad_norm"] = None
@@ -401,8 +367,60 @@ def build_config(*, config_file: str | Path | None = None, settings: Iterable[st
     runs = [config] if expand is None else list(expand(config))
     for run in runs:
         run.validate()
-    # every setting names a registered component, a constructor argument of the right type, and a component
-    # this run builds; checked here so a typo fails before anything runs (and once, not on every rank)
+    _check_component_settings(config, runs, origins)
+    return config
+
+
+def _resumed_values(output_dir: str | None, origins: dict) -> dict[str, Any]:
+    """The saved train_config.json of the run ``--resume`` continues, as a dict; its settings' origins recorded."""
+    if not output_dir:
+        raise ValueError("--resume needs --output-dir (the run to continue)")
+    if not (Path(output_dir) / CONFIG_FILE).is_file():
+        raise ValueError(f"--resume: {output_dir} has no {CONFIG_FILE}; it is not a ragcun training run")
+    base = TrainConfig.load(output_dir).to_dict()
+    for kind, names in (base.get("settings") or {}).items():
+        for name, values in names.items():
+            for param in values:
+                origins[(kind, name, param)] = f"{Path(output_dir) / CONFIG_FILE} (settings.{kind}.{name})"
+    return base
+
+
+def _read_config_file(config_file: str | Path, base: dict[str, Any], origins: dict) -> None:
+    """``--config``'s values into ``base``: a train_config.json, or a TOML file's [train] table and component
+    tables (their origins recorded)."""
+    from ragcun.spec import load_toml, settings_from_mapping
+
+    if str(config_file).endswith(".json"):
+        try:
+            data = json.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"--config {config_file} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--config {config_file}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {config_file}: expected a JSON object of training settings, got "
+                             f"{type(data).__name__}")
+        _check_field_types(data, f"--config {config_file}")
+        base.update(TrainConfig.from_dict(data, str(config_file)).to_dict())
+        return
+    data = load_toml(config_file)
+    table = {k.replace("-", "_"): v for k, v in dict(data.get("train", {})).items()}
+    unknown = set(table) - set(base) - {"settings"}
+    if unknown:
+        TrainConfig.from_dict(table, f"{config_file} [train]")  # raises with a did-you-mean
+    _check_field_types(table, f"{config_file} [train]")
+    base.update(table)
+    components = settings_from_mapping(data, str(config_file), other_tables=("train",), origins=origins)
+    merged = base.get("settings") or {}
+    for kind, names in components.items():
+        for name, values in names.items():
+            merged.setdefault(kind, {}).setdefault(name, {}).update(values)
+    base["settings"] = merged
+
+
+def _check_component_settings(config: TrainConfig, runs: list[TrainConfig], origins: dict) -> None:
+    """Every setting names a registered component, a constructor argument of the right type, and a component
+    one of ``runs`` builds; checked here so a typo fails before anything runs (and once, not on every rank)."""
     from ragcun.components import check_settings, components_in_use
 
     in_use: dict[str, list[str]] = {}
@@ -412,7 +430,6 @@ def build_config(*, config_file: str | Path | None = None, settings: Iterable[st
             used = in_use.setdefault(kind, [])
             used += [n for n in names if n not in used]
     check_settings(config.settings, in_use, origins=origins)
-    return config
 
 
 def _check_field_types(table: dict[str, Any], source: str) -> None:
