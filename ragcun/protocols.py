@@ -154,8 +154,8 @@ class Distance(Protocol):
     such as cosine or dot), ``similarity(q, d) -> (Q, N)`` (larger is closer; ``q`` and ``d`` are
     embeddings ``(Q, D)`` and ``(N, D)``), the inner-product reduction retrieval
     searches with: ``query_vectors(q) -> (Q, M)`` and ``document_vectors(d) -> (N, M)`` whose inner products rank
-    each query's documents exactly as ``similarity`` does, and ``similarity_from_inner(inner, q) -> (Q, N)`` that
-    turns them back into ``similarity`` (identity for a plain inner product), and ``get_config() -> dict``.
+    each query's documents exactly as ``similarity`` does (retrieval re-scores its candidates with
+    ``exact_similarity``, so the inner product need not equal the similarity), and ``get_config() -> dict``.
     Optional, used when present: ``needs`` (default ``{"mean"}``), ``exact_similarity(q, d) -> (Q, N)`` float64
     (what retrieval ranks and reports with; default ``similarity`` on float64 copies), ``homogeneity`` (``k`` with
     ``similarity(c q, c d) == c**k similarity(q, d)``: needed to calibrate a head for it), ``translation_invariant``
@@ -171,7 +171,5 @@ class Distance(Protocol):
     def query_vectors(self, q: Embedding) -> torch.Tensor: ...
 
     def document_vectors(self, d: Embedding) -> torch.Tensor: ...
-
-    def similarity_from_inner(self, inner: torch.Tensor, q: Embedding) -> torch.Tensor: ...
 
     def get_config(self) -> dict[str, Any]: ...

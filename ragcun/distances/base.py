@@ -8,7 +8,7 @@ exactly as ``similarity`` does for each query::
 
     query_vectors(q) @ document_vectors(d).T  ==  g_q(similarity(q, d))   for a per-query increasing g_q
 
-and ``similarity_from_inner`` undoes ``g_q``.
+(``g_q`` need not be known: retrieval re-scores the candidates with ``exact_similarity``, never inverts it).
 
 The inner product is computed in float32, so it only proposes candidates; retrieval (and ``ragcun encode``)
 ranks and reports with ``exact_similarity``: the same function computed in float64 from direct differences
@@ -57,10 +57,6 @@ class Distance:
 
     def document_vectors(self, d: Embedding) -> torch.Tensor:  # (N, K)
         raise NotImplementedError
-
-    def similarity_from_inner(self, inner: torch.Tensor, q: Embedding) -> torch.Tensor:
-        """Turn ``query_vectors(q) @ document_vectors(d).T`` back into ``similarity(q, d)``."""
-        return inner
 
     def get_config(self) -> dict:
         return {}
@@ -112,7 +108,3 @@ def euclidean_query_vectors(x: torch.Tensor) -> torch.Tensor:
 def euclidean_document_vectors(x: torch.Tensor) -> torch.Tensor:
     """``[2 d, -||d||^2]``: ``-||q - d||^2 = 2 q.d - ||d||^2 - ||q||^2`` and the last term is per query."""
     return torch.cat([2.0 * x, -squared_norms(x)[:, None]], dim=1)
-
-
-def negative_sqeuclidean_from_inner(inner: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
-    return (inner - squared_norms(query_x)[:, None]).clamp_max(0.0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from ragcun.distances.base import (Distance, direct_euclidean, euclidean_document_vectors,
-                                   euclidean_query_vectors, negative_sqeuclidean_from_inner, pairwise_sqeuclidean)
+                                   euclidean_query_vectors, pairwise_sqeuclidean)
 from ragcun.embedding import Embedding
 
 
@@ -32,9 +32,6 @@ class EuclideanDistance(Distance):
 
     def document_vectors(self, d: Embedding) -> torch.Tensor:
         return euclidean_document_vectors(d.mean)
-
-    def similarity_from_inner(self, inner: torch.Tensor, q: Embedding) -> torch.Tensor:
-        return -torch.sqrt(-negative_sqeuclidean_from_inner(inner, q.mean) + self.eps)
 
     def get_config(self) -> dict:
         return {"eps": self.eps}

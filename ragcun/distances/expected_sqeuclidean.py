@@ -37,7 +37,3 @@ class ExpectedSquaredEuclideanDistance(Distance):
 
     def document_vectors(self, d: Embedding) -> torch.Tensor:  # (N, D + 1)
         return torch.cat([2.0 * d.mean, -(squared_norms(d.mean) + self._total_var(d))[:, None]], dim=1)
-
-    def similarity_from_inner(self, inner: torch.Tensor, q: Embedding) -> torch.Tensor:
-        # the true value is at most -(sum sigma_q^2 + sum sigma_d^2) < 0; clamping guards round-off only
-        return (inner - squared_norms(q.mean)[:, None] - self._total_var(q)[:, None]).clamp_max(0.0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from ragcun.distances.base import (Distance, as_float64, direct_euclidean, euclidean_document_vectors,
-                                   euclidean_query_vectors, negative_sqeuclidean_from_inner, pairwise_sqeuclidean)
+                                   euclidean_query_vectors, pairwise_sqeuclidean)
 from ragcun.embedding import Embedding
 
 
@@ -40,9 +40,6 @@ class WassersteinDistance(Distance):
 
     def document_vectors(self, d: Embedding) -> torch.Tensor:  # (N, 2D + 1)
         return euclidean_document_vectors(_mu_sigma(d))
-
-    def similarity_from_inner(self, inner: torch.Tensor, q: Embedding) -> torch.Tensor:
-        return -torch.sqrt(-negative_sqeuclidean_from_inner(inner, _mu_sigma(q)) + self.eps)
 
     def get_config(self) -> dict:
         return {"eps": self.eps}
