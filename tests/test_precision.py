@@ -98,12 +98,12 @@ def test_the_whole_model_bfloat16_is_checked_against_the_device_too(bf16_gpu):
 
 
 def test_training_precision_uses_it():
-    from ragcun.training.optim import precision
+    from ragcun.training.optim import training_precision
 
-    p = precision("auto", torch.device("cpu"))
+    p = training_precision("auto", torch.device("cpu"))
     assert p.dtype is torch.float32 and p.autocast is None and p.scaler is None
     with pytest.raises(ValueError, match="float16 needs a CUDA device"):
-        precision("float16", torch.device("cpu"))
+        training_precision("float16", torch.device("cpu"))
 
 
 @pytest.fixture

@@ -22,15 +22,22 @@ class Precision:
     scaler: torch.amp.GradScaler | None  # float16 on CUDA only
 
 
-def precision(name: str, device: torch.device) -> Precision:
+def training_precision(name: str, device: torch.device) -> Precision:
     """The run's compute precision (``name`` resolved by :func:`ragcun.precision.resolve_dtype`): autocast for
-    bfloat16/float16, a gradient scaler for float16."""
+    bfloat16/float16, a gradient scaler for float16. It changes no global setting (see :func:`allow_tf32`)."""
     dtype = resolve_dtype(name, device)
+    return Precision(dtype, torch.autocast(device.type, dtype=dtype) if dtype is not torch.float32 else None,
+                     torch.amp.GradScaler("cuda") if dtype is torch.float16 else None)
+
+
+def allow_tf32(device: torch.device) -> None:
+    """Training's float32 matmuls and convolutions on an NVIDIA GPU run in TF32 (10-bit mantissa, several times
+    the float32 rate on Ampere and later), as nanoGPT and the HF Trainer's ``tf32`` option do. The switch is
+    process-wide, which is why it is a call of its own: exact search turns it off around its own matmuls
+    (:func:`ragcun.evaluation.search.ieee_float32_matmul`), so evaluation inside a training run stays exact."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Precision(dtype, torch.autocast(device.type, dtype=dtype) if dtype is not torch.float32 else None,
-                     torch.amp.GradScaler("cuda") if dtype is torch.float16 else None)
 
 
 def seed_everything(seed: int) -> None:

@@ -111,7 +111,7 @@ class TrainState:
     def _build(cls, config: TrainConfig, ctx: D.DistributedContext, folder: RunFolder, loss_fn, in_memory,
                weights: RunFolder | None = None) -> TrainState:
         """Model, loss, precision and data (the same seed on every rank: identical initial weights)."""
-        from ragcun.training.optim import precision, seed_everything
+        from ragcun.training.optim import allow_tf32, seed_everything, training_precision
 
         memory = {"start": memory_mark()}  # host memory after each phase: which one raised the peak
         seed_everything(config.seed)
@@ -124,7 +124,8 @@ class TrainState:
         check_batch_can_teach(config, loss_module, ctx.world_size)
         if isinstance(loss_module, torch.nn.Module):
             loss_module.to(ctx.device)
-        prec = precision(config.dtype, ctx.device)
+        allow_tf32(ctx.device)
+        prec = training_precision(config.dtype, ctx.device)
         memory["model"] = memory_mark()
         source, stream = training_data(config, model, ctx, in_memory)
         steps = count_total_steps(config, stream, source, ctx)
