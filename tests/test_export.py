@@ -348,7 +348,7 @@ def test_model_card(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def test_reports_and_settings_are_matched_to_the_model(tmp_path):
-    from ragcun.exporters.run_folder import refers_to, run_folder
+    from ragcun.exporters.run_reports import refers_to, run_folder
 
     checkpoint = tmp_path / "runs" / "a" / "checkpoints" / "step-40" / "model"
     checkpoint.mkdir(parents=True)

@@ -8,7 +8,7 @@ databases and RAG frameworks that read that format) loads offline, with a model 
   component implements to export (``sentence_transformers_modules()`` or ``affine()``);
 * :mod:`~ragcun.exporters.st_similarity`: the model's distance -> ``similarity_fn_name`` (or a refusal);
 * :mod:`~ragcun.exporters.st_export`: the folder (written atomically) and its config files;
-* :mod:`~ragcun.exporters.model_card`, :mod:`~ragcun.exporters.run_folder`,
+* :mod:`~ragcun.exporters.model_card`, :mod:`~ragcun.exporters.run_reports`,
   :mod:`ragcun.training.command_line` (injected): the README.md and what it reports from the run folder.
 
 Light to import: torch loads when :func:`export` runs.
@@ -58,7 +58,7 @@ def _hold_run(model_or_path: Any):
     an export never reads a run that a ``ragcun train`` is writing. A read-only run needs no lock."""
     from contextlib import nullcontext
 
-    from ragcun.exporters.run_folder import run_folder
+    from ragcun.exporters.run_reports import run_folder
     from ragcun.files import OutputError
     from ragcun.run_lock import acquire
 

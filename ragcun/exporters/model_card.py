@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragcun.exporters.run_folder import RunFiles, latest_metrics
+from ragcun.exporters.run_reports import RunFiles, latest_metrics
 
 # BEIR metric names -> the hub's model-index metric types
 _METRIC_TYPES = {"NDCG": "ndcg_at", "MAP": "map_at", "Recall": "recall_at", "P": "precision_at", "MRR": "mrr_at"}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ragcun.exporters.atomic_folder import EXPORT_MARKER
-from ragcun.exporters.run_folder import RunFiles
+from ragcun.exporters.run_reports import RunFiles
 
 EXPORT_INFO = EXPORT_MARKER  # "ragcun_export.json": also what lets --overwrite replace the folder
 TRAIN_CONFIG_COPY = "ragcun_train_config.json"
@@ -121,7 +121,7 @@ def export_sentence_transformers(model: Any, out: str | Path, *, mean_only: bool
     from ragcun.components import provenance
     from ragcun.exporters.atomic_folder import atomic_folder, check_target
     from ragcun.exporters.model_card import CardInputs, render_model_card
-    from ragcun.exporters.run_folder import find_run_files
+    from ragcun.exporters.run_reports import find_run_files
     from ragcun.exporters.st_components import component_name, encoder_modules, head_modules
     from ragcun.exporters.st_modules import describe, write_modules
     from ragcun.exporters.st_similarity import distance_name, similarity_for
