@@ -1,7 +1,8 @@
 """Compute precision by name: the one place a ``--dtype`` string becomes a torch dtype, checked against the device.
 
-Training (:mod:`ragcun.training.optim`) and evaluation (:mod:`ragcun.evaluation.beir_eval`, which adds its own
-``bfloat16-weights`` choice on top) both resolve their ``--dtype`` here, so the names and the errors agree:
+Training (:mod:`ragcun.training.optim`) and evaluation (:mod:`ragcun.evaluation.pipeline`, whose modes
+``bfloat16-weights`` and ``bfloat16-autocast`` tell the whole-model cast from autocast, in ``eval beir --dtype``
+and in ablation plans alike) both resolve their dtype here, so the names and the errors agree:
 
 * ``auto``: bfloat16 on a CUDA device that supports it, float32 everywhere else;
 * ``float16`` needs a CUDA device;

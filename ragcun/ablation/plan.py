@@ -70,7 +70,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ragcun.evaluation.beir_eval import DTYPES as EVAL_DTYPES
+from ragcun.evaluation.pipeline import precision_names
 from ragcun.evaluation.compare_runs import METRIC_FAMILIES
 from ragcun.training.config import TrainConfig, config_default
 
@@ -258,8 +258,9 @@ KEYS: dict[str, tuple[Key, ...]] = {
             check=SEEDS),
         Key("datasets", "list of dataset names", REQUIRED, "BEIR datasets (folders under `--data-dir`) evaluated on "
             "their test split; a name becomes a file name: letters, digits, `.`, `_`, `-`", check=_dataset_names),
-        Key("dtype", " | ".join(EVAL_DTYPES), "bfloat16", "evaluation precision (`bfloat16` here means autocast, as "
-            "when the first plans were scored)", check=_choice(*EVAL_DTYPES)),
+        Key("dtype", " | ".join(precision_names("plan")), "bfloat16", "evaluation precision, named as in `ragcun eval "
+            "beir --dtype`; `bfloat16`, the older spelling every committed plan uses, is read here as "
+            "`bfloat16-autocast` (as when the first plans were scored)", check=_choice(*precision_names("plan"))),
         Key("batch_size", "integer >= 1", 64, "evaluation encoding batch", check=POSITIVE_INTEGER),
         Key("k", "integer >= 1", 100, "documents retrieved per query; at least the cut-off of every metric the plan "
             "scores by (`[primary]` and `[dev]` metric; NDCG@10 without `[primary]`)", check=POSITIVE_INTEGER),

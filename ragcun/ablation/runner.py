@@ -724,10 +724,12 @@ class PlanRunner:
                        "fitted_on": "the corpus being searched (each dataset's own)"}
 
     def evaluate_transform(self, arm: Arm, model, out: Path) -> dict:
+        from ragcun.evaluation.pipeline import fit_head
+
         report = {}
         for name in self.plan.datasets:
-            if hasattr(model.head, "fit"):
-                model.head.fit(self.base_features(name).documents.mean)
+            if hasattr(model.head, "fit"):  # on every cached vector of the corpus it searches
+                fit_head(model, self.dataset(name), encoded=self.base_features(name))
             report.update(self.evaluate(model, [name], reuse_base=True, out=out, tag=arm.name))
         return report
 

@@ -4,79 +4,59 @@ The ablation encodes each dataset once per model and reuses the embeddings for e
 isotropy columns describe exactly the vectors that were searched. Arms whose encoder is the base encoder
 (training-free transforms, a frozen encoder) reuse the base encoder's cached outputs and only apply their
 head: the head is a small affine map, so that costs nothing next to encoding the corpus again.
+
+The encoding, search and scoring are :mod:`ragcun.evaluation.pipeline`'s, with the options every committed
+ablation result was made with (:data:`ABLATION_OPTIONS`): queries and documents in id order, the whole corpus
+encoded before the search (its vectors are cached and measured), one process, per-query metrics, and the plan's
+``dtype`` read as a plan reads it (``bfloat16`` = ``bfloat16-autocast``, :data:`ragcun.evaluation.pipeline.
+OLD_SPELLINGS`) and applied to the model as it is (autocast without the prepared copy ``eval beir`` uses).
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+from ragcun.evaluation.pipeline import ISOTROPY_KEYS as ISOTROPY_KEYS  # re-exported, as the rest
+from ragcun.evaluation.pipeline import EncodedDataset as EncodedDataset
+from ragcun.evaluation.pipeline import apply_head as apply_head
+from ragcun.evaluation.pipeline import isotropy_columns as isotropy_columns
 
-import torch
-
-from ragcun.embedding import Embedding
-
-# partition isotropy is not scale invariant: on raw vectors with norms ~sqrt(D) it is ~0 for any cloud, so the
-# L2-normalized value is kept too (the report shows both)
-ISOTROPY_KEYS = ("isoscore", "partition_isotropy_raw", "partition_isotropy_l2", "sigreg_raw", "sigreg_gaussian_floor",
-                 "effective_rank_ratio", "average_cosine", "norm_mean")
+# the pipeline's options for the ablation (ragcun.evaluation.pipeline's docstring says why each)
+ABLATION_OPTIONS = {"order": "id", "corpus_chunk_size": None, "shard": False, "per_query": True}
 
 
-@dataclass
-class EncodedDataset:
-    query_ids: list[str]
-    doc_ids: list[str]
-    queries: Embedding  # (Q, D)
-    documents: Embedding  # (N, D)
+def plan_precision(dtype: str) -> str:
+    """The precision mode a plan's ``dtype`` names (:func:`ragcun.evaluation.pipeline.precision`, as a plan reads
+    it)."""
+    from ragcun.evaluation.pipeline import precision
+
+    return precision(dtype, "plan", flag="dtype")
+
+
+def encoding_model(model, dtype: str):
+    """``(model to encode with, autocast dtype)`` for a plan's ``dtype``: autocast on ``model`` itself (no prepared
+    copy, as every committed ablation run was encoded), or a bfloat16 copy for ``bfloat16-weights``."""
+    from ragcun.evaluation.pipeline import autocast_dtype, inference_model
+
+    mode = plan_precision(dtype)
+    return inference_model(model, mode, prepared=False), autocast_dtype(mode, flag="dtype")
 
 
 def encode_dataset(model, dataset, *, batch_size: int, dtype: str, query_prefix: str = "",
                    document_prefix: str = "", progress=None) -> EncodedDataset:
-    """Embed a dataset's queries and corpus (float32 on the CPU) with ``model`` (bfloat16 autocast if asked)."""
-    from ragcun.evaluation.beir_eval import resolve_autocast
-    from ragcun.encoding import encode
-    from ragcun.model import corpus_texts
+    """Embed a dataset's queries and corpus (float32 on the CPU, id order) with ``model`` in the plan's ``dtype``."""
+    from ragcun.evaluation import pipeline
 
-    # a plan's "bfloat16" has meant autocast since the first plan; it keeps that meaning, so that runs of one
-    # plan stay comparable whichever version of ragcun encoded them
-    autocast = resolve_autocast("bfloat16-autocast" if dtype == "bfloat16" else dtype)
-    query_ids = sorted(dataset.queries)
-    doc_ids = sorted(dataset.corpus)
-    start = progress or (lambda description, total: None)
-    queries = encode(model, [query_prefix + dataset.queries[q] for q in query_ids], batch_size,
-                     autocast_dtype=autocast, progress=start(f"{dataset.name} queries", len(query_ids)))
-    documents = encode(model, [document_prefix + t for t in corpus_texts([dataset.corpus[d] for d in doc_ids])],
-                       batch_size, autocast_dtype=autocast, progress=start(f"{dataset.name} corpus", len(doc_ids)))
-    return EncodedDataset(query_ids, doc_ids, queries, documents)
-
-
-def apply_head(head, encoded: EncodedDataset) -> EncodedDataset:
-    """The embeddings a head gives on top of cached encoder outputs (``encoded`` from an identity head)."""
-    with torch.inference_mode():
-        queries = head(encoded.queries.mean.to(torch.float32))
-        documents = head(encoded.documents.mean.to(torch.float32))
-    return EncodedDataset(encoded.query_ids, encoded.doc_ids, queries, documents)
-
-
-def isotropy_columns(documents: torch.Tensor, sample: int, seed: int = 0) -> dict:
-    """The isotropy metrics of a fixed random sample of ``sample`` corpus embeddings (n stated)."""
-    from ragcun.diagnostics.report import population_metrics
-
-    rows = list(range(documents.shape[0]))
-    random.Random(seed).shuffle(rows)
-    picked = documents[sorted(rows[:sample])]
-    metrics = {m.key: m.value for m in population_metrics(picked, seed=seed, reference_draws=0)}
-    return {"n": int(picked.shape[0]), "normalized": False, **{k: float(metrics[k]) for k in ISOTROPY_KEYS}}
+    encoder, autocast = encoding_model(model, dtype)
+    return pipeline.encode_dataset(encoder, dataset, batch_size=batch_size, autocast_dtype=autocast,
+                                   query_prefix=query_prefix, document_prefix=document_prefix,
+                                   order=ABLATION_OPTIONS["order"], progress_start=progress)
 
 
 def score(distance, encoded: EncodedDataset, dataset, *, k: int, k_values, isotropy_sample: int) -> dict:
     """Exact top-``k`` under ``distance``, beir's metrics, pytrec_eval per-query metrics and isotropy."""
-    from ragcun.evaluation.beir_eval import beir_metrics, per_query_scores
-    from ragcun.evaluation.search import search
+    from ragcun.evaluation.pipeline import evaluate_dataset
 
-    results = search(distance, encoded.queries, encoded.documents, k, query_ids=encoded.query_ids,
-                     doc_ids=encoded.doc_ids)
-    return {"metrics": beir_metrics(dataset.qrels, results, k_values),
-            "per_query": per_query_scores(dataset.qrels, results, k_values),
-            "results": results,
-            "isotropy": isotropy_columns(encoded.documents.mean, isotropy_sample),
+    out = evaluate_dataset(None, dataset, encoded=encoded, distance=distance, k=k, k_values=k_values,
+                           isotropy_sample=isotropy_sample, **ABLATION_OPTIONS)
+    return {"metrics": out["metrics"], "per_query": out["per_query"], "results": out["results"],
+            "isotropy": out["isotropy"],
             "counts": {"queries": len(encoded.query_ids), "documents": len(encoded.doc_ids)}}

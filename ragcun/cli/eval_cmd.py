@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ragcun.cli.options import DATA_DIR, echo_json, format_option, model_settings, set_option
+from ragcun.evaluation.pipeline import precision_names  # names only: no torch at import
 
 
 class EvaluatorGroup(click.Group):
@@ -122,10 +123,10 @@ def eval_group() -> None:
 @click.option("--k", "k", type=click.IntRange(1, 10_000), default=1000, show_default=True,
               help="documents retrieved per query (metrics at 1,3,5,10,100,1000 up to k)")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "bfloat16-autocast", "float16", "bfloat16-weights"]),
-              default="float32", show_default=True,
-              help="encoder precision: bfloat16 = the whole encoder in bfloat16 (bfloat16-weights is its older name); "
-                   "bfloat16-autocast and float16 autocast the matrix products")
+@click.option("--dtype", type=click.Choice(precision_names("eval")), default="float32", show_default=True,
+              help="encoder precision: bfloat16-weights = the whole encoder in bfloat16; bfloat16-autocast and "
+                   "float16 autocast the matrix products (the same names as an ablation plan's dtype); bfloat16, "
+                   "the older spelling, is read here as bfloat16-weights")
 @click.option("--distance", default=None, help="override the model's distance (see `ragcun list distances`)")
 @click.option("--query-prefix", default=None, help="text put before every query [default: the model's]")
 @click.option("--document-prefix", default=None, help="text put before every document [default: the model's]")

@@ -8,11 +8,15 @@ all-MiniLM-L6-v2) and ``max_seq_length``, top-1000 exact search, identical query
 Under ``torchrun`` every rank calls :func:`evaluate_beir`; corpus and query encoding is split across ranks
 (:mod:`ragcun.encoding`), so is the search (each rank searches for its share of the queries,
 :class:`ragcun.evaluation.search.ShardedTopK`), and every rank returns the same result (rank 0 writes files).
+
+The encoding, search and scoring are :mod:`ragcun.evaluation.pipeline`'s (the one pipeline the ablation, the sweep
+and the periodic evaluation use too); this module resolves the model, datasets and ``--dtype`` and assembles the
+report. ``evaluate_dataset``, ``beir_metrics``, ``per_query_scores`` and ``k_values_for`` are the pipeline's,
+re-exported under their old names.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import time
@@ -20,21 +24,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_K_VALUES = (1, 3, 5, 10, 100, 1000)
-# float32: the reference. bfloat16: the whole encoder cast to bfloat16 (oneDNN/cuBLAS accumulate its products in
-# float32); on MiniLM it moves NDCG@10 by less than 0.001 and encodes 1.3-1.5x faster than autocast on a CPU
-# (benchmarks/RESULTS.md, "Encoding against the matmul limit"). bfloat16-weights is its older name.
-# bfloat16-autocast / float16: autocast (products in 16 bits, normalisations and sums in float32).
-DTYPES = ("float32", "bfloat16", "bfloat16-autocast", "float16", "bfloat16-weights")
-WHOLE_MODEL_BFLOAT16 = ("bfloat16", "bfloat16-weights")
-CORPUS_CHUNK_SIZE = 50_000  # documents encoded before their vectors are merged into the running top-k
+from ragcun.evaluation.pipeline import CORPUS_CHUNK_SIZE as CORPUS_CHUNK_SIZE  # re-exported, as the rest
+from ragcun.evaluation.pipeline import DEFAULT_K_VALUES as DEFAULT_K_VALUES
+from ragcun.evaluation.pipeline import beir_metrics as beir_metrics
+from ragcun.evaluation.pipeline import evaluate_dataset as evaluate_dataset
+from ragcun.evaluation.pipeline import k_values_for as k_values_for
+from ragcun.evaluation.pipeline import per_query_scores as per_query_scores
+from ragcun.evaluation.pipeline import precision_names
 
-
-def k_values_for(k: int) -> list[int]:
-    """The usual cut-offs up to ``k`` (and ``k`` itself)."""
-    if k < 1:
-        raise ValueError(f"--k must be positive, got {k}")
-    return sorted({v for v in DEFAULT_K_VALUES if v <= k} | {k})
+# --dtype: one name per precision mode (ragcun.evaluation.pipeline.PRECISIONS, the same in plans), then the older
+# spelling: bfloat16, read here as bfloat16-weights (the whole encoder in bfloat16, eval's fast path: on MiniLM it
+# moves NDCG@10 by less than 0.001 and encodes 1.3-1.5x faster than autocast on a CPU; benchmarks/RESULTS.md,
+# "Encoding against the matmul limit"). bfloat16-autocast / float16: autocast (products in 16 bits,
+# normalisations and sums in float32).
+DTYPES = precision_names("eval")
 
 
 def parse_datasets(datasets: str | Sequence[str]) -> list[str]:
@@ -83,20 +86,16 @@ def select_datasets(names: Sequence[str], data_dir: Path, split: str, *, downloa
 def resolve_autocast(dtype: str, device=None):
     """The autocast dtype of evaluation's ``--dtype`` (one of :data:`DTYPES`): None for float32 and for the
     whole-model bfloat16 (no autocast; it is checked against ``device`` all the same), bfloat16 for
-    bfloat16-autocast, float16 for float16; resolved and checked by :func:`ragcun.precision.resolve_dtype`
-    (``device=None``: the name only)."""
-    import torch
+    bfloat16-autocast, float16 for float16 (:func:`ragcun.evaluation.pipeline.autocast_dtype`; ``device=None``:
+    the name only)."""
+    from ragcun.evaluation.pipeline import autocast_dtype, precision
 
-    from ragcun.precision import check_dtype_name, resolve_dtype
-
-    check_dtype_name(dtype, DTYPES)
-    resolved = resolve_dtype("bfloat16" if dtype.startswith("bfloat16") else dtype, device)
-    return None if resolved is torch.float32 or dtype in WHOLE_MODEL_BFLOAT16 else resolved
+    return autocast_dtype(precision(dtype, "eval"), device)
 
 
 def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
-    """:func:`ragcun.precision.precision_warning` for an evaluation ``--dtype`` name (``bfloat16`` and
-    ``bfloat16-weights`` both compute in bfloat16)."""
+    """:func:`ragcun.precision.precision_warning` for an evaluation ``--dtype`` name (every bfloat16 mode
+    computes in bfloat16)."""
     import torch
 
     from ragcun.precision import precision_warning
@@ -105,30 +104,10 @@ def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
 
 
 def _inference_copy(model, dtype: str):
-    """The model to encode with. ``bfloat16`` (``bfloat16-weights``) casts every parameter. Under autocast
-    (``bfloat16-autocast``, ``float16``) a Linear casts its float32 weight to 16 bits on every call; a copy whose
-    Linear weights are already 16-bit computes exactly the same numbers without the casts (~10% faster on a
-    CPU). In bfloat16 on a CPU that computes it natively, each feed-forward GELU is fused into its matrix
-    product (:mod:`ragcun.encoders.cpu_fusion`)."""
-    import copy
+    """The model ``--dtype`` encodes with: :func:`ragcun.evaluation.pipeline.inference_model`, prepared."""
+    from ragcun.evaluation.pipeline import inference_model, precision
 
-    import torch
-
-    from ragcun.encoders.cpu_fusion import fuse_linear_gelu
-
-    if dtype == "float32":
-        return model
-    half = torch.float16 if dtype == "float16" else torch.bfloat16
-    fast = copy.deepcopy(model)
-    if dtype in WHOLE_MODEL_BFLOAT16:
-        fast.to(half)
-    else:
-        for module in fast.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.to(half)
-    if half is torch.bfloat16 and fast.device.type == "cpu":
-        fuse_linear_gelu(fast)
-    return fast
+    return inference_model(model, precision(dtype, "eval"))
 
 
 def _resolve(model_or_spec, distance: str | None, settings):
@@ -141,105 +120,6 @@ def _resolve(model_or_spec, distance: str | None, settings):
         path = getattr(model.encoder, "path", None)
         return model, f"{type(model.encoder).__name__}({path})" if path else type(model.encoder).__name__
     return model, str(model_or_spec)
-
-
-def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] | None = None,
-                     batch_size: int = 128, autocast_dtype=None, query_prefix: str = "",
-                     document_prefix: str = "", ignore_identical_ids: bool = True, search_kind: str = "exact",
-                     corpus_chunk_size: int = CORPUS_CHUNK_SIZE, per_query: bool = False,
-                     progress_start=None) -> dict[str, Any]:
-    """Retrieve and score one loaded :class:`~ragcun.data.beir.BeirDataset`; returns metrics, timings and
-    (optionally) per-query scores."""
-    from ragcun.encoding import encode
-    from ragcun.evaluation.search import (
-        identical_id_positions,
-        make_searcher,
-        to_results,
-    )
-    from ragcun.model import corpus_texts
-
-    k_values = list(k_values or k_values_for(k))
-    start = progress_start or (lambda description, total: (lambda n: None))
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    query_ids = list(dataset.queries)
-    query_emb = encode(model, [query_prefix + dataset.queries[q] for q in query_ids], batch_size,
-                       autocast_dtype=autocast_dtype, progress=start(f"{dataset.name} queries", len(query_ids)))
-    timings["encode_queries_s"] = time.perf_counter() - t0
-
-    # BEIR's order: the corpus sorted by length, longest first, encoded in chunks merged into a running top-k.
-    corpus = dataset.corpus
-    doc_ids = sorted(corpus, key=lambda d: len(corpus[d]["title"] + corpus[d]["text"]), reverse=True)
-    exclude = identical_id_positions(query_ids, doc_ids) if ignore_identical_ids else None
-    searcher = make_searcher(search_kind, model.distance, query_emb, k, exclude, shard=True)
-    advance = start(f"{dataset.name} corpus", len(doc_ids))
-    t0 = time.perf_counter()
-    encode_s = 0.0
-    for s in range(0, len(doc_ids), corpus_chunk_size):
-        chunk = [corpus[d] for d in doc_ids[s:s + corpus_chunk_size]]
-        t1 = time.perf_counter()
-        emb = encode(model, [document_prefix + t for t in corpus_texts(chunk)], batch_size,
-                     autocast_dtype=autocast_dtype, progress=advance)
-        encode_s += time.perf_counter() - t1
-        searcher.add(emb)
-        del emb
-    values, indices = searcher.result()
-    results = to_results(values, indices, query_ids, doc_ids)
-    timings["encode_corpus_s"] = encode_s
-    timings["search_s"] = time.perf_counter() - t0 - encode_s
-
-    t0 = time.perf_counter()
-    metrics = beir_metrics(dataset.qrels, results, k_values, ignore_identical_ids=ignore_identical_ids)
-    timings["metrics_s"] = time.perf_counter() - t0
-    timings["docs_per_s"] = len(doc_ids) / encode_s if encode_s > 0 else None
-    out: dict[str, Any] = {"metrics": metrics, "timings": timings,
-                           "counts": {"documents": len(doc_ids), "queries": len(query_ids),
-                                      "qrels": sum(len(v) for v in dataset.qrels.values())},
-                           "warnings": dataset.warnings(), "results": results}
-    if per_query:
-        out["per_query"] = per_query_scores(dataset.qrels, results, k_values)
-    return out
-
-
-def beir_metrics(qrels, results, k_values: Sequence[int], *, ignore_identical_ids: bool = True) -> dict[str, float]:
-    """beir's own metrics (``EvaluateRetrieval``: pytrec_eval's NDCG, MAP, Recall, P, and beir's MRR) of a run
-    ``{qid: {doc id: score}}`` against ``qrels``, named ``NDCG@10`` etc."""
-    from beir.retrieval.evaluation import EvaluateRetrieval
-
-    beir_logger = logging.getLogger("beir.retrieval.evaluation")
-    level = beir_logger.level
-    beir_logger.setLevel(logging.WARNING)  # beir logs every metric at INFO; ours go in the table
-    try:
-        ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(qrels, results, list(k_values),
-                                                                   ignore_identical_ids=ignore_identical_ids)
-        mrr = EvaluateRetrieval.evaluate_custom(qrels, results, list(k_values), "mrr")
-    finally:
-        beir_logger.setLevel(level)
-    return {**ndcg, **_map, **recall, **precision, **mrr}
-
-
-def per_query_scores(qrels, results, k_values: Sequence[int]) -> dict[str, dict[str, float]]:
-    """pytrec_eval's per-query NDCG/MAP/Recall/P at each cut-off plus MRR@k, named as in the summary."""
-    import pytrec_eval
-
-    ks = ",".join(str(k) for k in k_values)
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {f"map_cut.{ks}", f"ndcg_cut.{ks}", f"recall.{ks}", f"P.{ks}"})
-    scores = evaluator.evaluate(results)
-    names = {"ndcg_cut": "NDCG", "map_cut": "MAP", "recall": "Recall", "P": "P"}
-    out: dict[str, dict[str, float]] = {}
-    for qid in qrels:
-        row = {}
-        for key, label in names.items():
-            for k in k_values:
-                row[f"{label}@{k}"] = float(scores.get(qid, {}).get(f"{key}_{k}", 0.0))
-        relevant = {d for d, r in qrels[qid].items() if r > 0}
-        ranked = sorted(results.get(qid, {}).items(), key=lambda item: item[1], reverse=True)
-        for k in k_values:
-            rank = next((i for i, (d, _) in enumerate(ranked[:k]) if d in relevant), None)
-            row[f"MRR@{k}"] = 0.0 if rank is None else 1.0 / (rank + 1)
-        out[qid] = row
-    return out
 
 
 def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: str | os.PathLike | None = None,
@@ -256,8 +136,9 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
         {"model": ..., "datasets": {"scifact": {"NDCG@10": ..., ...}}, "skipped": {...},
          "settings": {...}, "timings": {...}, "counts": {...}, "warnings": [...], ["per_query": ...]}
 
-    Prefixes default to the model's own (a ragcun checkpoint stores them); ``dtype="bfloat16"`` encodes with
-    the whole encoder in bfloat16, ``"bfloat16-autocast"`` under autocast (:data:`DTYPES`). ``return_results``
+    Prefixes default to the model's own (a ragcun checkpoint stores them); ``dtype="bfloat16-weights"`` (or its
+    older spelling ``"bfloat16"``) encodes with the whole encoder in bfloat16, ``"bfloat16-autocast"`` under
+    autocast (:data:`DTYPES`; :mod:`ragcun.evaluation.pipeline`, which this composes). ``return_results``
     adds the raw top-k runs (``{"runs": {dataset: {qid: {doc id: score}}}}``) and the qrels they were scored with
     (``{"qrels": {dataset: {qid: {doc id: relevance}}}}``). ``truncate_dim`` evaluates the
     first ``D`` coordinates of every embedding (a Matryoshka prefix, scored with the model's own distance;
@@ -268,6 +149,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     from ragcun.components import component_name
     from ragcun.data.beir import default_data_dir, load_beir
     from ragcun.distributed import pick_device, world
+    from ragcun.evaluation import pipeline
     if batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     if corpus_chunk_size < 1:
@@ -275,7 +157,8 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     if search not in ("exact", "faiss"):
         raise ValueError(f"--search must be exact or faiss, got {search!r}")
     target = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-    autocast_dtype = resolve_autocast(dtype, target)
+    mode = pipeline.precision(dtype, "eval")
+    autocast_dtype = pipeline.autocast_dtype(mode, target)
     k_values = sorted(set(k_values)) if k_values else k_values_for(k)
     k = max(k_values)
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
@@ -297,7 +180,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     # a head fitted from data (center, whiten) that comes unfitted is fitted on each dataset's own corpus, as the
     # ablation's training-free arms are; one saved fitted keeps its statistics
     fit_per_dataset = needs_fit(model.head)
-    encoder_model = _inference_copy(model, dtype)
+    encoder_model = pipeline.inference_model(model, mode)
     if fit_per_dataset and encoder_model is model:  # fit a copy: the caller's model stays as it was given
         import copy
 
@@ -314,6 +197,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
         "skipped": skipped,
         "settings": {
             "split": split, "k": k, "k_values": k_values, "batch_size": batch_size, "dtype": dtype,
+            "precision": mode,
             "distance": component_name(model.distance),
             "query_prefix": q_prefix, "document_prefix": d_prefix, "ignore_identical_ids": ignore_identical_ids,
             "search": search, "corpus_chunk_size": corpus_chunk_size, "data_dir": str(data_dir),
@@ -350,17 +234,16 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
             load_s = time.perf_counter() - t0
             fit = {}
             if fit_per_dataset:
-                from ragcun.model import corpus_texts
-
                 t1 = time.perf_counter()
-                fitted = encoder_model.fit_head(corpus_texts(list(dataset.corpus.values())), batch_size,
-                                                document_prefix=d_prefix, autocast_dtype=autocast_dtype,
-                                                show_progress=False)
+                fitted = pipeline.fit_head(encoder_model, dataset, batch_size=batch_size, document_prefix=d_prefix,
+                                           autocast_dtype=autocast_dtype)
                 fit = {"timings": {"fit_head_s": time.perf_counter() - t1}, "counts": {"head_fitted_on": fitted}}
-            out = evaluate_dataset(encoder_model, dataset, k=k, k_values=k_values, batch_size=batch_size,
-                                   autocast_dtype=autocast_dtype, query_prefix=q_prefix, document_prefix=d_prefix,
-                                   ignore_identical_ids=ignore_identical_ids, search_kind=search,
-                                   corpus_chunk_size=corpus_chunk_size, per_query=per_query, progress_start=start)
+            # BEIR's document order, the corpus encoded in chunks each searched as it comes, sharded over the ranks
+            out = pipeline.evaluate_dataset(encoder_model, dataset, k=k, k_values=k_values, batch_size=batch_size,
+                                            autocast_dtype=autocast_dtype, query_prefix=q_prefix,
+                                            document_prefix=d_prefix, ignore_identical_ids=ignore_identical_ids,
+                                            search_kind=search, order="length", corpus_chunk_size=corpus_chunk_size,
+                                            shard=True, per_query=per_query, progress_start=start)
             report["datasets"][name] = out["metrics"]
             report["timings"][name] = {"load_s": load_s, **out["timings"], **fit.get("timings", {})}
             report["counts"][name] = {**out["counts"], **fit.get("counts", {})}

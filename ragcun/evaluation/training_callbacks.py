@@ -40,7 +40,7 @@ class PeriodicEvaluation(Callback):
     def on_step(self, state: TrainingState, step: int) -> dict | None:
         if step % self.every:
             return None
-        from ragcun.evaluation.beir_eval import evaluate_dataset
+        from ragcun.evaluation.pipeline import evaluate_dataset
 
         model, autocast = state.model, state.autocast
         out = evaluate_dataset(model, self.dataset, k=100, k_values=[10, 100],

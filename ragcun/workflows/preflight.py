@@ -153,7 +153,7 @@ def check_training(config: TrainConfig, steps: int, workdir: Path) -> tuple[Chec
 
 
 def check_eval(model_dir: Path, dataset, queries: int = 20, extra_docs: int = 300) -> Check:
-    from ragcun.evaluation.beir_eval import evaluate_dataset
+    from ragcun.evaluation.pipeline import evaluate_dataset
     from ragcun.model import load
 
     keep = sorted(dataset.queries)[:queries]

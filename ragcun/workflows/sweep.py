@@ -173,7 +173,10 @@ def evaluate_sweep(configs: dict[str, TrainConfig], eval_data: str, *, data_dir:
     """Evaluate each finished run on the BEIR split ``eval_data``; one row per run.
 
     Each evaluation encodes the whole corpus (minutes on a CPU), so it says what it is doing and shows the
-    encoding progress bars unless ``show_progress=False``."""
+    encoding progress bars unless ``show_progress=False``. The retrieval is ``eval beir``'s (:func:`evaluate_beir`,
+    :mod:`ragcun.evaluation.pipeline`: BEIR's document order, the corpus chunked, ``dtype`` an ``eval beir``
+    ``--dtype`` name); the isotropy columns are the first ``diagnostics_sample`` documents by id, encoded apart
+    (:func:`ragcun.evaluation.pipeline.first_documents_isotropy`)."""
     import torch
 
     from ragcun.data.training import resolve_eval_split
@@ -196,16 +199,9 @@ def evaluate_sweep(configs: dict[str, TrainConfig], eval_data: str, *, data_dir:
                "Recall@100": metrics.get("Recall@100"), "final_train": _last_terms(run_dir)}
         try:
             from ragcun.data.beir import load_corpus
-            from ragcun.diagnostics.report import embedding_diagnostics
-            from ragcun.model import corpus_texts
+            from ragcun.evaluation.pipeline import first_documents_isotropy
 
-            corpus = load_corpus(folder)
-            ids = sorted(corpus)[:diagnostics_sample]
-            emb = model.encode_embeddings(corpus_texts([corpus[i] for i in ids]), batch_size, show_progress=False)
-            diag = embedding_diagnostics(emb.mean, seed=0)
-            row["isotropy"] = {k: float(diag[k])
-                               for k in ("sigreg_raw", "sigreg_gaussian_floor", "effective_rank_ratio", "isoscore",
-                                         "average_cosine") if k in diag}
+            row["isotropy"] = first_documents_isotropy(model, load_corpus(folder), diagnostics_sample, batch_size)
         except ImportError:
             row["isotropy"] = {}
         rows.append(row)
