@@ -3,7 +3,7 @@
     python benchmarks/bench_eval_beir.py --dataset scifact              # the full SciFact test split
     python benchmarks/bench_eval_beir.py --dataset scifact --limit 500  # a quick run on 500 documents
     python benchmarks/bench_eval_beir.py --quick    # nq-utd cut to 200 documents, batch 32, no bf16w (CI)
-    (contenders: st, f32, bf16 = --dtype bfloat16-autocast, bf16w = --dtype bfloat16, the whole model)
+    (contenders: st, f32, bf16 = --dtype bfloat16-autocast, bf16w = --dtype bfloat16-weights, the whole model)
     python benchmarks/bench_eval_beir.py --model all-mpnet-base-v2 --dataset scifact \
         --results-dir benchmarks/mpnet-parity/scifact      # plugins/ragcun-mpnet; resumable, one file per contender
 
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         "f32": ("ragcun eval beir (float32)", lambda: run_ragcun(folder, args.batch_size, "float32", args.model)),
         "bf16": ("ragcun eval beir (bfloat16 autocast)",
                  lambda: run_ragcun(folder, args.batch_size, "bfloat16-autocast", args.model)),
-        "bf16w": ("ragcun eval beir (bfloat16, whole model)",
-                  lambda: run_ragcun(folder, args.batch_size, "bfloat16", args.model)),
+        "bf16w": ("ragcun eval beir (bfloat16-weights, whole model)",
+                  lambda: run_ragcun(folder, args.batch_size, "bfloat16-weights", args.model)),
     }
     results_dir = Path(args.results_dir) if args.results_dir else None
     rows = []

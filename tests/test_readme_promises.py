@@ -273,7 +273,7 @@ def test_ragcun_model_in_beirs_dense_exact_search(tiny_model, tiny_beir):
         assert report["datasets"]["tiny"][name] == pytest.approx(value, abs=1e-6), name
 
 
-# -- 8. ragcun eval beir --dtype bfloat16 (the whole encoder in bfloat16) -------------------------------
+# -- 8. ragcun eval beir --dtype bfloat16-weights (the whole encoder in bfloat16) -----------------------
 def test_eval_beir_bfloat16_is_close_to_float32(tiny_model_dir, tiny_beir, tmp_path):
     from ragcun.evaluation.run_files import read_trec_run
     from ragcun.model import EmbeddingModel
@@ -282,7 +282,7 @@ def test_eval_beir_bfloat16_is_close_to_float32(tiny_model_dir, tiny_beir, tmp_p
                                  {"head": {"gaussian": {"out_dim": 16}}})
     checkpoint = model.save_pretrained(tmp_path / "ckpt")
     reports, runs = {}, {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", "bfloat16-weights", "bfloat16"):  # bfloat16: the older spelling, the same mode here
         result = invoke("eval", "beir", "--model", checkpoint, "--datasets", "tiny", "--data-dir", tiny_beir.parent,
                         "--no-download", "--device", "cpu", "--dtype", dtype, "--batch-size", "8",
                         "--save-run", tmp_path / dtype, "--output", tmp_path / f"{dtype}.json")
@@ -290,12 +290,14 @@ def test_eval_beir_bfloat16_is_close_to_float32(tiny_model_dir, tiny_beir, tmp_p
         reports[dtype] = json.loads((tmp_path / f"{dtype}.json").read_text())
         runs[dtype] = read_trec_run(tmp_path / dtype / "tiny.trec")
     assert reports["bfloat16"]["settings"]["dtype"] == "bfloat16"
-    f32, b16 = reports["float32"]["datasets"]["tiny"], reports["bfloat16"]["datasets"]["tiny"]
+    assert reports["bfloat16"]["settings"]["precision"] == reports["bfloat16-weights"]["settings"]["precision"]
+    assert runs["bfloat16"] == runs["bfloat16-weights"]
+    f32, b16 = reports["float32"]["datasets"]["tiny"], reports["bfloat16-weights"]["datasets"]["tiny"]
     for name in ("NDCG@10", "Recall@10", "MAP@10"):
         assert b16[name] == pytest.approx(f32[name], abs=0.05), name
     # the scores were computed in bfloat16 (not the float32 numbers again), and are close to them
-    diffs = [abs(runs["bfloat16"][q][d] - s) for q, docs in runs["float32"].items()
-             for d, s in docs.items() if d in runs["bfloat16"][q]]
+    diffs = [abs(runs["bfloat16-weights"][q][d] - s) for q, docs in runs["float32"].items()
+             for d, s in docs.items() if d in runs["bfloat16-weights"][q]]
     scale = max(abs(s) for docs in runs["float32"].values() for s in docs.values())
     assert max(diffs) > 0
     assert max(diffs) < 0.05 * scale
