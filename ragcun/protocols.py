@@ -94,6 +94,10 @@ class CalibratingHead(Protocol):
     by, and from then on ``calibrates`` is ``False``; ragcun multiplies every contrastive temperature by
     ``c**k`` (``k``: the distance's ``homogeneity``), so the initial logits do not change.
 
+    Optional: ``restore_calibration(factor)``, called on a resumed run with the factor the checkpoint's
+    ``ragcun.json`` records under ``init_scale`` (its weights are already calibrated): the head records it, so it
+    reports itself calibrated and saves that factor again; without it a resumed head keeps its config as built.
+
     DDP rule: ``calibrate`` runs on every rank and must leave **identical** parameters on all of them and return
     the same factor everywhere (``ctx.enabled``: average them with ragcun.distributed's ``all_reduce_mean``, as
     the gaussian head does), even where the ranks' floating-point reductions differ; ragcun never writes a head's

@@ -159,6 +159,11 @@ def test_training_calibrates_once_records_it_and_resume_keeps_the_temperature(ti
     train(config, resume=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum("calibration" in r for r in records) == 1  # the resumed run did not calibrate again
+    # and its final model records the factor its head was calibrated with, as an uninterrupted run's does
+    saved = json.loads((tmp_path / "run" / "ragcun.json").read_text())["head"]["config"]["init_scale"]
+    assert saved == pytest.approx(calibration[0]["factor"], rel=1e-12)
+    train(tiny_config(tiny_model_dir, tmp_path / "whole", data, steps=4, save_every=2))
+    assert json.loads((tmp_path / "whole" / "ragcun.json").read_text())["head"]["config"]["init_scale"] == saved
 
 
 def test_the_warning_names_the_setting_when_calibration_cannot_help():

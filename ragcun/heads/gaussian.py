@@ -95,6 +95,12 @@ class GaussianHead(nn.Module):
             factor = self._agree_across_ranks(factor, ctx)
         return factor
 
+    def restore_calibration(self, factor: float) -> None:
+        """A resumed run: the checkpoint's weights were calibrated by ``factor`` before it was saved. Record it (as
+        :meth:`calibrate` did), so the head is not calibrated twice and the saved ``ragcun.json`` says
+        ``init_scale: factor``, not ``"auto"``; no weight changes."""
+        self.init_scale = float(factor)
+
     def _agree_across_ranks(self, factor: float, ctx) -> float:
         """Average the mean map and ``factor`` over the ranks; the averaged factor becomes ``init_scale``."""
         import ragcun.distributed as D

@@ -273,6 +273,24 @@ def load_checkpoint_weights(model, folder: RunFolder) -> None:
                              f"{folder.path / 'train_config.json'} build {tuple(own[key].shape)}: the run's settings "
                              "were edited after it started; restore them, or start a new --output-dir")
     model.load_state_dict(state, strict=False)
+    _restore_head_calibration(model.head, folder.latest.folder / ckpt.MODEL_FOLDER)
+
+
+def _restore_head_calibration(head, model_folder: Path) -> None:
+    """A head calibrated before the checkpoint (its ragcun.json records the factor as ``init_scale``) is told so
+    (the CalibratingHead protocol's optional ``restore_calibration``): a resumed run's final model then records
+    the same config as an uninterrupted run's, not ``init_scale: "auto"``."""
+    from ragcun.model import CONFIG_FILE
+
+    restore = getattr(head, "restore_calibration", None)
+    if restore is None or not getattr(head, "calibrates", False):
+        return
+    try:
+        factor = json.loads((model_folder / CONFIG_FILE).read_text())["head"]["config"]["init_scale"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # verified by check_run_folder; a head saved without the record keeps its config as built
+    if isinstance(factor, (int, float)) and not isinstance(factor, bool):
+        restore(float(factor))
 
 
 def _planned_steps(state_file: Path) -> int | None:
