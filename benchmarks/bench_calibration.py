@@ -41,7 +41,8 @@ def main() -> None:
     from ragcun.distributed import DistributedContext
     from ragcun.encoding import encode
     from ragcun.model import EmbeddingModel
-    from ragcun.training.calibration import PROBE_TEXTS, calibrate, probe_texts
+    from ragcun.training.calibration import calibrate
+    from ragcun.training.samples import CALIBRATION_TEXTS, first_texts
 
     corpus = load_corpus(find_dataset(args.dataset, args.data_dir, download=False))
     ids = sorted(corpus)
@@ -59,7 +60,8 @@ def main() -> None:
     loss = build_loss("contrastive+isotropy", distance=model.distance)
     with torch.no_grad():
         uncalibrated = model.head(features).mean.clone()
-    probes = probe_texts(open_source(args.train_data, data_dir=args.data_dir), args.probe_texts or PROBE_TEXTS)
+    probes = first_texts(open_source(args.train_data, data_dir=args.data_dir), args.probe_texts or CALIBRATION_TEXTS,
+                         queries=True)
     calibration = calibrate(model, loss, probes, DistributedContext())
     with torch.no_grad():
         calibrated = model.head(features).mean

@@ -166,6 +166,23 @@ def test_training_calibrates_once_records_it_and_resume_keeps_the_temperature(ti
     assert json.loads((tmp_path / "whole" / "ragcun.json").read_text())["head"]["config"]["init_scale"] == saved
 
 
+def test_the_checks_draw_the_first_texts_of_epoch_0(tmp_path):
+    """Calibration's probe alternates queries and documents; diagnostics, the scale probe and a fitted head take
+    documents only (duplicates kept): the first texts of epoch 0, in the source's order."""
+    from ragcun.data.training import TrainingExample
+    from ragcun.training.samples import first_texts
+
+    class Source:
+        def examples(self, epoch):
+            assert epoch == 0
+            return iter([TrainingExample(query=f"q{i}", positive=f"d{i % 3}") for i in range(10)])
+
+    assert first_texts(Source(), 5, queries=True) == ["q0", "d0", "q1", "d1", "q2"]
+    assert first_texts(Source(), 4) == ["d0", "d1", "d2", "d0"]
+    assert first_texts(Source(), 100) == [f"d{i % 3}" for i in range(10)]
+    assert first_texts(Source(), 0) == [] and first_texts(Source(), 0, queries=True) == []
+
+
 def test_the_warning_names_the_setting_when_calibration_cannot_help():
     from ragcun.losses.composite import build_loss
     from ragcun.training.loop import isotropy_scale_warning
@@ -185,12 +202,14 @@ def test_calibrated_minilm_ranks_exactly_like_the_base_model(data_dir):
     from ragcun.evaluation.beir_eval import evaluate_beir
     from ragcun.losses.composite import build_loss
     from ragcun.model import EmbeddingModel
-    from ragcun.training.calibration import calibrate, probe_texts
+    from ragcun.training.calibration import calibrate
+    from ragcun.training.samples import CALIBRATION_TEXTS, first_texts
 
     torch.manual_seed(0)
     model = EmbeddingModel.build("all-minilm-l6-v2", "gaussian", "euclidean")
     loss = build_loss("contrastive+isotropy", distance=model.distance)
-    calibration = calibrate(model, loss, probe_texts(open_source("beir:scifact:train", data_dir=str(data_dir))), SINGLE)
+    probe = first_texts(open_source("beir:scifact:train", data_dir=str(data_dir)), CALIBRATION_TEXTS, queries=True)
+    calibration = calibrate(model, loss, probe, SINGLE)
     assert 15 < calibration.factor < 40  # MiniLM's unit vectors spread ~1/sqrt(384) per coordinate
     base = evaluate_beir("all-minilm-l6-v2", "nq-utd", data_dir, k=100, show_progress=False)
     calibrated = evaluate_beir(model, "nq-utd", data_dir, k=100, show_progress=False)

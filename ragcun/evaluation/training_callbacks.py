@@ -63,9 +63,9 @@ class PeriodicDiagnostics(Callback):
         self.texts: list[str] = []
 
     def on_start(self, state: TrainingState) -> None:
-        from ragcun.training.setup import diagnostic_texts
+        from ragcun.training.samples import DIAGNOSTIC_TEXTS, first_texts
 
-        self.texts = diagnostic_texts(state.source)
+        self.texts = first_texts(state.source, DIAGNOSTIC_TEXTS)
 
     def on_step(self, state: TrainingState, step: int) -> dict | None:
         if step % self.every:

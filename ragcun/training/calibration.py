@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-PROBE_TEXTS = 256  # half queries, half documents: enough for a per-coordinate variance to 2-3%
 PROBE_SLICE = 32  # texts per forward pass of the probe (bounds its memory)
 
 
@@ -33,17 +32,6 @@ class Calibration:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def probe_texts(source, limit: int = PROBE_TEXTS) -> list[str]:
-    """The first ``limit`` texts of epoch 0 of a training source, queries and positives alternating (the same
-    on every rank: sources are deterministic)."""
-    texts: list[str] = []
-    for example in source.examples(0):
-        texts += [example.query, example.positive]
-        if len(texts) >= limit:
-            break
-    return texts[:limit]
 
 
 def _contrastive_terms(loss_module) -> list:

@@ -38,7 +38,8 @@ from ragcun.training.config import TrainConfig
 from ragcun.training.faults import LossFailed, TrainingDiverged, last_good
 from ragcun.training.logs import METRICS_FILE, LiveDisplay, MetricsLog, format_terms
 from ragcun.training.run_folder import on_main
-from ragcun.training.setup import SCALE_PROBE, diagnostic_texts, isotropy_scale_warning, isotropy_weight
+from ragcun.training.samples import SCALE_PROBE_TEXTS, first_texts
+from ragcun.training.setup import isotropy_scale_warning, isotropy_weight
 from ragcun.training.state import TrainState, count_total_steps
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "LossFailed", "isotropy_scale_warning", "METRICS_FILE"]
@@ -303,6 +304,6 @@ def _warn_if_sigreg_cannot_act(model, loss_module, source, ctx, display) -> None
         return
     model.eval()
     with torch.no_grad():
-        warning = isotropy_scale_warning(loss_module, model.embed(diagnostic_texts(source, limit=SCALE_PROBE)).mean)
+        warning = isotropy_scale_warning(loss_module, model.embed(first_texts(source, SCALE_PROBE_TEXTS)).mean)
     if warning:
         display.warn(warning)

@@ -9,8 +9,6 @@ from ragcun.encoders.cpu_dropout import install_fast_dropout
 from ragcun.training.config import TrainConfig
 from ragcun.training.faults import LossFailed, TrainingDiverged
 
-DIAGNOSTIC_SAMPLE = 256  # texts embedded for the periodic isotropy diagnostics
-
 
 def build_training_model(config: TrainConfig):
     from ragcun.model import EmbeddingModel
@@ -94,8 +92,7 @@ def check_batch_can_teach(config: TrainConfig, loss_module, world_size: int) -> 
 
 # SIGReg measures the distance of every 1-D projection from N(0, 1): embeddings whose coordinates spread far
 # less than 1 look nearly collapsed to it, and its gradient then barely moves them (measured: benchmarks/RESULTS.md)
-SMALL_SPREAD = 0.2
-SCALE_PROBE = 32  # documents embedded once before training to check that spread
+SMALL_SPREAD = 0.2  # the spread is measured on ragcun.training.samples.SCALE_PROBE_TEXTS documents
 
 
 def isotropy_weight(loss_module) -> float:
@@ -198,17 +195,10 @@ def fit_head_on_training_documents(model, source, config: TrainConfig) -> int | 
     distinct training documents (at most FIT_SAMPLE), and stays fixed while the encoder trains under it; it is
     saved with every checkpoint and the final model. Returns how many documents, or None (no such head)."""
     from ragcun.heads.fitted import FIT_SAMPLE, needs_fit
+    from ragcun.training.samples import first_texts
 
     if not needs_fit(model.head):
         return None
-    documents = list(dict.fromkeys(diagnostic_texts(source, limit=FIT_SAMPLE)))
+    documents = list(dict.fromkeys(first_texts(source, FIT_SAMPLE)))
     return model.fit_head(documents, config.eval_batch_size, show_progress=False)
 
-
-def diagnostic_texts(source, limit: int = DIAGNOSTIC_SAMPLE) -> list[str]:
-    texts = []
-    for example in source.examples(0):
-        texts.append(example.positive)
-        if len(texts) >= limit:
-            break
-    return texts

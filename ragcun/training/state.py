@@ -81,13 +81,15 @@ class TrainState:
               in_memory=None) -> TrainState:
         """A new run: the model as built (same seed on every rank), its head fitted and calibrated on the training
         data, a new optimizer and schedule; then each rank seeds its own dropout masks."""
-        from ragcun.training.calibration import calibrate, probe_texts
+        from ragcun.training.calibration import calibrate
         from ragcun.training.optim import seed_everything
+        from ragcun.training.samples import CALIBRATION_TEXTS, first_texts
 
         state = cls._build(config, ctx, folder, loss_fn, in_memory)
         state.head_fit = fit_head_on_training_documents(state.model, state.source, config)  # center / whiten heads
         # a head with init_scale="auto" gets unit-scale outputs
-        state.calibration = calibrate(state.model, state.loss_module, probe_texts(state.source), ctx)
+        probe = first_texts(state.source, CALIBRATION_TEXTS, queries=True)
+        state.calibration = calibrate(state.model, state.loss_module, probe, ctx)
         state.memory["calibration"] = memory_mark()
         state._make_optimizer()
         seed_everything(config.seed + ctx.rank)  # different dropout masks per rank
