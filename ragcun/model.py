@@ -200,32 +200,12 @@ class EmbeddingModel(nn.Module):
 
 def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu") -> EmbeddingModel:
     """Load a checkpoint written by :meth:`EmbeddingModel.save_pretrained`. Never unpickles."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder; a ragcun checkpoint is a folder holding {CONFIG_FILE}")
-    if not config_path.is_file():
-        raise ValueError(f"{folder} is not a ragcun checkpoint: it has no {CONFIG_FILE}")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{config_path}: not valid JSON ({exc})") from None
+    config, weights = verified_model_folder(folder)
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{config_path}: checkpoint format {config.get('format_version')!r} is not supported "
                          f"by ragcun {__version__} (it reads format {FORMAT_VERSION})")
-    weights_entry = config.get("weights") if isinstance(config.get("weights"), dict) else {}
-    weights = inside(folder, weights_entry.get("file", WEIGHTS_FILE), f"{config_path}: weights.file")
-    if not weights.is_file():
-        raise ValueError(f"{folder}: weights file {weights.name} is missing")
-    expected = weights_entry.get("sha256")
-    if not expected:
-        raise ValueError(f"{config_path} has no checksum for {weights.name} (ragcun writes one with every model): "
-                         "the file was edited or not written by ragcun; refusing to load weights it cannot verify")
-    if _sha256(weights) != expected:
-        raise ValueError(f"{weights}: checksum does not match {CONFIG_FILE}; the file is corrupt or truncated")
 
     parts = {}
     for kind in ("encoder", "head", "distance"):
@@ -252,10 +232,7 @@ def load(folder: str | os.PathLike, *, registry=None, map_location: str = "cpu")
     model = EmbeddingModel(parts["encoder"], parts["head"], parts["distance"],
                            query_prefix=config.get("query_prefix", ""),
                            document_prefix=config.get("document_prefix", ""))
-    try:
-        state = load_file(str(weights), device=map_location)
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights}: cannot read weights ({exc}); the file is corrupt or truncated") from None
+    state = read_weights(weights, map_location)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -332,6 +309,50 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def verified_model_folder(folder: str | os.PathLike) -> tuple[dict, Path]:
+    """``(config, weights file)`` of a saved model folder once its weights are verified: the folder holds a
+    readable ``ragcun.json`` naming a weights file inside the folder, present, whose SHA-256 matches the one
+    recorded (a missing checksum is refused, not skipped); a ValueError saying what is wrong otherwise. The one
+    integrity check of a saved model: :func:`load` and training's checkpoint verification
+    (``ragcun.training.checkpoint.verify_model_folder``) both use it, with the same messages."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; a ragcun checkpoint is a folder holding {CONFIG_FILE}")
+    if not config_path.is_file():
+        raise ValueError(f"{folder} is not a ragcun checkpoint: it has no {CONFIG_FILE}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{config_path} cannot be read ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: not a JSON object")
+    weights_entry = config.get("weights") if isinstance(config.get("weights"), dict) else {}
+    weights = inside(folder, weights_entry.get("file", WEIGHTS_FILE), f"{config_path}: weights.file")
+    if not weights.is_file():
+        raise ValueError(f"{folder}: weights file {weights.name} is missing")
+    expected = weights_entry.get("sha256")
+    if not expected:
+        raise ValueError(f"{config_path} has no checksum for {weights.name} (ragcun writes one with every model): "
+                         "the file was edited or not written by ragcun; refusing to load weights it cannot verify")
+    if _sha256(weights) != expected:
+        raise ValueError(f"{weights}: checksum does not match {CONFIG_FILE}; the file is corrupt or truncated")
+    return config, weights
+
+
+def read_weights(weights: Path, map_location: str = "cpu") -> dict:
+    """The tensors of a safetensors file (never unpickles); a ValueError naming it when it cannot be read."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights), device=map_location)
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights}: cannot read weights ({exc}); the file is corrupt or truncated") from None
 
 
 def _sha256(path: Path) -> str:

@@ -103,34 +103,16 @@ def verify_checkpoint(checkpoint: Checkpoint, *, check_trainer: bool = True) -> 
 
 
 def verify_model_folder(model_dir: Path) -> str | None:
-    """Why the model saved in ``model_dir`` is not good (missing, checksum, unreadable, non-finite), or ``None``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Why the model saved in ``model_dir`` is not good, or ``None``: what ``ragcun.load`` refuses (no readable
+    ragcun.json, weights missing, outside the folder, without or failing their checksum, unreadable; the same
+    check, ``ragcun.model.verified_model_folder``, with the same messages), or a non-finite weight."""
+    from ragcun.model import read_weights, verified_model_folder
 
-    from ragcun.model import CONFIG_FILE, WEIGHTS_FILE, _sha256, inside
-
-    model_dir = Path(model_dir)
     try:
-        config = json.loads((model_dir / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return f"{model_dir / CONFIG_FILE} cannot be read ({exc})"
-    entry = config.get("weights") if isinstance(config, dict) and isinstance(config.get("weights"), dict) else {}
-    try:  # the weights a checkpoint names are its own: inside its folder
-        weights = inside(model_dir, entry.get("file", WEIGHTS_FILE), f"{model_dir / CONFIG_FILE}: weights.file")
+        _, weights = verified_model_folder(model_dir)
+        state = read_weights(weights)
     except ValueError as exc:
         return str(exc)
-    if not weights.is_file():
-        return f"{weights} is missing"
-    expected = entry.get("sha256")
-    if not expected:  # ragcun writes one with every model: without it nothing says the weights are whole
-        return (f"{model_dir / CONFIG_FILE} has no checksum for {weights.name}; the file was edited or not written by "
-                "ragcun")
-    if _sha256(weights) != expected:
-        return f"{weights}: checksum does not match {CONFIG_FILE}; the file is corrupt or truncated"
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        return f"{weights} cannot be read ({exc})"
     bad = nonfinite_tensors(state.items())
     if bad:
         return f"{weights} holds non-finite values in {len(bad)} of {len(state)} tensors ({', '.join(bad[:3])}...)"
