@@ -149,7 +149,8 @@ def profile(model, texts: list[str], batch_size: int, dtype: str, batches: int =
     from torch.profiler import profile as torch_profile
 
     from ragcun.encoding import autocast_context, length_order
-    from ragcun.evaluation.beir_eval import _inference_copy, resolve_autocast
+    from ragcun.evaluation.beir_eval import _inference_copy
+    from ragcun.evaluation.pipeline import autocast_dtype, precision
 
     order = length_order(model, texts)
     starts = range(0, len(texts), batch_size)
@@ -161,7 +162,7 @@ def profile(model, texts: list[str], batch_size: int, dtype: str, batches: int =
     t0 = time.perf_counter()
     features = [fast.tokenize(g) for g in groups]
     tokenize_s = time.perf_counter() - t0
-    with torch.inference_mode(), autocast_context(fast.device, resolve_autocast(dtype)):
+    with torch.inference_mode(), autocast_context(fast.device, autocast_dtype(precision(dtype, "eval"))):
         fast(features[0])  # warm-up outside the profile
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for f in features:

@@ -54,7 +54,7 @@ def classify(text: str, *, label: str = "--model") -> tuple[str, str, str | None
     model (a run that has not finished, a file, another folder), is a ValueError that says what it is and what
     to pass instead (``label`` names the argument in it: ``--model``, ``RUN_OR_MODEL``). A checkpoint's step
     folder (``RUN/checkpoints/step-N``) stands for the model saved in it. The one classifier of model strings:
-    :func:`resolve_model` and ``ragcun export`` (:func:`ragcun.exporters.source.resolve_source`) both use it."""
+    :func:`resolve_model` and :func:`resolve_model_and_folder` (``ragcun export``) both use it."""
     text = str(text).strip()
     if not text:
         raise ValueError(f"{label} is empty; give {MODEL_FORMS}")
@@ -171,6 +171,21 @@ def resolve_model(model_or_spec: Any, *, distance: str | None = None, settings: 
     if distance is None:
         model.distance = _authors_similarity(model, settings)
     return model
+
+
+def resolve_model_and_folder(model_or_spec: Any, *, label: str = "--model") -> tuple[EmbeddingModel, Path | None]:
+    """:func:`resolve_model` (no distance, settings or seed), with the folder the model was loaded from: a ragcun
+    checkpoint or run folder (a checkpoint's ``RUN/checkpoints/step-N`` stands for its ``model`` folder), ``None``
+    for an ``EmbeddingModel`` or a base model (``hf:PATH``, a transformers folder, an encoder name: the identity
+    head and its authors' similarity). ``ragcun export`` uses it (``label="RUN_OR_MODEL"``): the model card reads
+    the run beside the folder."""
+    if isinstance(model_or_spec, EmbeddingModel):
+        return model_or_spec, None
+    what, spec, _ = classify(os.fspath(model_or_spec), label=label)
+    if what == "checkpoint":
+        folder = Path(spec).expanduser()
+        return load(folder), folder
+    return resolve_model(os.fspath(model_or_spec)), None
 
 
 def _check_registered(kind: str, spec: str) -> None:

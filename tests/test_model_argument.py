@@ -106,15 +106,15 @@ def test_files_and_other_folders_say_what_they_are(workdir, tiny_model_dir):
 
 
 def test_export_uses_the_same_classifier(workdir, tiny_model_dir):
-    from ragcun.exporters.source import resolve_source
+    from ragcun.resolve import resolve_model_and_folder
 
     _unfinished_run(tiny_model_dir, workdir / "runs" / "nf")
     with pytest.raises(ValueError, match=r"RUN_OR_MODEL runs/nf: this run has no final model yet.*step-00000004"):
-        resolve_source("runs/nf")
-    model, source = resolve_source("runs/nf/checkpoints/step-00000004")
+        resolve_model_and_folder("runs/nf", label="RUN_OR_MODEL")
+    model, source = resolve_model_and_folder("runs/nf/checkpoints/step-00000004", label="RUN_OR_MODEL")
     assert source == Path("runs/nf/checkpoints/step-00000004/model")
     with pytest.raises(ValueError, match=r"RUN_OR_MODEL runs/none: no such folder"):
-        resolve_source("runs/none")
+        resolve_model_and_folder("runs/none", label="RUN_OR_MODEL")
 
 
 def test_the_command_line_says_it(workdir, data_dir, tiny_model_dir):

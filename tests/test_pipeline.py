@@ -15,7 +15,7 @@ def test_one_name_per_precision_mode_and_the_old_spelling_keeps_each_places_mean
 
     from ragcun.ablation.plan import KEYS
     from ragcun.evaluation import pipeline
-    from ragcun.evaluation.beir_eval import DTYPES, resolve_autocast
+    from ragcun.evaluation.beir_eval import DTYPES
 
     for mode in pipeline.PRECISIONS:  # the explicit names mean the same everywhere
         assert pipeline.precision(mode, "eval") == pipeline.precision(mode, "plan") == mode
@@ -25,7 +25,8 @@ def test_one_name_per_precision_mode_and_the_old_spelling_keeps_each_places_mean
     assert set(pipeline.precision_names("plan")) == set(DTYPES)  # a plan and --dtype accept the same names
     assert next(k for k in KEYS[""] if k.name == "dtype").type == " | ".join(pipeline.precision_names("plan"))
     assert [pipeline.autocast_dtype(m) for m in pipeline.PRECISIONS] == [None, None, torch.bfloat16, torch.float16]
-    assert resolve_autocast("bfloat16") is None and resolve_autocast("bfloat16-autocast") is torch.bfloat16
+    assert pipeline.autocast_dtype(pipeline.precision("bfloat16", "eval")) is None
+    assert pipeline.autocast_dtype(pipeline.precision("bfloat16-autocast", "eval")) is torch.bfloat16
     with pytest.raises(ValueError, match=r"^--dtype must be one of float32, bfloat16-weights, .*got 'auto'$"):
         pipeline.precision("auto", "eval")
 

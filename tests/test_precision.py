@@ -74,7 +74,10 @@ def test_without_a_device_only_the_name_is_checked():
 
 def test_evaluation_autocast_is_built_on_it():
     from ragcun.evaluation.beir_eval import DTYPES as EVAL_DTYPES
-    from ragcun.evaluation.beir_eval import resolve_autocast
+    from ragcun.evaluation.pipeline import autocast_dtype, precision
+
+    def resolve_autocast(name, device=None):  # evaluation's --dtype name -> its autocast dtype
+        return autocast_dtype(precision(name, "eval"), device)
 
     cpu = torch.device("cpu")
     assert resolve_autocast("float32", cpu) is None
@@ -89,12 +92,12 @@ def test_evaluation_autocast_is_built_on_it():
 
 
 def test_the_whole_model_bfloat16_is_checked_against_the_device_too(bf16_gpu):
-    from ragcun.evaluation.beir_eval import resolve_autocast
+    from ragcun.evaluation.pipeline import autocast_dtype, precision
 
     bf16_gpu(False)
     for name in ("bfloat16", "bfloat16-weights", "bfloat16-autocast"):
         with pytest.raises(ValueError, match=r"^--dtype bfloat16: this GPU \(cuda:0\) does not support bfloat16"):
-            resolve_autocast(name, "cuda:0")
+            autocast_dtype(precision(name, "eval"), "cuda:0")
 
 
 def test_training_precision_uses_it():

@@ -83,16 +83,6 @@ def select_datasets(names: Sequence[str], data_dir: Path, split: str, *, downloa
     return unique, skipped
 
 
-def resolve_autocast(dtype: str, device=None):
-    """The autocast dtype of evaluation's ``--dtype`` (one of :data:`DTYPES`): None for float32 and for the
-    whole-model bfloat16 (no autocast; it is checked against ``device`` all the same), bfloat16 for
-    bfloat16-autocast, float16 for float16 (:func:`ragcun.evaluation.pipeline.autocast_dtype`; ``device=None``:
-    the name only)."""
-    from ragcun.evaluation.pipeline import autocast_dtype, precision
-
-    return autocast_dtype(precision(dtype, "eval"), device)
-
-
 def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
     """:func:`ragcun.precision.precision_warning` for an evaluation ``--dtype`` name (every bfloat16 mode
     computes in bfloat16)."""
@@ -110,7 +100,7 @@ def _inference_copy(model, dtype: str):
     return inference_model(model, precision(dtype, "eval"))
 
 
-def _resolve(model_or_spec, distance: str | None, settings):
+def _model_and_name(model_or_spec, distance: str | None, settings):
     """The model (ragcun.resolve, the one resolver) and the name the report gives it."""
     from ragcun.model import EmbeddingModel
     from ragcun.resolve import resolve_model
@@ -166,7 +156,7 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     chosen, skipped = select_datasets(names, data_dir, split, download=download)
 
     t_load = time.perf_counter()
-    model, model_name = _resolve(model, distance, settings)
+    model, model_name = _model_and_name(model, distance, settings)
     if truncate_dim is not None:
         from ragcun.truncation import truncate_model
 

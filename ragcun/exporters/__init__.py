@@ -38,11 +38,11 @@ def export(model_or_path: Any, out: str | os.PathLike, to: str = "sentence-trans
     """
     if to not in FORMATS:
         raise ValueError(f"--to {to!r}: ragcun exports to {', '.join(FORMATS)}")
-    from ragcun.exporters.source import resolve_source
     from ragcun.exporters.st_export import export_sentence_transformers
+    from ragcun.resolve import resolve_model_and_folder
 
     with _hold_run(model_or_path):  # no training writes the run while it is read
-        model, source = resolve_source(model_or_path)
+        model, source = resolve_model_and_folder(model_or_path, label="RUN_OR_MODEL")
         if truncate_dim is not None:
             from ragcun.truncation import truncate_model
 
