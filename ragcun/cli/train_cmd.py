@@ -3,7 +3,6 @@ torch is imported inside)."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -71,23 +70,20 @@ def _argv_without(ctx: click.Context, skip: set[str]) -> list[str]:
 
 def launch_torchrun(nproc: int, argv: list[str], extra_env: dict[str, str] | None = None,
                     master_port: int | None = None) -> int:
-    """Run ``ragcun train ARGV`` under ``python -m torch.distributed.run --standalone``; return its exit code.
+    """Run ``ragcun train ARGV`` under torchrun with ``nproc`` ranks (:func:`ragcun.launch.torchrun_command`);
+    return its exit code.
 
-    torchrun dies with this process (ragcun.signals.ChildProcesses): a SIGTERM here is passed on to it (it
-    passes it to every rank, which saves a checkpoint), and this process waits for it to finish."""
-    import os
+    torchrun dies with this process (:func:`ragcun.launch.run_one`): a SIGTERM here is passed on to it (it passes
+    it to every rank, which saves a checkpoint), and this process waits for it to finish.
 
-    from ragcun.signals import ChildProcesses, exit_code
+    The ranks get the user's own options (ARGV), not the resolved config as a ``--config`` file as the sweep's runs
+    do: each rank then resolves exactly what a hand-launched ``torchrun -m ragcun train ...`` resolves, with
+    ``--resume`` reading the saved run itself, and an error on a rank names the flag or ``--set`` the user typed
+    (a config file would stand in for all of them)."""
+    from ragcun.launch import run_one, torchrun_command
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    cmd += [f"--master-port={master_port}", "--rdzv-backend=static", "--master-addr=127.0.0.1",
-            "--nnodes=1", "--node-rank=0"] if master_port else ["--standalone"]
-    cmd += ["-m", "ragcun", "train", *argv]  # ragcun/__main__.py: the whole CLI, plugins included
-    try:
-        with ChildProcesses(grace=300.0) as children:  # torchrun gives its ranks 30 s to save, then kills them
-            return children.popen(cmd, env={**os.environ, **(extra_env or {})}).wait()
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: torchrun and its ranks have stopped (saved) by now
-        return exit_code(getattr(exc, "signum", None))
+    cmd = torchrun_command(nproc, ["train", *argv], master_port=master_port)
+    return run_one(cmd, env=extra_env, grace=300.0)  # torchrun gives its ranks 30 s to save, then kills them
 
 
 @click.command("train")
