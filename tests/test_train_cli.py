@@ -120,26 +120,7 @@ def test_sweep_configs_are_the_three_runs():
     assert configs["frozen"].head_lr == 1e-3 and configs["baseline"].output_dir.endswith("baseline")
 
 
-@pytest.mark.parametrize("gpus, runs, parallel, expected", [
-    (8, 3, "auto", [[0, 1], [2, 3], [4, 5]]),  # equal shares: the three runs keep the same global batch
-    (3, 3, "auto", [[0], [1], [2]]),
-    (4, 2, "auto", [[0, 1], [2, 3]]),          # two runs left to do (one finished earlier)
-    (2, 3, "auto", None),                      # fewer GPUs than runs: one after another
-    (0, 3, "auto", None),
-    (8, 3, "no", None),
-    (0, 3, "yes", [[], [], []]),               # CPU processes side by side
-])
-def test_sweep_placement(gpus, runs, parallel, expected):
-    from ragcun.workflows.sweep import plan_placement
-
-    assert plan_placement(gpus, runs, parallel) == expected
-
-
-def test_sweep_placement_refuses_to_share_gpus():
-    from ragcun.workflows.sweep import plan_placement
-
-    with pytest.raises(ValueError, match="at least one GPU each and this node has 2"):
-        plan_placement(2, 3, "yes")
+# where the sweep's runs go is ragcun.launch.placement, the one meaning of --parallel: tests/test_launch.py
 
 
 @pytest.mark.slow  # parallel torchrun-style processes: ~14 s

@@ -23,7 +23,6 @@ runs after the selection go side by side, one process per GPU, each writing its 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -664,7 +663,7 @@ class PlanRunner:
         GPU each on a GPU node)."""
         plan = self.plan
         t_start = time.perf_counter()
-        processes = resolve_slots(parallel, slots)
+        resolve_slots(parallel, slots)  # bad --parallel or --slots: refused before anything runs
         self.check_train_file()
         self.check_finished()  # before anything is written: a plan that no longer matches its results stops here
         self.prepare()
@@ -676,6 +675,7 @@ class PlanRunner:
         for arm, seed in [(a, s) for a, s in todo if not a.trained]:
             done.append(self.run_one(arm, seed))
         trained = [(a, s) for a, s in todo if a.trained]
+        processes = resolve_slots(parallel, slots, len(trained))
         if processes > 1:
             done += run_side_by_side(self, trained, processes)
         else:
@@ -754,82 +754,53 @@ def _final_step(folder: Path) -> int | None:
     return next((r["step"] for r in reversed(_records(folder)) if "final" in r), None)
 
 
-def resolve_slots(parallel: str, slots: int | None) -> int:
-    """How many runs go at once: ``no`` -> 1; ``auto`` -> one per GPU when there are at least 2, else 1;
-    ``yes`` -> one per GPU, or 2 CPU processes sharing the cores (``slots`` overrides the count)."""
-    if parallel not in ("auto", "yes", "no"):
-        raise ValueError(f"--parallel must be auto, yes or no, got {parallel!r}")
-    if slots is not None and slots < 1:
-        raise ValueError(f"--slots must be a positive integer, got {slots}")
-    if parallel == "no":
-        return 1
-    import torch
+def resolve_slots(parallel: str, slots: int | None, runs: int | None = None) -> int:
+    """How many of ``runs`` runs (``None``: not known yet) go at once (:func:`ragcun.launch.placement`, the one
+    meaning of ``--parallel``; each run one GPU): 1 is one after another, in this process."""
+    from ragcun.launch import slot_count
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if parallel == "auto" and gpus < 2:
-        return 1
-    return slots or (gpus if gpus else 2)
+    return slot_count(runs, parallel, slots, max_gpus_per_job=1)
 
 
 def run_side_by_side(runner: PlanRunner, runs: list[tuple[Arm, int]], processes: int) -> list[str]:
-    """Each run in its own ``ragcun ablation run --only ARM --seeds S`` process, ``processes`` at a time (GPU i
-    of the node for slot i; on a CPU the cores are shared out); the finished ones write their result.json
-    themselves, so an interrupted batch resumes like any plan."""
+    """Each run in its own ``ragcun ablation run --only ARM --seeds S`` process, ``processes`` at a time
+    (:func:`ragcun.launch.run_jobs`: one GPU each on a GPU node, else the cores shared out); the finished ones
+    write their result.json themselves, so an interrupted batch resumes like any plan.
 
-    import torch
-
-    from ragcun.signals import ChildProcesses
-
-    plan = runner.plan
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    logs = plan.work_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    queue, running, done, failed = list(runs), {}, [], []
-    # the workers die with this process: a signal or an error here stops them (they save a checkpoint), and the
-    # kernel stops them if this process is killed
-    with ChildProcesses() as children:
-        _supervise(runner, queue, running, done, failed, children, processes, gpus, threads, logs)
-    if failed:
-        raise ValueError("ablation: run(s) failed: " + "; ".join(f"{a} seed {s} (log {log})" for (a, s), log in failed)
-                         + "; the finished ones are kept: run the plan again to retry the rest")
-    return [f"{a}/seed-{s}" for (a, s), _ in done]
-
-
-def _supervise(runner, queue, running, done, failed, children, processes: int, gpus: int, threads: int,
-               logs: Path) -> None:
-    """Start the queued runs ``processes`` at a time (as ``children``) and collect them as they finish."""
-    import subprocess
+    A worker trains and then evaluates and writes the result, so it is this command again for one run, not
+    ``ragcun train --config FILE``: the plan's evaluation needs the plan, its dev split and cached encodings."""
     import sys
 
+    from ragcun.launch import Job, gpu_count, placement, run_jobs, where
+
     plan = runner.plan
-    while queue or running:
-        while queue and len(running) < processes:
-            arm, seed = queue.pop(0)
-            slot = next(i for i in range(processes) if i not in {s for s, _, _ in running.values()})
-            cmd = [sys.executable, "-m", "ragcun", "ablation", "run", str(plan.path), "--results", str(plan.results),
-                   "--work-dir", str(plan.work_dir), "--only", arm.name, "--seeds", str(seed), "--parallel", "no",
-                   "--no-compare"] + (["--data-dir", runner.data_dir] if runner.data_dir else []) \
-                + (["--rerun-changed"] if getattr(runner, "rerun_changed", False) else [])
-            env = dict(os.environ)
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-            else:
-                env.update(OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-            log = open(logs / f"{arm.name}-seed-{seed}.log", "a")  # noqa: SIM115 (outlives this block)
-            runner.show(f"{arm.name} seed {seed}: started in its own process "
-                        f"({'GPU ' + env['CUDA_VISIBLE_DEVICES'] if gpus else f'{threads} CPU thread(s)'}); "
-                        f"log {log.name}")
-            running[(arm.name, seed)] = (slot, children.popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-        time.sleep(0.5)
-        for key, (_slot, proc, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[key]
-            (done if proc.returncode == 0 else failed).append((key, log.name))
-            runner.show(f"{key[0]} seed {key[1]}: " + ("finished" if proc.returncode == 0 else
-                                                       f"failed (exit {proc.returncode}), see {log.name}"))
+    groups = placement(len(runs), gpu_count(), "yes", processes, max_gpus_per_job=1)
+    logs = plan.work_dir / "logs"
+    common = ["--results", str(plan.results), "--work-dir", str(plan.work_dir), "--parallel", "no", "--no-compare",
+              *(["--data-dir", runner.data_dir] if runner.data_dir else []),
+              *(["--rerun-changed"] if getattr(runner, "rerun_changed", False) else [])]
+    jobs = {f"{arm.name}/seed-{seed}": (arm.name, seed) for arm, seed in runs}
+
+    def started(job, devices, threads) -> None:
+        arm, seed = jobs[job.name]
+        runner.show(f"{arm} seed {seed}: started in its own process ({where(devices, threads)}); log {job.log}")
+
+    def finished(job, code) -> None:
+        arm, seed = jobs[job.name]
+        runner.show(f"{arm} seed {seed}: " + ("finished" if code == 0 else f"failed (exit {code}), see {job.log}"))
+
+    # the workers die with this process: a signal or an error here stops them (they save a checkpoint), and the
+    # kernel stops them if this process is killed
+    codes = run_jobs([Job(name, [sys.executable, "-m", "ragcun", "ablation", "run", str(plan.path), "--only", arm,
+                                 "--seeds", str(seed), *common], log=logs / f"{arm}-seed-{seed}.log")
+                      for name, (arm, seed) in jobs.items()], groups, on_start=started, on_finish=finished,
+                     poll_s=0.5)
+    failed = [name for name, code in codes.items() if code]
+    if failed:
+        raise ValueError("ablation: run(s) failed: " + "; ".join(
+            f"{jobs[n][0]} seed {jobs[n][1]} (log {logs / (jobs[n][0] + '-seed-' + str(jobs[n][1]) + '.log')})"
+            for n in failed) + "; the finished ones are kept: run the plan again to retry the rest")
+    return [name for name, code in codes.items() if code == 0]
 
 
 def run_plan(plan: Plan, *, data_dir: str | None = None, show=print, only: set[str] | None = None,

@@ -8,6 +8,7 @@ import math
 import click
 
 from ragcun.cli.options import DATA_DIR, DATA_DIR_HELP, echo_json, format_option
+from ragcun.launch import PARALLEL_CHOICES, PARALLEL_HELP, SLOTS_HELP
 
 
 class PositiveFinite(click.ParamType):
@@ -46,11 +47,9 @@ def ablation_group() -> None:
               help="models, caches and TREC runs [default: the plan's `work_dir`]")
 @click.option("--only", default=None, help="comma-separated arms to run now (the others are left for later)")
 @click.option("--seeds", "seed_list", default=None, help="comma-separated seeds of the trained arms to run now")
-@click.option("--parallel", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
-              help="trained runs side by side, one process each: auto = one per GPU on a node with 2 or more, "
-                   "else one after another; yes = also on a CPU (the cores shared out); no = one after another")
-@click.option("--slots", type=click.IntRange(1), default=None,
-              help="how many runs at once with --parallel [default: the GPU count, or 2 on a CPU]")
+@click.option("--parallel", type=click.Choice(PARALLEL_CHOICES), default="auto", show_default=True,
+              help="the trained runs, one process each: " + PARALLEL_HELP)
+@click.option("--slots", type=click.IntRange(1), default=None, help=SLOTS_HELP)
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="build the comparison table from every finished run at the end")
 @click.option("--rerun-changed", is_flag=True,

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ragcun.cli.options import config_flags, config_option, echo_json, format_option, set_option
+from ragcun.launch import PARALLEL_CHOICES, PARALLEL_HELP, SLOTS_HELP
 
 
 @click.command("sweep")
@@ -36,9 +37,9 @@ from ragcun.cli.options import config_flags, config_option, echo_json, format_op
 @config_option("--save-every")
 @config_option("--eval-batch-size", help="for the final evaluation")
 @click.option("--resume", is_flag=True, help="continue unfinished runs from their checkpoints")
-@click.option("--parallel", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
-              help="auto: in parallel when there is a GPU per run, else one after another; yes: always in "
-                   "parallel (on a CPU, one process per run sharing the cores); no: one after another")
+@click.option("--parallel", type=click.Choice(PARALLEL_CHOICES), default="auto", show_default=True,
+              help=PARALLEL_HELP)
+@click.option("--slots", type=click.IntRange(1), default=None, help=SLOTS_HELP)
 @set_option
 @format_option
 @click.pass_context
@@ -50,8 +51,8 @@ def sweep_command(ctx: click.Context, **params: Any) -> None:
       isotropy   contrastive + W * isotropy            (W = --isotropy-weight, default 1.0)
       frozen     contrastive + W * isotropy, encoder frozen (only the head trains)
 
-    One after another on a CPU; on a node with a GPU per run each run gets an equal share of the GPUs, in
-    parallel (--parallel changes that).
+    One after another on a CPU; on a node with two or more GPUs side by side, each run with an equal share of
+    the GPUs (--parallel and --slots change that).
     Finished runs are skipped, so re-running the command after a failure only does what is missing.
 
     \b
@@ -69,7 +70,7 @@ def sweep_command(ctx: click.Context, **params: Any) -> None:
     base = build_config(settings=params["set_options"], flags=flags, command="ragcun sweep", expand=expand)
     configs = sweep_configs(base, params["isotropy_weight"], runs)
     show = lambda text: stderr.print(text, highlight=False)  # noqa: E731
-    run_sweep(configs, resume=params["resume"], parallel=params["parallel"], show=show)
+    run_sweep(configs, resume=params["resume"], parallel=params["parallel"], slots=params["slots"], show=show)
     rows = evaluate_sweep(configs, params["eval_data"], data_dir=params["data_dir"],
                           batch_size=params["eval_batch_size"], show=show,
                           show_progress=params["output_format"] == "table")

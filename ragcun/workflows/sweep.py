@@ -18,19 +18,16 @@ step (``head.gaussian.init_scale="auto"``, ragcun.training.calibration): MiniLM'
 give each coordinate a spread of about 0.04, which SIGReg sees as a nearly collapsed batch. For a credible
 answer (seeds, a dev-chosen weight, paired significance) use ``ragcun ablation run PLAN`` instead.
 
-Where the runs go (``parallel``): by default (``"auto"``) on a node with at least one GPU per run each run
-gets an equal share of the GPUs (``n // runs``, so the three runs keep the same global batch; a remainder stays
-idle and is reported) through ``CUDA_VISIBLE_DEVICES`` and its own ``torchrun``, in parallel; otherwise the runs
-go one after another in this process. ``"yes"`` forces the parallel launch (on a CPU each run is one process
-with its share of the cores), ``"no"`` forces one after another.
+Where the runs go (``parallel``, ``slots``) is :mod:`ragcun.launch`'s one meaning of ``--parallel``: by default
+(``"auto"``) on a node with at least two GPUs the runs go side by side, each slot with an equal share of the GPUs
+(``n // slots``, so the runs keep the same global batch; a remainder stays idle and is reported) through
+``CUDA_VISIBLE_DEVICES`` and its own ``torchrun``; otherwise one after another in this process. ``"yes"`` goes
+side by side on a CPU too (2 processes at once by default, sharing the cores), ``"no"`` one after another.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,37 +60,15 @@ def sweep_configs(base: TrainConfig, isotropy_weight: float = 1.0, runs=RUNS) ->
     return {name: all_configs[name] for name in runs}
 
 
-def _partition(n_gpus: int, n_runs: int) -> list[list[int]] | None:
-    """Equal, disjoint GPU groups, one per run (``None`` when there are fewer GPUs than runs)."""
-    if n_runs < 1 or n_gpus < n_runs:
-        return None
-    per = n_gpus // n_runs
-    return [list(range(i * per, (i + 1) * per)) for i in range(n_runs)]
-
-
-def plan_placement(n_gpus: int, n_runs: int, parallel: str = "auto") -> list[list[int]] | None:
-    """Which GPUs each run gets when the runs go in parallel (``[]`` per run: CPU processes), or ``None`` for
-    one after another in this process."""
-    if parallel not in ("auto", "yes", "no"):
-        raise ValueError(f"--parallel must be auto, yes or no, got {parallel!r}")
-    if parallel == "no" or n_runs == 0:
-        return None
-    groups = _partition(n_gpus, n_runs)
-    if groups is not None:
-        return groups
-    if parallel == "auto":
-        return None
-    if n_gpus:
-        raise ValueError(f"--parallel yes: {n_runs} runs need at least one GPU each and this node has {n_gpus}; "
-                         "use --parallel no to train them one after another")
-    return [[] for _ in range(n_runs)]
-
-
 def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, parallel: str = "auto",
-              show=print) -> dict[str, dict[str, Any]]:
-    """Train every config (skipping runs already finished); returns per-run status."""
-    import torch
+              slots: int | None = None, show=print) -> dict[str, dict[str, Any]]:
+    """Train every config (skipping runs already finished); returns per-run status.
 
+    Where they go is :func:`ragcun.launch.placement` (the one meaning of ``--parallel`` and ``--slots``): one
+    after another in this process, or side by side, each run its resolved config saved as ``OUTPUT_DIR/NAME.json``
+    and started as ``ragcun train --config NAME.json`` under its own torchrun (one rank per GPU of its slot),
+    its output in ``OUTPUT_DIR/NAME.log``."""
+    from ragcun.launch import Job, gpu_count, placement, run_jobs, where
     from ragcun.model import CONFIG_FILE
     from ragcun.training import checkpoint as ckpt
     from ragcun.workflows.run import train
@@ -107,8 +82,8 @@ def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, parallel
             status[name] = {"trained": "earlier"}
             continue
         todo[name] = (config, resume and ckpt.latest_checkpoint(run_dir) is not None)
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    groups = plan_placement(gpus, len(todo), parallel)
+    gpus = gpu_count()
+    groups = placement(len(todo), gpus, parallel, slots)
     if groups is None:
         for name, (config, again) in todo.items():
             show(f"{name}: training ({config.loss}{', frozen encoder' if config.freeze_encoder else ''}) "
@@ -119,38 +94,31 @@ def run_sweep(configs: dict[str, TrainConfig], *, resume: bool = False, parallel
             if result.interrupted:
                 raise KeyboardInterrupt
         return status
-    idle = gpus - sum(len(g) for g in groups)
-    if gpus and idle:
+    idle = gpus - len(set().union(*groups))
+    if gpus and idle > 0:
         show(f"{idle} of {gpus} GPUs stay idle: every run gets the same number, so all keep the same global batch")
-    threads = max(1, (os.cpu_count() or 1) // len(groups))
-    procs = {}
-    for (name, (config, again)), devices, port in zip(todo.items(), groups, range(29511, 29600)):
+    jobs = []
+    for (name, (config, again)), port in zip(todo.items(), range(29511, 29600)):
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         spec = Path(config.output_dir).parent / f"{name}.json"
         spec.write_text(json.dumps(config.to_dict(), indent=2))
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(1, len(devices))}",
-               f"--master-port={port}", "--master-addr=127.0.0.1", "--rdzv-backend=static", "--nnodes=1",
-               "--node-rank=0", "-m", "ragcun", "train", "--config", str(spec), "--no-progress"]
-        if again:
-            cmd += ["--resume", "--output-dir", config.output_dir]
-        log = open(Path(config.output_dir).parent / f"{name}.log", "a")  # noqa: SIM115 (outlives this block)
-        if devices:
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
-            where = f"GPUs {devices}"
-        else:  # CPU processes side by side: share the cores instead of each spinning on all of them
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-            where = f"CPU ({threads} thread(s))"
-        show(f"{name}: training on {where} ({config.loss}) -> {config.output_dir}; log {log.name}")
-        procs[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-    failed = []
-    for name, (proc, log) in procs.items():
-        code = proc.wait()
-        log.close()
-        status[name] = {"trained": "now" if code == 0 else f"failed (exit {code}, see {log.name})"}
-        if code:
-            failed.append(name)
+        jobs.append(Job(name, config=spec, distributed=True, master_port=port,
+                        args=["--no-progress", *(["--resume", "--output-dir", config.output_dir] if again else [])],
+                        log=Path(config.output_dir).parent / f"{name}.log"))
+
+    def started(job, devices, threads) -> None:
+        config = todo[job.name][0]
+        show(f"{job.name}: training on {where(devices, threads)} ({config.loss}) -> {config.output_dir}; "
+             f"log {job.log}")
+
+    codes = run_jobs(jobs, groups, show=show, grace=300.0, on_start=started)
+    failed = [job for job in jobs if codes.get(job.name)]
+    for job in jobs:
+        code = codes.get(job.name)
+        status[job.name] = {"trained": "now" if code == 0 else f"failed (exit {code}, see {job.log})"}
     if failed:
-        raise ValueError(f"sweep: run(s) {', '.join(failed)} failed; see their logs in {Path(log.name).parent}")
+        raise ValueError(f"sweep: run(s) {', '.join(j.name for j in failed)} failed; see their logs in "
+                         f"{Path(failed[0].log).parent}")
     return status
 
 
