@@ -4,6 +4,10 @@ Training (:mod:`ragcun.training.optim`) and evaluation (:mod:`ragcun.evaluation.
 ``bfloat16-weights`` and ``bfloat16-autocast`` tell the whole-model cast from autocast, in ``eval beir --dtype``
 and in ablation plans alike) both resolve their dtype here, so the names and the errors agree:
 
+Training's ``--dtype`` (:data:`DTYPES`) is autocast and never casts the weights, so its bfloat16 is
+``bfloat16-autocast``, evaluation's name for the same mode; the bare ``bfloat16`` it has always accepted still means
+that (:func:`training_dtype`), and ``bfloat16-weights`` is refused with the reason.
+
 * ``auto``: bfloat16 on a CUDA device that supports it, float32 everywhere else;
 * ``float16`` needs a CUDA device;
 * ``bfloat16`` on a CUDA device needs one that supports it. On a CPU it always works, but only a CPU with native
@@ -20,7 +24,22 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported on use: the names and their check serve light modules (the CLI's config)
     import torch
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+# training's --dtype names (and what resolve_dtype takes); bfloat16 is the older spelling of bfloat16-autocast
+DTYPES = ("auto", "float32", "bfloat16-autocast", "float16", "bfloat16")
+# the one name each of training's precisions has: the bare bfloat16 is read as autocast, what it always meant there
+TRAINING_SPELLINGS = {"bfloat16": "bfloat16-autocast"}
+
+
+def training_dtype(name: str, *, flag: str = "--dtype") -> str:
+    """The precision mode a training ``--dtype`` names (``bfloat16`` -> ``bfloat16-autocast``; the others are
+    their own); a ValueError naming ``flag`` for ``bfloat16-weights`` (training never casts its weights) and for
+    a name that is not one of :data:`DTYPES`. The configuration keeps the name as given (train_config.json)."""
+    if name == "bfloat16-weights":
+        raise ValueError(f"{flag} bfloat16-weights: training never casts the weights to bfloat16 (they stay float32 "
+                         "for the optimizer); that mode is evaluation's. Use --dtype bfloat16-autocast (autocast: "
+                         "the matrix products in bfloat16; the older --dtype bfloat16 means the same)")
+    check_dtype_name(name, DTYPES, flag=flag)
+    return TRAINING_SPELLINGS.get(name, name)
 
 
 def check_dtype_name(name: str, choices: Sequence[str] = DTYPES, *, flag: str = "--dtype") -> str:
@@ -37,7 +56,8 @@ def resolve_dtype(name: str, device: torch.device | str | None, *, flag: str = "
     import torch
 
     check_dtype_name(name, DTYPES, flag=flag)
-    torch_dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    torch_dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bfloat16-autocast": torch.bfloat16,
+                    "float16": torch.float16}
     if device is None:
         if name == "auto":
             raise ValueError(f"{flag} auto: the device must be known to choose a dtype")
@@ -51,7 +71,7 @@ def resolve_dtype(name: str, device: torch.device | str | None, *, flag: str = "
         raise ValueError(f"{flag} float16 needs a CUDA device (this one is {device}); on a CPU use bfloat16 or "
                          "float32")
     if dtype is torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"{flag} bfloat16: this GPU ({device}) does not support bfloat16; use float16 or float32")
+        raise ValueError(f"{flag} {name}: this GPU ({device}) does not support bfloat16; use float16 or float32")
     return dtype
 
 

@@ -118,6 +118,24 @@ def test_resumed_run_beneath_toml_beneath_flags(tmp_path, toml):
         build_config(resume=True)
 
 
+def test_training_dtype_is_kept_as_given_and_its_two_bfloat16_spellings_resume_each_other(tmp_path):
+    """bfloat16 (an old run's train_config.json) and bfloat16-autocast are one precision: a resume with either is
+    no change; each config records the name it was given; bfloat16-weights is refused naming --dtype."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run, dtype in ((old, "bfloat16"), (new, "bfloat16-autocast")):
+        run.mkdir()
+        TrainConfig(output_dir=str(run), train_data="x.jsonl", steps=2, dtype=dtype).save(run)
+        assert json.loads((run / "train_config.json").read_text())["dtype"] == dtype
+    assert build_config(flags={"output_dir": str(old)}, resume=True).dtype == "bfloat16"  # not rewritten
+    resumed = build_config(flags={"output_dir": str(old), "dtype": "bfloat16-autocast"}, resume=True)
+    assert TrainConfig.load(old).differences(resumed) == {}
+    assert TrainConfig.load(new).differences(TrainConfig.load(old)) == {}
+    assert set(TrainConfig.load(old).differences(build_config(flags={"output_dir": str(old), "dtype": "float32"},
+                                                              resume=True))) == {"dtype"}
+    with pytest.raises(ValueError, match=r"--dtype bfloat16-weights: training never casts the weights"):
+        TrainConfig(output_dir=str(tmp_path / "w"), train_data="x.jsonl", steps=2, dtype="bfloat16-weights").validate()
+
+
 def test_max_grad_norm_zero_is_no_clipping(toml):
     assert build_config(flags={**BASE, "max_grad_norm": 0}).max_grad_norm is None
     assert build_config(config_file=toml('[train]\nmax-grad-norm = 0\n'), flags=BASE).max_grad_norm is None

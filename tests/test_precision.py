@@ -28,7 +28,8 @@ def test_the_cpu_computes_in_float32_and_bfloat16(name, dtype):
 
 
 def test_an_unknown_name_lists_the_choices_and_names_the_flag():
-    with pytest.raises(ValueError, match=r"^--dtype must be one of auto, float32, bfloat16, float16, got 'fp8'$"):
+    with pytest.raises(ValueError, match=r"^--dtype must be one of auto, float32, bfloat16-autocast, float16, "
+                                         r"bfloat16, got 'fp8'$"):
         resolve_dtype("fp8", torch.device("cpu"))
     with pytest.raises(ValueError, match=r"^--eval-dtype must be one of"):
         resolve_dtype("fp8", torch.device("cpu"), flag="--eval-dtype")
@@ -107,6 +108,31 @@ def test_training_precision_uses_it():
     assert p.dtype is torch.float32 and p.autocast is None and p.scaler is None
     with pytest.raises(ValueError, match="float16 needs a CUDA device"):
         training_precision("float16", torch.device("cpu"))
+
+
+def test_training_names_its_bfloat16_autocast_and_refuses_the_weights_cast():
+    """Training's --dtype: bfloat16-autocast is what it does, the older bfloat16 means the same, bfloat16-weights
+    (evaluation's whole-model cast) is refused naming --dtype."""
+    from ragcun.precision import training_dtype
+    from ragcun.training.optim import training_precision
+
+    assert [training_dtype(n) for n in DTYPES] == ["auto", "float32", "bfloat16-autocast", "float16",
+                                                   "bfloat16-autocast"]
+    assert resolve_dtype("bfloat16-autocast", "cpu") is resolve_dtype("bfloat16", "cpu") is torch.bfloat16
+    for name in ("bfloat16", "bfloat16-autocast"):
+        p = training_precision(name, torch.device("cpu"))
+        assert p.dtype is torch.bfloat16 and p.autocast.fast_dtype is torch.bfloat16 and p.scaler is None
+    with pytest.raises(ValueError, match=r"^--dtype bfloat16-weights: training never casts the weights.*"
+                                         r"--dtype bfloat16-autocast"):
+        training_dtype("bfloat16-weights")
+    with pytest.raises(ValueError, match=r"^--dtype must be one of auto, float32, bfloat16-autocast"):
+        training_dtype("fp8")
+
+
+def test_a_bfloat16_gpu_error_names_the_spelling_given(bf16_gpu):
+    bf16_gpu(False)
+    with pytest.raises(ValueError, match=r"^--dtype bfloat16-autocast: this GPU \(cuda:0\) does not support"):
+        resolve_dtype("bfloat16-autocast", "cuda:0")
 
 
 @pytest.fixture

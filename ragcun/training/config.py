@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterable, Mapping
 
-from ragcun.precision import DTYPES, check_dtype_name  # names only: no torch at import
+from ragcun.precision import DTYPES, training_dtype  # names only: no torch at import
 
 CONFIG_FILE = "train_config.json"
 SCHEDULES = ("linear", "cosine", "constant")
@@ -131,8 +131,9 @@ class TrainConfig:
              "limit, so evaluation reads whole texts")
     dtype: str = setting(
         "auto", flag="--dtype", choices=DTYPES,
-        help="autocast precision of the steps (weights stay float32); auto: bf16 on GPUs that support it, float32 on "
-             "CPUs; bfloat16 also works on a CPU, 1.55x faster on one with AVX512-BF16, see benchmarks/RESULTS.md")
+        help="autocast precision of the steps (weights stay float32, so there is no bfloat16-weights here); auto: "
+             "bf16 on GPUs that support it, float32 on CPUs; bfloat16-autocast (bfloat16, its older name, means the "
+             "same) also works on a CPU, 1.55x faster on one with AVX512-BF16, see benchmarks/RESULTS.md")
     seed: int = setting(42, flag="--seed", help="random seed: the initial weights, the data order and dropout")
     device: str | None = setting(None, flag="--device",  # None -> cuda:LOCAL_RANK if available, else cpu
                                  help="cpu, cuda, cuda:1  [default: cuda:LOCAL_RANK if available]")
@@ -185,7 +186,7 @@ class TrainConfig:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"--max-grad-norm must be positive (--max-grad-norm 0 disables clipping; omitted, it is "
                              f"1.0), got {self.max_grad_norm}")
-        check_dtype_name(self.dtype)
+        training_dtype(self.dtype)  # bfloat16-weights refused with the reason
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.mine_negatives is not None:
@@ -498,6 +499,8 @@ def _comparable(key: str, value: Any) -> Any:
         value = str(default_data_dir())
     if not isinstance(value, str) or not value:
         return value
+    if key == "dtype":  # bfloat16 and bfloat16-autocast: one precision, two spellings (kept as given)
+        return training_dtype(value) if value in DTYPES else value
     if key in ("output_dir", "data_dir"):
         return _resolved(value)
     if key in ("train_data", "eval_data", "encoder"):

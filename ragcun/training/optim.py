@@ -23,8 +23,10 @@ class Precision:
 
 
 def training_precision(name: str, device: torch.device) -> Precision:
-    """The run's compute precision (``name`` resolved by :func:`ragcun.precision.resolve_dtype`): autocast for
-    bfloat16/float16, a gradient scaler for float16. It changes no global setting (see :func:`allow_tf32`)."""
+    """The run's compute precision (``name``, a training ``--dtype``, resolved by
+    :func:`ragcun.precision.resolve_dtype`): autocast for bfloat16-autocast (or its older name bfloat16) and
+    float16, a gradient scaler for float16; the weights stay float32. It changes no global setting (see
+    :func:`allow_tf32`)."""
     dtype = resolve_dtype(name, device)
     return Precision(dtype, torch.autocast(device.type, dtype=dtype) if dtype is not torch.float32 else None,
                      torch.amp.GradScaler("cuda") if dtype is torch.float16 else None)
