@@ -21,12 +21,14 @@ OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing i
 # bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): training 1.48x sentence-transformers' bf16 Trainer
 # and evaluation 3.5-4x float32 there, at equal quality (benchmarks/RESULTS.md); elsewhere auto (float32 on a CPU that
 # would emulate bfloat16, about 5x slower; bfloat16 on a GPU that has it)
-DTYPE=$(python -c "from ragcun.precision import cpu_has_native_bfloat16 as n; print('bfloat16' if n() else 'auto')")
+# (training autocasts to bfloat16 and keeps float32 weights; evaluation casts the whole model: one name for each)
+NATIVE_BF16=$(python -c "from ragcun.precision import cpu_has_native_bfloat16 as n; print(int(n()))")
+if [ "$NATIVE_BF16" = 1 ]; then TRAIN_DTYPE=bfloat16-autocast EVAL_DTYPE=bfloat16-weights; else TRAIN_DTYPE=auto EVAL_DTYPE=auto; fi
 python scripts/phase.py "1/3 train" ragcun train --head gaussian --loss contrastive+isotropy \
   --train-data beir:scifact:train --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15 \
-  --gradient-checkpointing --dtype "$DTYPE"
+  --gradient-checkpointing --dtype "$TRAIN_DTYPE"
 python scripts/phase.py "2/3 eval beir" ragcun eval beir --model "$OUT/model" --datasets scifact --split test \
-  --dtype "$DTYPE" --output "$OUT/eval.json"
+  --dtype "$EVAL_DTYPE" --output "$OUT/eval.json"
 python scripts/phase.py "3/3 isotropy report" ragcun isotropy report --model all-minilm-l6-v2 --model "$OUT/model" \
   --dataset scifact --sample 1000 --output-dir "$OUT/isotropy"
 echo "done in $SECONDS s: $OUT/eval.json, $OUT/isotropy/report.html"
