@@ -142,7 +142,12 @@ def test_no_process_a_test_started_outlives_the_session(tmp_path, how):
         if how != "test ends":
             time.sleep(1)
             session.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
-        session.wait(timeout=120)
+        try:
+            session.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # say what the inner session printed, not only that it hung
+            session.kill()
+            raise AssertionError(f"the pytest session did not end within 120 s of {how}; it printed:\n"
+                                 + session.communicate()[0].decode(errors="replace")[-4000:]) from None
         deadline = time.monotonic() + 10
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
