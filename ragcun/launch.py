@@ -1,11 +1,9 @@
 """Starting child processes: one job, or several side by side or in turn, each with its devices, threads and log.
 
-The one launcher behind ``ragcun train --nproc-per-node`` (the torchrun relaunch), ``ragcun sweep`` and
-``ragcun ablation run --parallel``:
+The one launcher behind ``ragcun train --nproc-per-node`` (the torchrun relaunch) and ``ragcun ablation run
+--parallel`` (``ragcun sweep`` is a plan it runs):
 
-* a :class:`Job` is what to run: a command, or a training config file started as
-  ``ragcun train --config FILE`` (under torchrun, one rank per device, when ``distributed``), its environment
-  and its log file;
+* a :class:`Job` is what to run: a command, its environment and its log file;
 * :func:`placement` says where the jobs go (the one meaning of ``--parallel``, below);
 * :func:`run_jobs` starts them, ``slots`` at a time, each with its GPUs (``CUDA_VISIBLE_DEVICES``) or its share
   of the cores (``OMP_NUM_THREADS``, ``TOKENIZERS_PARALLELISM=false``), and collects their exit codes;
@@ -15,7 +13,7 @@ Children die with this process (:class:`ragcun.signals.ChildProcesses`): a SIGTE
 to them (a training child saves a checkpoint) and this process waits ``grace`` seconds for them to finish
 before killing them; the kernel stops them if this process is killed.
 
-``--parallel`` (``ragcun sweep``, ``ragcun ablation run``):
+``--parallel`` (``ragcun ablation run``, ``ragcun sweep``):
 
 * ``no``: one after another, in the calling process;
 * ``auto``: side by side when the node has at least two GPUs, else as ``no``;
@@ -56,28 +54,18 @@ def torchrun_command(nproc: int, args: Sequence[str], *, master_port: int | None
 
 @dataclass
 class Job:
-    """One child process: ``command``, or ``ragcun train --config CONFIG ARGS`` when ``config`` is given (under
-    torchrun with one rank per device, or one on a CPU, when ``distributed``); ``env`` is added to this
-    process's environment; the output goes to ``log`` (appended), or to this process's when ``None``."""
+    """One child process: ``command``, with ``env`` added to this process's environment (and the slot's devices
+    or threads, :func:`job_env`); the output goes to ``log`` (appended), or to this process's when ``None``."""
 
     name: str
     command: Sequence[str] = ()
-    config: str | Path | None = None
-    args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     log: str | Path | None = None
-    distributed: bool = False
-    master_port: int | None = None
 
-    def argv(self, devices: Sequence[int] = ()) -> list[str]:
-        if self.config is None:
-            if not self.command:
-                raise ValueError(f"job {self.name}: give a command or a config file")
-            return list(self.command)
-        train = ["train", "--config", str(self.config), *self.args]
-        if self.distributed:
-            return torchrun_command(max(1, len(devices)), train, master_port=self.master_port)
-        return [sys.executable, "-m", "ragcun", *train]
+    def argv(self) -> list[str]:
+        if not self.command:
+            raise ValueError(f"job {self.name}: give a command")
+        return list(self.command)
 
 
 def gpu_count() -> int:
@@ -172,7 +160,7 @@ def run_jobs(jobs: Sequence[Job], groups: Sequence[Sequence[int]], *, show: Call
                     else:
                         show(f"{job.name}: started on {where(devices, threads)}"
                              + (f"; log {job.log}" if job.log else ""))
-                    running[job.name] = (slot, children.popen(job.argv(devices), env=env, stdout=out,
+                    running[job.name] = (slot, children.popen(job.argv(), env=env, stdout=out,
                                                               stderr=subprocess.STDOUT if out else None), out, job)
                 time.sleep(poll_s)
                 for name, (_slot, proc, out, job) in list(running.items()):

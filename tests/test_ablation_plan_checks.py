@@ -160,7 +160,6 @@ isotropy_sample = 20
 
 [train]
 data = "tiny"
-dev_fraction = 0.3
 encoder = "hf:{model}"
 steps = 1
 batch_size = 4

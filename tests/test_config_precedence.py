@@ -193,21 +193,21 @@ def test_cli_flags_given_beat_the_toml_and_defaults_do_not(toml):
 
 
 def test_sweep_and_preflight_build_through_build_config(monkeypatch, tmp_path):
+    import ragcun.ablation.sweep as sweep_mod
     import ragcun.workflows.preflight as preflight_mod
-    import ragcun.workflows.sweep as sweep_mod
 
     seen = {}
-    monkeypatch.setattr(sweep_mod, "run_sweep", lambda configs, **kw: seen.setdefault("sweep", configs))
-    monkeypatch.setattr(sweep_mod, "evaluate_sweep", lambda *a, **kw: [])
+    monkeypatch.setattr(sweep_mod, "run_sweep",
+                        lambda base, eval_data, **kw: (seen.setdefault("sweep", base), tmp_path / "s.toml", [])[1:])
     monkeypatch.setattr(preflight_mod, "preflight", lambda config, **kw: seen.setdefault("preflight", config) and [])
     monkeypatch.delenv("RAGCUN_DATA", raising=False)
     result = invoke("sweep", "--train-data", "x.jsonl", "--eval-data", "beir:scifact:test", "--output-dir",
                     tmp_path / "s", "--steps", "2", "--lr", "1e-4", "--runs", "isotropy",
                     "--set", "loss.isotropy.num_slices=16", "--format", "json")
     assert result.exit_code == 0, result.output
-    [config] = seen["sweep"].values()
+    config = seen["sweep"]
     expected = build_config(flags={"train_data": "x.jsonl", "output_dir": str(tmp_path / "s"), "steps": 2,
-                                   "lr": 1e-4, "show_progress": False}, settings=["loss.isotropy.num_slices=16"])
+                                   "lr": 1e-4}, settings=["loss.isotropy.num_slices=16"])
     assert {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "loss")} == \
         {k: v for k, v in expected.to_dict().items() if k not in ("output_dir", "loss")}
     result = invoke("preflight", "--train-data", "x.jsonl", "--batch-size", "4")
@@ -272,9 +272,9 @@ def test_the_commands_with_set_are_the_ones_tested():
 
 def test_sweep_accepts_a_setting_of_any_of_its_runs_and_preflight_follows_its_loss(tmp_path):
     # the sweep's runs all use isotropy (the baseline with weight 0): its settings are in use
-    from ragcun.workflows.sweep import sweep_configs
+    from ragcun.ablation.sweep import arm_configs
 
-    runs = lambda c: sweep_configs(c, 1.0, ["baseline"]).values()  # noqa: E731
+    runs = lambda c: arm_configs(c, 1.0, ["baseline"]).values()  # noqa: E731
     config = build_config(flags={**BASE, "output_dir": str(tmp_path)}, settings=["loss.isotropy.num_slices=16"],
                           command="ragcun sweep", expand=runs)
     assert config.settings == {"loss": {"isotropy": {"num_slices": 16}}}

@@ -87,20 +87,3 @@ def test_the_callers_options_compose_the_same_steps(tiny_model, tmp_path):
         assert scored[key] == direct[key], key
     assert scored["counts"] == {"queries": 9, "documents": 37}
     assert scored["metrics"]["NDCG@10"] == pytest.approx(whole["metrics"]["NDCG@10"], abs=1e-6)  # no ties here
-
-
-def test_the_sweep_evaluates_through_eval_beir(tiny_model, tmp_path):
-    from ragcun.evaluation.beir_eval import evaluate_beir
-    from ragcun.training.config import TrainConfig
-    from ragcun.workflows.sweep import evaluate_sweep, sweep_configs
-
-    write_beir(tmp_path / "data" / "tiny")
-    configs = sweep_configs(TrainConfig(output_dir=str(tmp_path / "sweep"), train_data="x.jsonl"), runs=["baseline"])
-    tiny_model.save_pretrained(tmp_path / "sweep" / "baseline")
-    [row] = evaluate_sweep(configs, "beir:tiny:test", data_dir=str(tmp_path / "data"), batch_size=8,
-                           diagnostics_sample=20, show=lambda text: None, show_progress=False)
-    report = evaluate_beir(tiny_model, "tiny", tmp_path / "data", batch_size=8, download=False, device="cpu",
-                           show_progress=False)
-    assert row["run"] == "baseline" and row["NDCG@10"] == report["datasets"]["tiny"]["NDCG@10"]
-    assert set(row["isotropy"]) == {"sigreg_raw", "sigreg_gaussian_floor", "effective_rank_ratio", "isoscore",
-                                    "average_cosine"}

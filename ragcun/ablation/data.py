@@ -61,19 +61,19 @@ def carve_dev_split(dataset: str, data_dir: str | None, fraction: float, out: Pa
     return out, info
 
 
-def own_dev_split(dataset: str, data_dir: str | None, split: str = "dev") -> tuple[Path, dict]:
-    """A dataset that has its own dev split (SQuAD's, NFCorpus's): train on all of ``train``, choose on ``split``.
-    Returns the dataset folder itself and a description like :func:`carve_dev_split`'s."""
+def own_dev_split(dataset: str, data_dir: str | None, split: str = "dev", trained: str = "train") -> tuple[Path, dict]:
+    """A dataset that has its own dev split (SQuAD's, NFCorpus's): train on all of ``trained``, choose on
+    ``split``. Returns the dataset folder itself and a description like :func:`carve_dev_split`'s."""
     source = find_dataset(dataset, data_dir, download=False)
     counts = {}
-    for name in ("train", split):
+    for name in (trained, split):
         path = source / "qrels" / f"{name}.tsv"
         if not path.is_file():
             raise ValueError(f"{source}: no qrels/{name}.tsv (the plan's [train] dev_split = {split!r} needs the "
-                             f"dataset's own train and {split} splits)")
+                             f"dataset's own {trained} and {split} splits)")
         counts[name] = len(load_qrels(path))
-    return source, {"source": str(source), "split": split, "own_split": True, "train_queries": counts["train"],
-                    "dev_queries": counts[split]}
+    return source, {"source": str(source), "split": split, "own_split": True, "train_queries": counts[trained],
+                    "dev_queries": counts[split], **({"trained_split": trained} if trained != "train" else {})}
 
 
 def dev_dataset(folder: Path, corpus_sample: int, seed: int = 0, split: str = "dev") -> BeirDataset:

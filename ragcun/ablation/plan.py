@@ -257,7 +257,9 @@ KEYS: dict[str, tuple[Key, ...]] = {
         Key("seeds", "list of distinct integers", [1, 2, 3], "the seeds of every trained arm (an arm may list fewer)",
             check=SEEDS),
         Key("datasets", "list of dataset names", REQUIRED, "BEIR datasets (folders under `--data-dir`) evaluated on "
-            "their test split; a name becomes a file name: letters, digits, `.`, `_`, `-`", check=_dataset_names),
+            "their `split`; a name becomes a file name: letters, digits, `.`, `_`, `-`", check=_dataset_names),
+        Key("split", "split name", "test", "the split of every dataset in `datasets` that is evaluated (never one "
+            "trained or tuned on)", check=_safe_name),
         Key("dtype", " | ".join(precision_names("plan")), "bfloat16", "evaluation precision, named as in `ragcun eval "
             "beir --dtype`; `bfloat16`, the older spelling every committed plan uses, is read here as "
             "`bfloat16-autocast` (as when the first plans were scored)", check=_choice(*precision_names("plan"))),
@@ -293,9 +295,14 @@ KEYS: dict[str, tuple[Key, ...]] = {
             check=_comparisons),
     ),
     "train": (
-        Key("data", "dataset name", REQUIRED, "the BEIR dataset whose train split is trained on", check=NAME),
+        Key("data", "dataset name", REQUIRED, "the BEIR dataset (a folder under `--data-dir`, or a folder's path) "
+            "whose `split` is trained on", "required, except beside `train_file` in a plan without `[select]`",
+            check=NAME),
+        Key("split", "split name", "train", "the split of `data` trained on (with a `[select]` and no `dev_split`, "
+            "less the dev queries carved from it)", check=_safe_name),
         Key("dev_fraction", "number in (0, 1)", 0.2, "the share of the train queries carved out as the dev split "
-            "(not with `dev_split`)", check=UNIT_INTERVAL),
+            "that `[select]` scores lambda on (not with `dev_split`); a plan without `[select]` carves nothing and "
+            "trains on all of `split`", check=UNIT_INTERVAL),
         Key("dev_split", "split name", None, "the dataset's own dev split instead (then all of train is trained on)",
             "none", check=_safe_name),
         Key("train_file", "data spec", None, "a training file (`jsonl:PATH`, e.g. `ragcun data score`'s output with a "
@@ -471,7 +478,7 @@ class Plan:
     datasets: list[str]
     arms: dict[str, Arm]
     train: dict[str, Any]
-    train_data: str
+    train_data: str | None  # the BEIR dataset trained on (None: only a train_file, in a plan without [select])
     train_set: list[str] = field(default_factory=list)  # --set settings of every trained arm (an arm's come after)
     dev_fraction: float = 0.2
     select_arm: str | None = None
@@ -483,6 +490,8 @@ class Plan:
     k: int = 100
     isotropy_sample: int = 2000
     dev_split: str | None = None  # the dataset's own dev split (else dev_fraction of train is carved out)
+    train_split: str = "train"  # the split of train_data trained on
+    split: str = "test"  # the split of each of datasets evaluated
     train_file: str | None = None  # a jsonl:/triples: file every trained arm trains on instead of data's train split
     _file_hash: tuple | None = field(default=None, repr=False, compare=False)  # ((path, mtime, size), sha256)
     primary: Primary | None = None  # None: a plan written before pre-registration (legacy: each arm vs baseline)
@@ -523,17 +532,30 @@ class Plan:
 
     # -- what defines a run's result: recorded in its result.json, compared before anything runs --------------------
     def evaluation_settings(self) -> dict[str, Any]:
+        # the evaluated split is recorded only when it is not "test", so every result made before it could be
+        # chosen keeps its settings record
         return {"datasets": list(self.datasets), "dtype": self.dtype, "k": self.k, "batch_size": self.batch_size,
-                "isotropy_sample": self.isotropy_sample}
+                "isotropy_sample": self.isotropy_sample, **({"split": self.split} if self.split != "test" else {})}
+
+    @property
+    def carves_dev(self) -> bool:
+        """Whether the dev split is carved out of the trained split (a lambda to choose, and no dev_split)."""
+        return self.select_arm is not None and not self.dev_split
 
     def data_settings(self) -> dict[str, Any]:
-        """What is trained on: the dataset's train split less the dev queries (the carved split is salted with
-        the plan's name), or all of it beside the dataset's own dev split."""
-        dev = {"split": self.dev_split} if self.dev_split else {"fraction": self.dev_fraction, "salt": self.name}
+        """What is trained on: the dataset's split less the dev queries (the carved split is salted with the
+        plan's name), or all of it (beside the dataset's own dev split, or when no lambda is chosen)."""
+        if self.dev_split:
+            dev = {"split": self.dev_split}
+        elif self.carves_dev:
+            dev = {"fraction": self.dev_fraction, "salt": self.name}
+        else:
+            dev = None
+        split = {"split": self.train_split} if self.train_split != "train" else {}
         if self.train_file:  # the file's contents, not only its name: a file rewritten in place is another run
-            return {"data": self.train_data, "dev": dev if self.dev_split else None, "train_file": self.train_file,
+            return {"data": self.train_data, "dev": dev, **split, "train_file": self.train_file,
                     "train_file_sha256": self.train_file_sha256()}
-        return {"data": self.train_data, "dev": dev}
+        return {"data": self.train_data, "dev": dev, **split}
 
     def train_file_path(self) -> Path | None:
         from ragcun.data.training import parse_data_spec
@@ -749,8 +771,6 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     if data["baseline"] not in arms:
         raise ValueError(f"{where}: baseline {data['baseline']!r} is not an arm (arms: {', '.join(arms)})")
     train = dict(data["train"])
-    if "data" not in train:
-        raise ValueError(f"{where} [train]: missing 'data' (a BEIR dataset whose train split is trained on)")
     known = {f.name for f in fields(TrainConfig)} - RESERVED_TRAIN
     _unknown(train, known | TRAIN_ONLY, f"{where} [train]")
     _check_table("train", train, f"{where} [train]")
@@ -771,11 +791,19 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     if "train_file" in train and select and "dev_split" not in train:
         raise ValueError(f"{where} [train]: with train_file, the lambda selection needs dev_split (the dataset's own "
                          "dev split; a file cannot be carved)")
+    if "data" not in train and ("train_file" not in train or select or "dev_split" in train):
+        raise ValueError(f"{where} [train]: missing 'data' (a BEIR dataset whose train split is trained on"
+                         + (", and whose dev split scores the lambda candidates)" if "train_file" in train else ")"))
     if "dev_fraction" in train and "dev_split" in train:
         raise ValueError(f"{where} [train]: give dev_fraction (carve dev from train) or dev_split (the dataset's own), "
                          "not both")
+    if "dev_fraction" in train and not select:
+        raise ValueError(f"{where} [train]: dev_fraction carves the dev split that [select] scores the lambda "
+                         "candidates on; this plan has no [select], so nothing is carved and every trained arm "
+                         "trains on all of the split: remove dev_fraction")
     seeds = data.get("seeds", default("", "seeds"))
     datasets = data["datasets"]
+    _check_not_tested_on_training(train, datasets, data.get("split", default("", "split")), where)
     primary = _primary(data.get("primary"), arms, datasets, seeds, where)
     secondary_table = data.get("secondary", {})
     secondary = [parse_comparison(c, arms, f"{where} [secondary] comparisons")
@@ -787,7 +815,8 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         work_dir=Path(work_dir) if work_dir is not None else Path(data.get("work_dir", f"runs/ablation/{path.stem}")),
         baseline=data["baseline"], seeds=list(seeds),
         datasets=list(datasets), arms=arms, train={k: v for k, v in train.items() if k not in TRAIN_ONLY},
-        train_data=str(train["data"]), train_set=list(train.get("set", [])),
+        train_data=str(train["data"]) if "data" in train else None, train_set=list(train.get("set", [])),
+        train_split=str(train.get("split", default("train", "split"))), split=str(data.get("split", "test")),
         dev_fraction=float(train.get("dev_fraction", default("train", "dev_fraction"))),
         select_arm=select.get("arm"), select_values=[float(v) for v in select.get("values", [])],
         dev_corpus_sample=int(dev.get("corpus_sample", default("dev", "corpus_sample"))),
@@ -800,6 +829,18 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     _check_metrics(plan, where)
     _check_training(train, arms, where)
     return plan
+
+
+def _check_not_tested_on_training(train: dict[str, Any], datasets: list[str], split: str, where: str) -> None:
+    """No dataset is evaluated on a split the plan trains or chooses lambda on."""
+    if "data" not in train:
+        return
+    name = Path(str(train["data"])).name
+    used = {str(train.get("split", default("train", "split"))): "trains on",
+            **({str(train["dev_split"]): "chooses lambda on"} if "dev_split" in train else {})}
+    if name in [Path(d).name for d in datasets] and split in used:
+        raise ValueError(f"{where}: split = {split!r} of {name!r} is evaluated, and the plan {used[split]} that "
+                         f"split ([train]): evaluate another split, or leave {name!r} out of datasets")
 
 
 def _string_list(value: Any, where: str) -> list[str]:

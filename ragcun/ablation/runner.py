@@ -99,21 +99,23 @@ class PlanRunner:
     # -- data ------------------------------------------------------------------------------------------
     def prepare(self) -> None:
         from ragcun.ablation.data import carve_dev_split, own_dev_split
+        from ragcun.data.beir import find_dataset
 
         plan = self.plan
         plan.results.mkdir(parents=True, exist_ok=True)
         self.check_preregistration()
-        if plan.train_file and not plan.dev_split:  # every arm trains on the file, and no lambda needs a dev split
-            self.train_folder = None
-            self.show(f"training data: {plan.train_file} (every trained arm); no dev split (no lambda to choose)")
+        if not plan.dev_split and not plan.carves_dev:  # no lambda to choose: nothing to carve or score
+            self.train_folder = None if plan.train_file else find_dataset(plan.train_data, self.data_dir,
+                                                                          download=False)
+            self.show(f"training data: {plan.train_file or f'all of {plan.train_data} {plan.train_split}'} (every "
+                      "trained arm); no dev split (no lambda to choose)")
             self.write_plan_record()
             return
         if plan.dev_split:
-            folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split)
+            folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split, plan.train_split)
         else:
             folder, info = carve_dev_split(plan.train_data, self.data_dir, plan.dev_fraction,
-                                           plan.work_dir / "data" / f"{Path(plan.train_data).name}-train-dev",
-                                           salt=plan.name)
+                                           self.carved_folder(), salt=plan.name, split=plan.train_split)
         self.train_folder = folder
         _atomic_json(plan.results / "dev_split.json", info)
         self.write_plan_record()
@@ -122,6 +124,16 @@ class PlanRunner:
                      f"{info['train_queries']})" if not plan.dev_split else
                      " (the dataset's own; training uses "
                      + (plan.train_file if plan.train_file else f"all {info['train_queries']} train queries") + ")"))
+
+    def carved_folder(self) -> Path:
+        """Where the train split less the carved dev queries goes (its qrels/train.tsv is what is trained on)."""
+        plan = self.plan
+        suffix = "" if plan.train_split == "train" else f"-{plan.train_split}"
+        return plan.work_dir / "data" / f"{Path(plan.train_data).name}{suffix}-train-dev"
+
+    def trained_split(self) -> str:
+        """The split of :attr:`train_folder` trained on: the carved folder's "train", else the plan's split."""
+        return "train" if self.plan.carves_dev else self.plan.train_split
 
     def check_train_file(self) -> None:
         path = self.plan.train_file_path()
@@ -181,7 +193,7 @@ class PlanRunner:
                                                    split=self.plan.dev_split or "dev")
             else:
                 folder = find_dataset(name, self.data_dir, download=False)
-                self._datasets[name] = load_beir(folder, "test", name=name)
+                self._datasets[name] = load_beir(folder, self.plan.split, name=name)
         return self._datasets[name]
 
     # -- the base encoder's outputs, encoded once ------------------------------------------------------
@@ -272,7 +284,8 @@ class PlanRunner:
 
         values = dict(self.plan.train)
         values.update({"output_dir": str(self.model_folder(arm, seed, lam)),
-                       "train_data": self.plan.train_file or f"beir:{self.train_folder}:train", "seed": seed,
+                       "train_data": self.plan.train_file or f"beir:{self.train_folder}:{self.trained_split()}",
+                       "seed": seed,
                        "loss": arm.loss_for(lam),
                        "freeze_encoder": arm.freeze_encoder, "show_progress": False,
                        "settings": settings_from_options([*self.plan.train_set, *arm.set])})
@@ -315,6 +328,7 @@ class PlanRunner:
         info["trainable_params"] = trainable
         info["calibration"] = _calibration(folder)
         info.setdefault("steps", _final_step(folder))
+        info["final_train"] = _final_terms(folder)
         return model, info
 
     def check_model_folder(self, folder: Path, config) -> None:
@@ -562,41 +576,13 @@ class PlanRunner:
         """Check the whole plan without training or writing anything: the datasets and splits exist, every
         trained run's settings resolve and validate and name registered components, and the pre-registration
         agrees; returns the lines describing what a real run would do, in order."""
-        from ragcun.ablation.data import own_dev_split
         from ragcun.ablation.preregistration import changed_fields, read
         from ragcun.components import check_settings, components_in_use
-        from ragcun.data.beir import available_splits, find_dataset
 
         plan = self.plan
         lines = [f"plan {plan.name} ({plan.path}): {len(plan.arms)} arm(s), results {plan.results}, "
                  f"work {plan.work_dir}"]
-        if plan.train_file:
-            path = plan.train_file_path()
-            lines.append(f"training data: {plan.train_file} for every trained arm ("
-                         + (f"{path.stat().st_size / 2**20:.1f} MiB, sha256 {plan.train_file_sha256()[:16]}"
-                            if path.is_file() else "MISSING: write it before running") + ")")
-        if plan.dev_split:
-            self.train_folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split)
-            if not plan.train_file:
-                lines.append(f"training data: {plan.train_data} train ({info['train_queries']} queries); lambda "
-                             f"chosen on its own {plan.dev_split} split ({info['dev_queries']} queries)")
-            elif plan.select_arm:
-                lines.append(f"lambda chosen on {plan.train_data}'s {plan.dev_split} split ({info['dev_queries']} "
-                             "queries)")
-        elif plan.train_file:
-            self.train_folder = None
-        else:
-            source = find_dataset(plan.train_data, self.data_dir, download=False)
-            if "train" not in available_splits(source):
-                raise ValueError(f"{plan.path} [train]: {source} has no train split")
-            self.train_folder = plan.work_dir / "data" / f"{Path(plan.train_data).name}-train-dev"
-            lines.append(f"training data: {plan.train_data} train minus a {plan.dev_fraction:g} dev split carved "
-                         "from it")
-        for name in plan.datasets:
-            folder = find_dataset(name, self.data_dir, download=False)
-            if "test" not in available_splits(folder):
-                raise ValueError(f"{plan.path}: dataset {name!r} ({folder}) has no test split")
-        lines.append(f"test collections: {', '.join(plan.datasets)} (test splits present)")
+        lines += self.describe_data()
         if plan.primary is not None:
             recorded = read(plan.results)
             family = plan.primary.family()
@@ -648,6 +634,50 @@ class PlanRunner:
                              + ("  [finished]" if done else ""))
         for each in settings:
             check_settings(each, {kind: sorted(names) for kind, names in in_use.items()})
+        return lines
+
+    def describe_data(self) -> list[str]:
+        """The dry run's lines about the data (checked to exist, nothing written): what is trained on, where
+        lambda is chosen, and the evaluated splits."""
+        from ragcun.ablation.data import own_dev_split
+        from ragcun.data.beir import available_splits, find_dataset
+
+        plan = self.plan
+        lines = []
+        if plan.train_file:
+            path = plan.train_file_path()
+            lines.append(f"training data: {plan.train_file} for every trained arm ("
+                         + (f"{path.stat().st_size / 2**20:.1f} MiB, sha256 {plan.train_file_sha256()[:16]}"
+                            if path.is_file() else "MISSING: write it before running") + ")")
+        if plan.dev_split:
+            self.train_folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split, plan.train_split)
+            if not plan.train_file:
+                lines.append(f"training data: {plan.train_data} {plan.train_split} ({info['train_queries']} "
+                             f"queries); lambda chosen on its own {plan.dev_split} split ({info['dev_queries']} "
+                             "queries)")
+            elif plan.select_arm:
+                lines.append(f"lambda chosen on {plan.train_data}'s {plan.dev_split} split ({info['dev_queries']} "
+                             "queries)")
+        elif plan.train_file:
+            self.train_folder = None
+        else:
+            source = find_dataset(plan.train_data, self.data_dir, download=False)
+            if plan.train_split not in available_splits(source):
+                raise ValueError(f"{plan.path} [train]: {source} has no {plan.train_split} split")
+            if plan.carves_dev:
+                self.train_folder = self.carved_folder()
+                lines.append(f"training data: {plan.train_data} {plan.train_split} minus a {plan.dev_fraction:g} "
+                             "dev split carved from it")
+            else:
+                self.train_folder = source
+                lines.append(f"training data: all of {plan.train_data} {plan.train_split} (no lambda to choose, "
+                             "so no dev split)")
+        for name in plan.datasets:
+            folder = find_dataset(name, self.data_dir, download=False)
+            if plan.split not in available_splits(folder):
+                raise ValueError(f"{plan.path}: dataset {name!r} ({folder}) has no {plan.split} split")
+        lines.append(f"{'test collections' if plan.split == 'test' else f'evaluated on their {plan.split} split'}: "
+                     f"{', '.join(plan.datasets)} ({plan.split} splits present)")
         return lines
 
     def todo(self) -> list[tuple[Arm, int]]:
@@ -752,6 +782,12 @@ def _calibration(folder: Path) -> dict | None:
 
 def _final_step(folder: Path) -> int | None:
     return next((r["step"] for r in reversed(_records(folder)) if "final" in r), None)
+
+
+def _final_terms(folder: Path) -> dict[str, float]:
+    """The last logged training loss and its terms (weighted, as logged)."""
+    last = next((r for r in reversed(_records(folder)) if "loss" in r), None)
+    return {"loss": last["loss"], **last.get("terms", {})} if last else {}
 
 
 def resolve_slots(parallel: str, slots: int | None, runs: int | None = None) -> int:

@@ -36,7 +36,11 @@ from ragcun.launch import PARALLEL_CHOICES, PARALLEL_HELP, SLOTS_HELP
 @config_option("--seed", help="seed of every run")
 @config_option("--save-every")
 @config_option("--eval-batch-size", help="for the final evaluation")
-@click.option("--resume", is_flag=True, help="continue unfinished runs from their checkpoints")
+@click.option("--resume", is_flag=True, hidden=True,
+              help="(always so now) unfinished runs resume from their checkpoints; kept for older scripts")
+@click.option("--rerun-changed", is_flag=True,
+              help="runs finished (or part trained) with other settings than these are set aside under "
+                   "OUTPUT_DIR/stale/ and run again [default: refused, naming each setting]")
 @click.option("--parallel", type=click.Choice(PARALLEL_CHOICES), default="auto", show_default=True,
               help=PARALLEL_HELP)
 @click.option("--slots", type=click.IntRange(1), default=None, help=SLOTS_HELP)
@@ -51,31 +55,31 @@ def sweep_command(ctx: click.Context, **params: Any) -> None:
       isotropy   contrastive + W * isotropy            (W = --isotropy-weight, default 1.0)
       frozen     contrastive + W * isotropy, encoder frozen (only the head trains)
 
-    One after another on a CPU; on a node with two or more GPUs side by side, each run with an equal share of
-    the GPUs (--parallel and --slots change that).
-    Finished runs are skipped, so re-running the command after a failure only does what is missing.
+    The sweep is an ablation plan: it writes OUTPUT_DIR/sweep.toml (one seed, the three arms, these settings) and
+    runs it as `ragcun ablation run` does: one after another on a CPU; on a node with two or more GPUs side by
+    side, one GPU each (--parallel and --slots change that). Finished runs are skipped and an interrupted one
+    resumes from its checkpoint, so re-running the command after a failure only does what is missing. Models
+    go in OUTPUT_DIR/models/RUN/seed-SEED, results (result.json, per-query metrics) in OUTPUT_DIR/runs/RUN/.
 
     \b
       ragcun sweep --train-data beir:scifact:train --eval-data beir:scifact:test --output-dir runs/sweep --epochs 1
     """
+    from ragcun.ablation.sweep import arm_configs, run_sweep
     from ragcun.console import stderr, stdout
     from ragcun.training.config import build_config
-    from ragcun.workflows.sweep import evaluate_sweep, run_sweep, sweep_configs
 
     runs = [r.strip() for r in params["runs"].split(",") if r.strip()]
     # --eval-data and --eval-batch-size are the final evaluation's, not the runs' periodic evaluation
-    flags = {**config_flags(ctx, exclude=("eval_data", "eval_batch_size")),
-             "show_progress": params["output_format"] == "table"}
-    expand = lambda config: sweep_configs(config, params["isotropy_weight"], runs).values()  # noqa: E731
+    flags = config_flags(ctx, exclude=("eval_data", "eval_batch_size"))
+    expand = lambda config: arm_configs(config, params["isotropy_weight"], runs).values()  # noqa: E731
     base = build_config(settings=params["set_options"], flags=flags, command="ragcun sweep", expand=expand)
-    configs = sweep_configs(base, params["isotropy_weight"], runs)
-    show = lambda text: stderr.print(text, highlight=False)  # noqa: E731
-    run_sweep(configs, resume=params["resume"], parallel=params["parallel"], slots=params["slots"], show=show)
-    rows = evaluate_sweep(configs, params["eval_data"], data_dir=params["data_dir"],
-                          batch_size=params["eval_batch_size"], show=show,
-                          show_progress=params["output_format"] == "table")
+    plan_file, rows = run_sweep(base, params["eval_data"], data_dir=params["data_dir"],
+                                isotropy_weight=params["isotropy_weight"], runs=runs,
+                                batch_size=params["eval_batch_size"], parallel=params["parallel"],
+                                slots=params["slots"], rerun_changed=params["rerun_changed"],
+                                show=lambda text: stderr.print(text, highlight=False))
     if params["output_format"] == "json":
-        echo_json({"eval_data": params["eval_data"], "runs": rows})
+        echo_json({"eval_data": params["eval_data"], "plan": str(plan_file), "runs": rows})
         return
     from rich import box
     from rich.table import Table
@@ -94,10 +98,11 @@ def sweep_command(ctx: click.Context, **params: Any) -> None:
                      f"{row['trainable_params']:,} trainable parameters", highlight=False)
     floor = next((r["isotropy"]["sigreg_gaussian_floor"] for r in rows
                   if "sigreg_gaussian_floor" in (r.get("isotropy") or {})), None)
-    stdout.print("  SIGReg and erank/D: document embeddings of the evaluation corpus (raw vectors)"
+    n = next((r["isotropy"]["n"] for r in rows if "n" in (r.get("isotropy") or {})), None)
+    stdout.print(f"  SIGReg and erank/D: a fixed sample of {n} searched document embeddings (raw vectors)"
                  + (f"; an exact N(0, I) sample of the same size scores SIGReg {floor:.2f}"
                     if floor is not None else "")
-                 + "; loss: last logged training loss", highlight=False)
+                 + f"; loss: last logged training loss; plan {plan_file}", highlight=False)
 
 
 def _num(value, digits: int = 3) -> str:

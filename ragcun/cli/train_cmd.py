@@ -76,10 +76,10 @@ def launch_torchrun(nproc: int, argv: list[str], extra_env: dict[str, str] | Non
     torchrun dies with this process (:func:`ragcun.launch.run_one`): a SIGTERM here is passed on to it (it passes
     it to every rank, which saves a checkpoint), and this process waits for it to finish.
 
-    The ranks get the user's own options (ARGV), not the resolved config as a ``--config`` file as the sweep's runs
-    do: each rank then resolves exactly what a hand-launched ``torchrun -m ragcun train ...`` resolves, with
-    ``--resume`` reading the saved run itself, and an error on a rank names the flag or ``--set`` the user typed
-    (a config file would stand in for all of them)."""
+    The ranks get the user's own options (ARGV), not the resolved config as a ``--config`` file: each rank
+    then resolves exactly what a hand-launched ``torchrun -m ragcun train ...`` resolves, with ``--resume``
+    reading the saved run itself, and an error on a rank names the flag or ``--set`` the user typed (a config
+    file would stand in for all of them)."""
     from ragcun.launch import run_one, torchrun_command
 
     cmd = torchrun_command(nproc, ["train", *argv], master_port=master_port)

@@ -1,19 +1,18 @@
 """The one retrieval pipeline for BEIR-format data: encode -> search -> score.
 
 ``ragcun eval beir`` (:func:`ragcun.evaluation.beir_eval.evaluate_beir`), the periodic evaluation of a training
-run (:mod:`ragcun.evaluation.training_callbacks`), ``ragcun preflight``'s evaluation check, ``ragcun sweep``'s final
-evaluation (:func:`ragcun.workflows.sweep.evaluate_sweep`, through ``evaluate_beir``) and the ablation runner
-(:mod:`ragcun.ablation.scoring`) all call :func:`evaluate_dataset` here. Its steps are also public for callers
-that keep what they encode (the ablation caches the base encoder's outputs and re-uses them for every arm that
-only adds a head): :func:`encode_dataset`, :func:`search_encoded`, :func:`score_run`, :func:`isotropy_columns`,
-:func:`fit_head`.
+run (:mod:`ragcun.evaluation.training_callbacks`), ``ragcun preflight``'s evaluation check and the ablation runner
+(:mod:`ragcun.ablation.scoring`, which also runs ``ragcun sweep``'s plan) all call :func:`evaluate_dataset` here.
+Its steps are also public for callers that keep what they encode (the ablation caches the base encoder's outputs
+and re-uses them for every arm that only adds a head): :func:`encode_dataset`, :func:`search_encoded`,
+:func:`score_run`, :func:`isotropy_columns`, :func:`fit_head`.
 
 Where the callers differ, it is an option here, and each caller keeps the behaviour that produced its numbers
 (its committed results, its pinned tests), because each of these differences moves scores:
 
 =====================  =====================================  ===============================================
-option                 ``eval beir``, periodic evaluation,    ablation runner (``ragcun ablation run``)
-                       preflight, sweep
+option                 ``eval beir``, periodic evaluation,    ablation runner (``ragcun ablation run``,
+                       preflight                              ``ragcun sweep``)
 =====================  =====================================  ===============================================
 ``order``              ``"length"``: queries as the files     ``"id"``: queries and documents sorted by id
                        list them, documents longest first      (every committed ablation run was scored so;
@@ -27,10 +26,8 @@ option                 ``eval beir``, periodic evaluation,    ablation runner (`
                        ``prepared=True``); periodic            fused GELU rounds differently on CPUs with
                        evaluation: training's autocast         native bfloat16 (:mod:`ragcun.encoders.cpu_fusion`)
 ``per_query``          with ``--per-query`` / ``--save-run``   always (the paired significance tests)
-``isotropy_sample``    none (the sweep measures isotropy       2,000 (the plan's): a seeded sample of the very
-                       apart: the first 1,000 documents by     vectors searched, :func:`isotropy_columns`
-                       id, encoded in float32, ragcun's
-                       isotropy report's numbers)
+``isotropy_sample``    none                                   2,000 (the plan's): a seeded sample of the very
+                                                              vectors searched, :func:`isotropy_columns`
 ``shard``              ``True``: under ``torchrun`` each rank  ``False``: one process
                        searches its share of the queries
 fitted heads           :func:`fit_head` on a seeded sample     :func:`fit_head` on every cached document vector
@@ -310,22 +307,6 @@ def isotropy_columns(documents: torch.Tensor, sample: int, seed: int = 0) -> dic
     picked = documents[sorted(rows[:sample])]
     metrics = {m.key: m.value for m in population_metrics(picked, seed=seed, reference_draws=0)}
     return {"n": int(picked.shape[0]), "normalized": False, **{k: float(metrics[k]) for k in ISOTROPY_KEYS}}
-
-
-SWEEP_ISOTROPY_KEYS = ("sigreg_raw", "sigreg_gaussian_floor", "effective_rank_ratio", "isoscore", "average_cosine")
-
-
-def first_documents_isotropy(model, corpus, sample: int, batch_size: int) -> dict:
-    """The sweep's isotropy columns: the first ``sample`` documents by id, encoded apart by ``model`` (float32, no
-    document prefix), through the isotropy report's :func:`ragcun.diagnostics.report.embedding_diagnostics`. Not
-    :func:`isotropy_columns` of the vectors searched (the ablation's): the sweep's numbers have always been these."""
-    from ragcun.diagnostics.report import embedding_diagnostics
-    from ragcun.model import corpus_texts
-
-    ids = sorted(corpus)[:sample]
-    emb = model.encode_embeddings(corpus_texts([corpus[i] for i in ids]), batch_size, show_progress=False)
-    diag = embedding_diagnostics(emb.mean, seed=0)
-    return {k: float(diag[k]) for k in SWEEP_ISOTROPY_KEYS if k in diag}
 
 
 # -- the pipeline -----------------------------------------------------------------------------------------------
