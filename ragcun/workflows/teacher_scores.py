@@ -343,25 +343,16 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
     call scored, on this rank). ``ctx``: the torchrun context (:func:`ragcun.distributed.setup`); None: one process.
     ``progress(done, total)`` is called on rank 0 after each batch."""
     import ragcun.distributed as D
-    from ragcun import __version__
-    from ragcun.files import atomic_path, write_text_atomic
 
     ctx = ctx or D.DistributedContext()
     output = Path(output).expanduser()
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {batch_size}")
-    if output.is_dir():
-        raise ValueError(f"--output {output} is a folder; give a file name, e.g. {output / 'scores.jsonl'}")
+    _check_batch_size_and_output(batch_size, output)
     job = {"teacher": teacher, "train_data": train_data, "negatives": int(negatives), "mine_negatives": mine_negatives,
            "qrels_threshold": int(qrels_threshold), "distance": distance, "settings": settings,
            "query_prefix": query_prefix, "document_prefix": document_prefix}
-    if output.exists():
-        meta = read_metadata(output)
-        finished = {k: v for k, v in (meta or {}).get("job", {}).items() if k != "lines"}
-        if meta is not None and finished == json.loads(json.dumps(job)):
-            return {**meta, "resumed": meta.get("lines", 0), "scored": 0, "already_complete": True}
-        raise ValueError(f"--output {output} exists" + (" and was scored with other settings" if meta else "")
-                         + "; ragcun does not overwrite it: remove it or choose another file")
+    finished = _metadata_if_already_scored(output, job)
+    if finished is not None:
+        return {**finished, "resumed": finished.get("lines", 0), "scored": 0, "already_complete": True}
     output.parent.mkdir(parents=True, exist_ok=True)
 
     target = D.pick_device(device, ctx.local_rank)
@@ -372,9 +363,50 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
                         miner=model if isinstance(model, BiEncoderTeacher) else None, is_main=ctx.is_main,
                         barrier=lambda: D.barrier(ctx))
     job["lines"] = data.count
+    recorded = json.loads(json.dumps(job))  # the job as its JSON file reads back, for comparing with one
+    _record_or_check_job(output, recorded, ctx)
 
-    # the job: written by rank 0 (or checked, on a restart), then every rank checks it
-    recorded = json.loads(json.dumps(job))
+    done = _finished_lines(output)  # every rank's finished lines, whatever world size wrote them
+    mine = part_path(output, ctx.rank)
+    _cut_half_written_line(mine)
+    resumed = len(done)
+    scored = _score_this_ranks_share(model, data, mine, done, ctx, batch_size, progress)
+    D.barrier(ctx)
+
+    meta = _scores_metadata(teacher, train_data, negatives, mine_negatives, qrels_threshold, model, data.count,
+                            recorded)
+    if ctx.is_main:
+        _merge_parts_into_output(output, data.count, meta)
+    D.barrier(ctx)
+    return {**meta, "resumed": resumed, "scored": scored, "already_complete": False}
+
+
+def _check_batch_size_and_output(batch_size: int, output: Path) -> None:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name, e.g. {output / 'scores.jsonl'}")
+
+
+def _metadata_if_already_scored(output: Path, job: dict[str, Any]) -> dict | None:
+    """None when ``output`` does not exist yet; its metadata when an earlier run finished this same job (so
+    rerunning a finished command is a no-op); otherwise an error, as ragcun never overwrites an output."""
+    if not output.exists():
+        return None
+    meta = read_metadata(output)
+    finished = {k: v for k, v in (meta or {}).get("job", {}).items() if k != "lines"}
+    if meta is not None and finished == json.loads(json.dumps(job)):
+        return meta
+    raise ValueError(f"--output {output} exists" + (" and was scored with other settings" if meta else "")
+                     + "; ragcun does not overwrite it: remove it or choose another file")
+
+
+def _record_or_check_job(output: Path, recorded: dict[str, Any], ctx) -> None:
+    """Rank 0 writes the job file (or, on a restart, refuses one with other settings, whose parts would not mix
+    with this run's); then every rank waits for it."""
+    import ragcun.distributed as D
+    from ragcun.files import write_text_atomic
+
     if ctx.is_main:
         if job_path(output).is_file():
             previous = json.loads(job_path(output).read_text())
@@ -389,71 +421,100 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
             write_text_atomic(job_path(output), json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     D.barrier(ctx)
 
+
+def _finished_lines(output: Path) -> dict[int, dict]:
+    """The complete lines of every part file of ``output``, by item index."""
     done: dict[int, dict] = {}
-    for path in _part_files(output):  # every rank's finished lines, whatever world size wrote them
+    for path in _part_files(output):
         lines, _ = _read_part(path)
         done.update(lines)
-    mine = part_path(output, ctx.rank)
-    if mine.is_file():  # cut a half-written last line off before appending
-        _, good = _read_part(mine)
-        with mine.open("r+b") as fh:
+    return done
+
+
+def _cut_half_written_line(part: Path) -> None:
+    """Truncate ``part`` to its complete lines, so that appending to it starts on a fresh line."""
+    if part.is_file():
+        _, good = _read_part(part)
+        with part.open("r+b") as fh:
             fh.truncate(good)
+
+
+def _score_this_ranks_share(model, data: ScoringInput, part: Path, done: dict[int, dict], ctx, batch_size: int,
+                            progress: Callable[[int, int], None] | None) -> int:
+    """Score the items this rank owns (R, R + W, ...) that are not ``done``, appending them to ``part`` batch by
+    batch; return how many it scored. ``progress`` (rank 0 only) estimates the total from this rank's count."""
     resumed = len(done)
 
     def todo(i):
         return i % ctx.world_size == ctx.rank and i not in done
 
     scored = 0
-    batch: list[tuple[int, ScoringItem]] = []
-    with mine.open("a", encoding="utf-8") as out:
-        def flush() -> None:
-            nonlocal scored
-            scores = model.score([item for _, item in batch])
-            for (index, item), row in zip(batch, scores):
-                record = item.record(row[:len(item.pos)], row[len(item.pos):])
-                out.write(json.dumps({"_index": index, **record}, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+    with part.open("a", encoding="utf-8") as out:
+        for batch in _batches(data.items(todo), batch_size):
+            _append_scored_batch(model, batch, out)
             scored += len(batch)
-            batch.clear()
             if progress is not None and ctx.is_main:
                 progress(resumed + scored * ctx.world_size, data.count)
+    return scored
 
-        for index, item in data.items(todo):
-            batch.append((index, item))
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
-    D.barrier(ctx)
 
-    meta = {"format": FORMAT, "version": VERSION, "teacher": teacher, "teacher_kind": model.kind,
+def _batches(items: Iterator[tuple[int, ScoringItem]], size: int) -> Iterator[list[tuple[int, ScoringItem]]]:
+    """``items`` in lists of ``size`` (the last one shorter), pulled lazily so a batch is scored before the next
+    is read."""
+    batch: list[tuple[int, ScoringItem]] = []
+    for pair in items:
+        batch.append(pair)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _append_scored_batch(model, batch: list[tuple[int, ScoringItem]], out) -> None:
+    """Score ``batch`` and append its lines (each with its item's ``_index``) to ``out``, flushed and fsynced so a
+    kill loses at most the batch in hand."""
+    scores = model.score([item for _, item in batch])
+    for (index, item), row in zip(batch, scores):
+        record = item.record(row[:len(item.pos)], row[len(item.pos):])
+        out.write(json.dumps({"_index": index, **record}, ensure_ascii=False) + "\n")
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _scores_metadata(teacher: str, train_data: str, negatives: int, mine_negatives: str | None,
+                     qrels_threshold: int, model, lines: int, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The ``OUTPUT.meta.json`` content: the teacher, its similarity, sign and scale, and the job."""
+    from ragcun import __version__
+
+    return {"format": FORMAT, "version": VERSION, "teacher": teacher, "teacher_kind": model.kind,
             "similarity": model.similarity, "similarity_formula": model.formula, "sign": SIGN, "scale": 1.0,
             "note": ("pos_scores/neg_scores are the teacher's own similarity, unscaled; map them onto the student's "
                      "with loss.margin-mse.teacher_scale or loss.distill-kl.teacher_temperature (ragcun's euclidean "
                      "similarity is -||q - d||, sqeuclidean -||q - d||^2)"),
-            "lines": data.count, "train_data": train_data, "negatives": int(negatives),
+            "lines": lines, "train_data": train_data, "negatives": int(negatives),
             "mine_negatives": mine_negatives, "qrels_threshold": int(qrels_threshold),
             "query_prefix": getattr(model, "query_prefix", ""),
             "document_prefix": getattr(model, "document_prefix", ""),
             "job": recorded, "ragcun_version": __version__,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    if ctx.is_main:  # merge in the input's order; the output appears complete or not at all
-        merged: dict[int, dict] = {}
-        for path in _part_files(output):
-            lines, _ = _read_part(path)
-            merged.update(lines)
-        missing = [i for i in range(data.count) if i not in merged]
-        if missing:
-            raise ValueError(f"{output}: {len(missing)} of {data.count} lines were not scored (first: {missing[0]}); "
-                             "run the same command again to finish")
-        write_text_atomic(meta_path(output), json.dumps(meta, indent=1) + "\n")
-        with atomic_path(output) as tmp:
-            with tmp.open("w", encoding="utf-8") as fh:
-                for i in range(data.count):
-                    fh.write(json.dumps(merged[i], ensure_ascii=False) + "\n")
-        for path in _part_files(output):
-            path.unlink()
-        job_path(output).unlink(missing_ok=True)
-    D.barrier(ctx)
-    return {**meta, "resumed": resumed, "scored": scored, "already_complete": False}
+
+
+def _merge_parts_into_output(output: Path, count: int, meta: dict[str, Any]) -> None:
+    """Rank 0: merge every part in the input's order, write ``OUTPUT.meta.json`` then ``output`` atomically (the
+    output appears complete or not at all), and remove the parts and the job file."""
+    from ragcun.files import atomic_path, write_text_atomic
+
+    merged = _finished_lines(output)
+    missing = [i for i in range(count) if i not in merged]
+    if missing:
+        raise ValueError(f"{output}: {len(missing)} of {count} lines were not scored (first: {missing[0]}); "
+                         "run the same command again to finish")
+    write_text_atomic(meta_path(output), json.dumps(meta, indent=1) + "\n")
+    with atomic_path(output) as tmp:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for i in range(count):
+                fh.write(json.dumps(merged[i], ensure_ascii=False) + "\n")
+    for path in _part_files(output):
+        path.unlink()
+    job_path(output).unlink(missing_ok=True)
