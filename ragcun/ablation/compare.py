@@ -437,44 +437,66 @@ def _ylim(ax, values: list[float], min_span: float = MIN_SPAN) -> None:
     ax.set_ylim(mid - span / 2, mid + span / 2)
 
 
-def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    """ndcg.png: each arm's own runs (dots) with their mean ± sd, per dataset (and the macro-average);
-    differences.png: each comparison's run-level Δ with its 95% t and bootstrap intervals and the ±margin band
-    (query-level, conditional intervals for comparisons without a run-level test, hollow); isotropy_vs_ndcg.png:
-    IsoScore against the metric, ± sd over seeds, on a y-range of at least 0.05."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric, datasets, paths = report["metric"], report["datasets"], []
-    panels = [(d, lambda r, d=d: r["datasets"].get(d, {}).get(metric)) for d in datasets]
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _metric_panels(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(title, arm row -> its metric cell or None) for each dataset, then the macro-average when one was taken."""
+    metric = report["metric"]
+    panels = [(d, lambda r, d=d: r["datasets"].get(d, {}).get(metric)) for d in report["datasets"]]
     if any("macro" in r for r in report["arms"]):
         panels.append((f"macro ({', '.join(report['endpoint_datasets'])})", lambda r: r.get("macro")))
+    return panels
+
+
+def _draw_metric_panel(ax, report: dict[str, Any], title: str, get) -> None:
+    """One panel of ndcg.png: each arm's runs as dots, their mean ± sd as a bar."""
+    rows = [r for r in report["arms"] if get(r)]
+    shown = []
+    for i, r in enumerate(rows):
+        cell = get(r)
+        values = list(cell["values"].values())
+        shown += values
+        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+        ax.scatter(i + np.asarray(jitter), values, s=14, color="0.55", zorder=2,
+                   label="one run" if i == 0 else None)
+        ax.errorbar([i], [cell["mean"]], yerr=[[cell["sd"] or 0.0], [cell["sd"] or 0.0]], fmt="_", ms=16,
+                    mew=2, color="C0", capsize=5, zorder=3, label="mean ± sd over seeds" if i == 0 else None)
+    ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=30, ha="right")
+    ax.set_title(f"{title}: {report['metric']}")
+    if shown:
+        _ylim(ax, shown)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_metric(plt, report: dict[str, Any], out: Path) -> Path:
+    """ndcg.png: one panel per dataset (and the macro-average)."""
+    panels = _metric_panels(report)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     for ax, (title, get) in zip(axes[0], panels):
-        rows = [r for r in report["arms"] if get(r)]
-        shown = []
-        for i, r in enumerate(rows):
-            cell = get(r)
-            values = list(cell["values"].values())
-            shown += values
-            jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
-            ax.scatter(i + np.asarray(jitter), values, s=14, color="0.55", zorder=2,
-                       label="one run" if i == 0 else None)
-            ax.errorbar([i], [cell["mean"]], yerr=[[cell["sd"] or 0.0], [cell["sd"] or 0.0]], fmt="_", ms=16,
-                        mew=2, color="C0", capsize=5, zorder=3, label="mean ± sd over seeds" if i == 0 else None)
-        ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=30, ha="right")
-        ax.set_title(f"{title}: {metric}")
-        if shown:
-            _ylim(ax, shown)
-        ax.grid(axis="y", alpha=0.3)
+        _draw_metric_panel(ax, report, title, get)
     axes[0][0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    paths.append(out / "ndcg.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    return _save(plt, fig, out / "ndcg.png")
 
+
+def _difference_items(report: dict[str, Any]) -> list[tuple]:
+    """(label, role, mean, t CI, bootstrap CI or None, conditional) per row of differences.png: the run-level
+    difference of each endpoint, or, where an endpoint has no run-level test, the query-level difference of each
+    of its datasets (conditional on the runs)."""
     items = []
     for c in report["comparisons"]:
         label = f"{c['arm']} vs {c['control']}"
@@ -487,47 +509,69 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
                     if dataset in endpoint_datasets(endpoint, report["endpoint_datasets"]):
                         items.append((f"{label} [{dataset}, query-level]", c["role"], q["diff"], q["ci95"], None,
                                       True))
-    if items:
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(items) + 1.6))
-        margin = report["margin"]
-        ax.axvspan(-margin, margin, color="0.9", zorder=0, label=f"±{margin:g} (equivalence margin)")
-        ax.axvline(0, color="0.4", lw=0.8)
-        for y, (_label, role, mean, ci, boot, conditional) in enumerate(reversed(items)):
-            color = "C0" if role == "primary" else "C1" if role == "exploratory" else "0.35"
-            ax.errorbar([mean], [y], xerr=[[mean - ci[0]], [ci[1] - mean]], fmt="o", color=color, capsize=4,
-                        mfc="white" if conditional else color)
-            if boot is not None:
-                ax.plot(boot, [y - 0.22, y - 0.22], color=color, lw=3, alpha=0.45)
-        ax.set_yticks(range(len(items)), [i[0] for i in reversed(items)], fontsize=8)
-        ax.set_xlabel(f"Δ {metric}, arm − control\nbars: 95% t CI over seeds; thick: two-level bootstrap 95%;\n"
-                      "hollow: no run-level test, query-level 95% CI (conditional on the runs)", fontsize=8)
-        ax.set_title("Run-level differences (primary: blue; secondary: grey)")
-        ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        paths.append(out / "differences.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+    return items
 
+
+def _plot_differences(plt, report: dict[str, Any], items: list[tuple], out: Path) -> Path:
+    """differences.png: each item's difference with its intervals, on the ±margin band."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(items) + 1.6))
+    margin = report["margin"]
+    ax.axvspan(-margin, margin, color="0.9", zorder=0, label=f"±{margin:g} (equivalence margin)")
+    ax.axvline(0, color="0.4", lw=0.8)
+    for y, (_label, role, mean, ci, boot, conditional) in enumerate(reversed(items)):
+        color = "C0" if role == "primary" else "C1" if role == "exploratory" else "0.35"
+        ax.errorbar([mean], [y], xerr=[[mean - ci[0]], [ci[1] - mean]], fmt="o", color=color, capsize=4,
+                    mfc="white" if conditional else color)
+        if boot is not None:
+            ax.plot(boot, [y - 0.22, y - 0.22], color=color, lw=3, alpha=0.45)
+    ax.set_yticks(range(len(items)), [i[0] for i in reversed(items)], fontsize=8)
+    ax.set_xlabel(f"Δ {report['metric']}, arm − control\nbars: 95% t CI over seeds; thick: two-level bootstrap 95%;\n"
+                  "hollow: no run-level test, query-level 95% CI (conditional on the runs)", fontsize=8)
+    ax.set_title("Run-level differences (primary: blue; secondary: grey)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(plt, fig, out / "differences.png")
+
+
+def _draw_isotropy_panel(ax, report: dict[str, Any], dataset: str) -> None:
+    """One panel of isotropy_vs_ndcg.png: each arm's IsoScore against its metric, ± sd over seeds."""
+    metric, shown = report["metric"], []
+    for r in report["arms"]:
+        cell = r["datasets"].get(dataset)
+        if cell and metric in cell and "isoscore" in cell["isotropy"]:
+            x, y = cell["isotropy"]["isoscore"], cell[metric]["mean"]
+            ax.errorbar([x], [y], yerr=[cell[metric]["sd"] or 0.0], xerr=[cell["isotropy_sd"].get("isoscore", 0.0)],
+                        fmt="o", capsize=3)
+            ax.annotate(r["arm"], (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+            shown += [y - (cell[metric]["sd"] or 0.0), y + (cell[metric]["sd"] or 0.0)]
+    if shown:
+        _ylim(ax, shown)
+    ax.set_xlabel("IsoScore of the searched corpus embeddings")
+    ax.set_ylabel(f"{metric} (± sd over seeds)")
+    ax.set_title(dataset)
+
+
+def _plot_isotropy_vs_metric(plt, report: dict[str, Any], out: Path) -> Path:
+    """isotropy_vs_ndcg.png: one panel per dataset."""
+    datasets = report["datasets"]
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        shown = []
-        for r in report["arms"]:
-            cell = r["datasets"].get(dataset)
-            if cell and metric in cell and "isoscore" in cell["isotropy"]:
-                x, y = cell["isotropy"]["isoscore"], cell[metric]["mean"]
-                ax.errorbar([x], [y], yerr=[cell[metric]["sd"] or 0.0], xerr=[cell["isotropy_sd"].get("isoscore", 0.0)],
-                            fmt="o", capsize=3)
-                ax.annotate(r["arm"], (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-                shown += [y - (cell[metric]["sd"] or 0.0), y + (cell[metric]["sd"] or 0.0)]
-        if shown:
-            _ylim(ax, shown)
-        ax.set_xlabel("IsoScore of the searched corpus embeddings")
-        ax.set_ylabel(f"{metric} (± sd over seeds)")
-        ax.set_title(dataset)
+        _draw_isotropy_panel(ax, report, dataset)
     fig.tight_layout()
-    paths.append(out / "isotropy_vs_ndcg.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    return _save(plt, fig, out / "isotropy_vs_ndcg.png")
+
+
+def plot(report: dict[str, Any], out: Path) -> list[Path]:
+    """ndcg.png: each arm's own runs (dots) with their mean ± sd, per dataset (and the macro-average);
+    differences.png: each comparison's run-level Δ with its 95% t and bootstrap intervals and the ±margin band
+    (query-level, conditional intervals for comparisons without a run-level test, hollow); isotropy_vs_ndcg.png:
+    IsoScore against the metric, ± sd over seeds, on a y-range of at least 0.05."""
+    plt = _pyplot()
+    paths = [_plot_metric(plt, report, out)]
+    items = _difference_items(report)
+    if items:  # nothing compared: no differences.png
+        paths.append(_plot_differences(plt, report, items, out))
+    paths.append(_plot_isotropy_vs_metric(plt, report, out))
     return paths
 
 

@@ -739,15 +739,9 @@ def _check_metrics(plan: Plan, where: str) -> None:
                              f"documents per query cannot score it): give k >= {cutoff}")
 
 
-def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: str | Path | None = None) -> Plan:
-    """Read and check a plan file: every key's type and range, names that become folder and file names, metric
-    names and cut-offs, and every trained arm's settings as ``ragcun train`` validates them. Every error names the
-    file and the key."""
-    from ragcun.spec import load_toml
-
-    path = Path(path)
-    data = load_toml(path, "plan file")
-    where = str(path)
+def _check_plan_tables(data: dict[str, Any], where: str) -> None:
+    """The top-level keys (known, the required ones present, each of the right type), then the known keys and
+    types of [primary], [secondary], [select] and [dev], in that order."""
     _unknown(data, PLAN_KEYS, where)
     for key in (k.name for k in KEYS[""] if k.default is REQUIRED):
         if key not in data:
@@ -758,8 +752,12 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         if table in data:
             _unknown(data[table], known, f"{where} [{table}]")
             _check_table(table, data[table], f"{where} [{table}]")
+
+
+def _load_arms(tables: dict[str, Any], where: str) -> dict[str, Arm]:
+    """The [arms.NAME] tables, each checked (its name, keys, types and combination of keys) as it is read."""
     arms: dict[str, Arm] = {}
-    for name, spec in data["arms"].items():
+    for name, spec in tables.items():
         problem = safe_name_problem(name)
         if problem:
             raise ValueError(f"{where} [arms.{name}]: the arm name {problem}")
@@ -768,15 +766,21 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         arm = Arm(name=name, **spec)
         _check_arm(arm, spec, where)
         arms[name] = arm
-    if data["baseline"] not in arms:
-        raise ValueError(f"{where}: baseline {data['baseline']!r} is not an arm (arms: {', '.join(arms)})")
-    train = dict(data["train"])
+    return arms
+
+
+def _load_train(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """The [train] table: TrainConfig settings (less those the plan sets per run or per arm) and the plan's own keys."""
+    train = dict(table)
     known = {f.name for f in fields(TrainConfig)} - RESERVED_TRAIN
     _unknown(train, known | TRAIN_ONLY, f"{where} [train]")
     _check_table("train", train, f"{where} [train]")
     _check_train_types(train, f"{where} [train]")
-    select = data.get("select", {})
-    dev = data.get("dev", {})
+    return train
+
+
+def _check_select(select: dict[str, Any], arms: dict[str, Arm], where: str) -> None:
+    """[select] names an arm that selects lambda and its candidates; every arm that selects lambda has [select]."""
     if select:
         if select.get("arm") not in arms or not arms[select["arm"]].selects_lambda:
             raise ValueError(f"{where} [select]: arm must name a trained arm whose loss contains {LAMBDA}")
@@ -785,6 +789,11 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
     for arm in arms.values():
         if arm.selects_lambda and not select:
             raise ValueError(f"{where} [arms.{arm.name}]: its loss has {LAMBDA} but the plan has no [select]")
+
+
+def _check_train_and_dev_data(train: dict[str, Any], select: dict[str, Any], where: str) -> None:
+    """Where [train] trains (``data`` or ``train_file``) and where [select] scores the lambda candidates
+    (``dev_fraction`` carved from ``data``'s train split, or the dataset's own ``dev_split``) fit together."""
     if "train_file" in train and "dev_fraction" in train:
         raise ValueError(f"{where} [train]: dev_fraction carves a dev split out of `data`'s train split, which "
                          "train_file replaces; give dev_split (the dataset's own dev split) instead")
@@ -801,20 +810,27 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         raise ValueError(f"{where} [train]: dev_fraction carves the dev split that [select] scores the lambda "
                          "candidates on; this plan has no [select], so nothing is carved and every trained arm "
                          "trains on all of the split: remove dev_fraction")
-    seeds = data.get("seeds", default("", "seeds"))
-    datasets = data["datasets"]
-    _check_not_tested_on_training(train, datasets, data.get("split", default("", "split")), where)
-    primary = _primary(data.get("primary"), arms, datasets, seeds, where)
-    secondary_table = data.get("secondary", {})
-    secondary = [parse_comparison(c, arms, f"{where} [secondary] comparisons")
-                 for c in _string_list(secondary_table.get("comparisons", []), f"{where} [secondary] comparisons")]
+
+
+def _secondary(table: dict[str, Any], arms: dict[str, Arm], where: str) -> list[Comparison]:
+    """The [secondary] comparisons (exploratory)."""
+    return [parse_comparison(c, arms, f"{where} [secondary] comparisons")
+            for c in _string_list(table.get("comparisons", []), f"{where} [secondary] comparisons")]
+
+
+def _build_plan(path: Path, data: dict[str, Any], arms: dict[str, Arm], train: dict[str, Any], *,
+                primary: Primary | None, secondary: list[Comparison], results: str | Path | None,
+                work_dir: str | Path | None) -> Plan:
+    """The Plan of checked tables: given values, else the keys' defaults; ``results`` and ``work_dir``, when
+    given, override the file's."""
+    select, dev = data.get("select", {}), data.get("dev", {})
     base = path.parent
-    plan = Plan(
+    return Plan(
         name=data.get("name", path.stem), path=path,
         results=Path(results) if results is not None else base / data.get("results", path.stem),
         work_dir=Path(work_dir) if work_dir is not None else Path(data.get("work_dir", f"runs/ablation/{path.stem}")),
-        baseline=data["baseline"], seeds=list(seeds),
-        datasets=list(datasets), arms=arms, train={k: v for k, v in train.items() if k not in TRAIN_ONLY},
+        baseline=data["baseline"], seeds=list(data.get("seeds", default("", "seeds"))),
+        datasets=list(data["datasets"]), arms=arms, train={k: v for k, v in train.items() if k not in TRAIN_ONLY},
         train_data=str(train["data"]) if "data" in train else None, train_set=list(train.get("set", [])),
         train_split=str(train.get("split", default("train", "split"))), split=str(data.get("split", "test")),
         dev_fraction=float(train.get("dev_fraction", default("train", "dev_fraction"))),
@@ -826,7 +842,34 @@ def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: 
         dev_split=str(train["dev_split"]) if "dev_split" in train else None, primary=primary, secondary=secondary,
         train_file=str(train["train_file"]) if "train_file" in train else None,
     )
-    _check_metrics(plan, where)
+
+
+def load_plan(path: str | Path, *, results: str | Path | None = None, work_dir: str | Path | None = None) -> Plan:
+    """Read and check a plan file: every key's type and range, names that become folder and file names, metric
+    names and cut-offs, and every trained arm's settings as ``ragcun train`` validates them. Every error names the
+    file and the key."""
+    from ragcun.spec import load_toml
+
+    path = Path(path)
+    data = load_toml(path, "plan file")
+    where = str(path)
+    # The checks run in this order and the first failing one is reported: each assumes those before it passed.
+    _check_plan_tables(data, where)
+    arms = _load_arms(data["arms"], where)
+    if data["baseline"] not in arms:
+        raise ValueError(f"{where}: baseline {data['baseline']!r} is not an arm (arms: {', '.join(arms)})")
+    train = _load_train(data["train"], where)
+    select = data.get("select", {})
+    _check_select(select, arms, where)
+    _check_train_and_dev_data(train, select, where)
+    seeds = data.get("seeds", default("", "seeds"))
+    datasets = data["datasets"]
+    _check_not_tested_on_training(train, datasets, data.get("split", default("", "split")), where)
+    primary = _primary(data.get("primary"), arms, datasets, seeds, where)
+    secondary = _secondary(data.get("secondary", {}), arms, where)
+    plan = _build_plan(path, data, arms, train, primary=primary, secondary=secondary, results=results,
+                       work_dir=work_dir)
+    _check_metrics(plan, where)  # needs the Plan: the metrics and k with their defaults filled in
     _check_training(train, arms, where)
     return plan
 

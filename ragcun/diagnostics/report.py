@@ -222,6 +222,102 @@ def _unique_labels(specs: Sequence[str]) -> list[str]:
     return labels
 
 
+def _check_report_arguments(models: Sequence[Any], batch_size: int, num_slices: int) -> None:
+    if not models:
+        raise ValueError("give at least one --model")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if num_slices < 1:
+        raise ValueError(f"num_slices must be positive, got {num_slices}")
+
+
+def _prepare_model(model: Any, *, settings: Any, seed: int, device: str | None, truncate_dim: int | None) -> Any:
+    """A ``--model`` string resolved and moved to ``device`` (a model object stays where it is), then cut to its
+    first ``truncate_dim`` coordinates when asked."""
+    if isinstance(model, str):
+        from ragcun.distributed import pick_device
+        from ragcun.resolve import resolve_model
+
+        model = resolve_model(model, settings=settings, seed=seed)
+        model.to(pick_device(device))
+    if truncate_dim is not None:
+        from ragcun.truncation import truncate_model
+
+        model = truncate_model(model, truncate_dim)
+    return model
+
+
+def _fit_head_if_needed(model: Any, data: Sample, batch_size: int, progress: bool) -> tuple[Any, Any]:
+    """(the model, what its head was fitted on or None). A center/whiten head from a spec is fitted on the sampled
+    documents being reported, on a copy: a model passed in stays as it was given."""
+    from ragcun.heads.fitted import needs_fit
+
+    if not needs_fit(model.head):
+        return model, None
+    import copy
+
+    model = copy.deepcopy(model)
+    return model, model.fit_head(data.doc_texts[:data.sampled_docs], batch_size, show_progress=progress)
+
+
+def _embed_sample(model: Any, data: Sample, label: str, batch_size: int, progress: bool):
+    """(documents, queries): the sample's embeddings, float64; the documents include the extra relevant ones."""
+    extra = len(data.doc_texts) - data.sampled_docs
+    docs = _embed(model, [model.document_prefix + t for t in data.doc_texts], batch_size, progress,
+                  f"{label}: documents ({data.sampled_docs} sampled + {extra} relevant to sampled queries)"
+                  if extra else f"{label}: documents")
+    queries = _embed(model, [model.query_prefix + t for t in data.query_texts], batch_size, progress,
+                     f"{label}: queries")
+    return docs, queries
+
+
+def _sample_metrics(docs, queries, data: Sample, *, seed: int, num_slices: int,
+                    top_k: Sequence[int]) -> dict[str, list[Metric]]:
+    """The metrics of each group: the uniform document sample, the alignment pairs (when there are any) and the
+    queries (when there are at least two)."""
+    metrics = {"documents": population_metrics(docs[:data.sampled_docs], seed=seed, num_slices=num_slices,
+                                               top_k=top_k)}
+    if data.pair_query_index:
+        metrics["pairs"] = pair_metrics(queries[data.pair_query_index], docs[data.pair_doc_index])
+    if queries.shape[0] >= 2:
+        metrics["queries"] = population_metrics(queries, seed=seed, num_slices=num_slices, top_k=top_k)
+    return metrics
+
+
+def _measure_model(spec: str, label: str, model: Any, data: Sample, *, settings: Any, seed: int,
+                   device: str | None, truncate_dim: int | None, batch_size: int, progress: bool, num_slices: int,
+                   top_k: Sequence[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One model's entry of the report and its point cloud for the plots."""
+    from ragcun.diagnostics.verdict import isotropy_verdict
+
+    model = _prepare_model(model, settings=settings, seed=seed, device=device, truncate_dim=truncate_dim)
+    started = time.perf_counter()  # embed_seconds: fitting a head and embedding, not loading the model
+    model, fitted_on = _fit_head_if_needed(model, data, batch_size, progress)
+    docs, queries = _embed_sample(model, data, label, batch_size, progress)
+    embed_seconds = time.perf_counter() - started
+    sample_docs = docs[:data.sampled_docs]
+    metrics = _sample_metrics(docs, queries, data, seed=seed, num_slices=num_slices, top_k=top_k)
+    verdict = isotropy_verdict({m.key: m.value for m in metrics["documents"]}, int(sample_docs.shape[1]))
+    result = {"label": label, "spec": spec, **describe_model(model), "verdict": verdict,
+              "head_fitted_on": fitted_on,
+              "embed_seconds": round(embed_seconds, 2),
+              "metrics": {group: {m.key: m.as_dict() for m in ms} for group, ms in metrics.items()}}
+    return result, {"label": label, "documents": sample_docs, "queries": queries}
+
+
+def _write_report_files(report: dict[str, Any], clouds: list[dict[str, Any]], out_dir: Path, *, seed: int,
+                        num_slices: int, dataset: str, plots: bool, html_page: bool) -> None:
+    """The plots and report.html (when asked), then report.json; the first two record their files in ``report``."""
+    if plots:
+        from ragcun.diagnostics.plots import write_plots
+
+        report["files"]["plots"] = write_plots(clouds, out_dir, seed=seed, num_slices=num_slices, dataset=dataset)
+    if html_page:
+        report["files"]["html"] = "report.html"
+        (out_dir / "report.html").write_text(render_html(report, out_dir), encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
 def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | None = None, *,
                     split: str = "test", sample: int = DEFAULT_SAMPLE, query_sample: int | None = None,
                     seed: int = 0, output_dir: str | Path | None = None, batch_size: int = 32,
@@ -241,12 +337,7 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
     """
     from ragcun import __version__
 
-    if not models:
-        raise ValueError("give at least one --model")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {batch_size}")
-    if num_slices < 1:
-        raise ValueError(f"num_slices must be positive, got {num_slices}")
+    _check_report_arguments(models, batch_size, num_slices)
     data = sample_dataset(dataset, data_dir, split=split, sample=sample, query_sample=query_sample, seed=seed)
     specs = [m if isinstance(m, str) else getattr(m, "name_or_path", type(m).__name__) for m in models]
     labels = list(labels) if labels is not None else _unique_labels(specs)
@@ -257,47 +348,12 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
 
     results, clouds = [], []
     for spec, label, model in zip(specs, labels, models):
-        if isinstance(model, str):
-            from ragcun.distributed import pick_device
-            from ragcun.resolve import resolve_model
-
-            model = resolve_model(model, settings=settings, seed=seed)
-            model.to(pick_device(device))
-        if truncate_dim is not None:
-            from ragcun.truncation import truncate_model
-
-            model = truncate_model(model, truncate_dim)
-        started = time.perf_counter()
-        from ragcun.heads.fitted import needs_fit
-
-        fitted_on = None
-        if needs_fit(model.head):  # center/whiten from a spec: fitted on the sampled documents being reported
-            import copy
-
-            model = copy.deepcopy(model)  # a model passed in stays as it was given
-            fitted_on = model.fit_head(data.doc_texts[:data.sampled_docs], batch_size, show_progress=progress)
-        extra = len(data.doc_texts) - data.sampled_docs
-        docs = _embed(model, [model.document_prefix + t for t in data.doc_texts], batch_size, progress,
-                      f"{label}: documents ({data.sampled_docs} sampled + {extra} relevant to sampled queries)"
-                      if extra else f"{label}: documents")
-        queries = _embed(model, [model.query_prefix + t for t in data.query_texts], batch_size, progress,
-                         f"{label}: queries")
-        embed_seconds = time.perf_counter() - started
-        sample_docs = docs[:data.sampled_docs]
-        metrics = {"documents": population_metrics(sample_docs, seed=seed, num_slices=num_slices, top_k=top_k)}
-        if data.pair_query_index:
-            metrics["pairs"] = pair_metrics(queries[data.pair_query_index], docs[data.pair_doc_index])
-        if queries.shape[0] >= 2:
-            metrics["queries"] = population_metrics(queries, seed=seed, num_slices=num_slices, top_k=top_k)
-        from ragcun.diagnostics.verdict import isotropy_verdict
-
-        verdict = isotropy_verdict({m.key: m.value for m in metrics["documents"]}, int(sample_docs.shape[1]))
-        results.append({"label": label, "spec": spec, **describe_model(model), "verdict": verdict,
-                        "head_fitted_on": fitted_on,
-                        "embed_seconds": round(embed_seconds, 2),
-                        "metrics": {group: {m.key: m.as_dict() for m in ms} for group, ms in metrics.items()}})
-        clouds.append({"label": label, "documents": sample_docs, "queries": queries})
-        del model
+        # one at a time: a model loaded from a string is dropped (on return) before the next one is loaded
+        result, cloud = _measure_model(spec, label, model, data, settings=settings, seed=seed, device=device,
+                                       truncate_dim=truncate_dim, batch_size=batch_size, progress=progress,
+                                       num_slices=num_slices, top_k=top_k)
+        results.append(result)
+        clouds.append(cloud)
 
     report: dict[str, Any] = {
         "ragcun_version": __version__,
@@ -310,15 +366,8 @@ def isotropy_report(models: Sequence[Any], dataset: str, data_dir: str | Path | 
         "output_dir": str(out_dir),
         "files": {"json": "report.json"},
     }
-    if plots:
-        from ragcun.diagnostics.plots import write_plots
-
-        report["files"]["plots"] = write_plots(clouds, out_dir, seed=seed, num_slices=num_slices,
-                                               dataset=data.dataset)
-    if html_page:
-        report["files"]["html"] = "report.html"
-        (out_dir / "report.html").write_text(render_html(report, out_dir), encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_report_files(report, clouds, out_dir, seed=seed, num_slices=num_slices, dataset=data.dataset,
+                        plots=plots, html_page=html_page)
     return report
 
 
