@@ -112,6 +112,145 @@ def _model_and_name(model_or_spec, distance: str | None, settings):
     return model, str(model_or_spec)
 
 
+def _check_options(batch_size: int, corpus_chunk_size: int, search: str) -> None:
+    """Refuse the options no dataset could run with, before anything is loaded."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if corpus_chunk_size < 1:
+        raise ValueError(f"corpus_chunk_size must be positive, got {corpus_chunk_size}")
+    if search not in ("exact", "faiss"):
+        raise ValueError(f"--search must be exact or faiss, got {search!r}")
+
+
+def _load_model(model_or_spec, distance: str | None, settings, truncate_dim: int | None, target):
+    """The model on ``target`` (its first ``truncate_dim`` coordinates where given), the name the report gives it,
+    and the seconds this took (the report's ``model_load_s``)."""
+    t_load = time.perf_counter()
+    model, model_name = _model_and_name(model_or_spec, distance, settings)
+    if truncate_dim is not None:
+        from ragcun.truncation import truncate_model
+
+        full_dim = model.dim
+        model = truncate_model(model, truncate_dim)
+        model_name = f"{model_name} (first {truncate_dim} of {full_dim} dims)"
+    model.to(target)
+    return model, model_name, time.perf_counter() - t_load
+
+
+def _encoder_model(model, mode: str):
+    """The model that encodes (``mode``'s inference copy) and whether its head is fitted on each dataset.
+
+    A head fitted from data (center, whiten) that comes unfitted is fitted on each dataset's own corpus, as the
+    ablation's training-free arms are; one saved fitted keeps its statistics. Fitting changes the model, so it is
+    done on a copy: the caller's model stays as it was given."""
+    from ragcun.evaluation import pipeline
+    from ragcun.heads.fitted import needs_fit
+
+    fit_per_dataset = needs_fit(model.head)
+    encoder_model = pipeline.inference_model(model, mode)
+    if fit_per_dataset and encoder_model is model:
+        import copy
+
+        encoder_model = copy.deepcopy(model)
+    return encoder_model, fit_per_dataset
+
+
+def _report_settings(model, options: dict[str, Any], *, split: str, dtype: str, mode: str, search: str,
+                     data_dir: Path, truncate_dim: int | None, target, world_size: int,
+                     fit_per_dataset: bool) -> dict[str, Any]:
+    """The report's ``settings``: every option that moves a score (``options``: :func:`evaluate_dataset`'s), the
+    model's shape and the machine it ran on."""
+    import torch
+
+    from ragcun.components import component_name
+    from ragcun.heads.fitted import FIT_SAMPLE
+
+    return {
+        "split": split, "k": options["k"], "k_values": options["k_values"], "batch_size": options["batch_size"],
+        "dtype": dtype, "precision": mode,
+        "distance": component_name(model.distance),
+        "query_prefix": options["query_prefix"], "document_prefix": options["document_prefix"],
+        "ignore_identical_ids": options["ignore_identical_ids"],
+        "search": search, "corpus_chunk_size": options["corpus_chunk_size"], "data_dir": str(data_dir),
+        "dim": model.dim, "truncate_dim": truncate_dim,
+        "max_seq_length": getattr(model.encoder, "max_seq_length", None),
+        "device": str(target), "world_size": world_size, "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "platform": platform.platform(),
+        "document_text": "title + ' ' + text, stripped (sentence-transformers / BEIR)",
+        "head_fitted_on": (f"each dataset's corpus (a seeded sample of at most {FIT_SAMPLE} documents)"
+                           if fit_per_dataset else None),
+    }
+
+
+def _empty_report(model_name: str, skipped: dict[str, str], settings: dict[str, Any], model_load_s: float, *,
+                  per_query: bool, return_results: bool) -> dict[str, Any]:
+    """The report before any dataset is evaluated: the sections :func:`_evaluate_into` fills, in their order."""
+    report: dict[str, Any] = {
+        "model": model_name,
+        "datasets": {},
+        "skipped": skipped,
+        "settings": settings,
+        "timings": {"model_load_s": model_load_s},
+        "counts": {},
+        "warnings": [],
+    }
+    if per_query:
+        report["per_query"] = {}
+    if return_results:
+        report["runs"], report["qrels"] = {}, {}
+    return report
+
+
+def _warn_about_dtype(report: dict[str, Any], dtype: str, target, rank: int) -> None:
+    """Add :func:`dtype_warning` to the report, and print it on rank 0 now, not only in the report: the run it
+    warns about is long."""
+    slow = dtype_warning(dtype, target)
+    if slow:
+        report["warnings"].append(slow)
+        if rank == 0:
+            from ragcun.console import stderr
+
+            stderr.print(f"[yellow]warning:[/] {slow}", highlight=False, soft_wrap=True)
+
+
+def _load_and_fit(encoder_model, name: str, folder: Path, split: str, options: dict[str, Any], *,
+                  fit_head: bool) -> tuple[Any, float, dict[str, Any]]:
+    """Load one dataset and, where the head is fitted per dataset, fit it on that dataset's corpus. Returns the
+    dataset, the seconds loading took and ``{"timings": ..., "counts": ...}`` of the fit (empty without one)."""
+    from ragcun.data.beir import load_beir
+    from ragcun.evaluation import pipeline
+
+    t0 = time.perf_counter()
+    dataset = load_beir(folder, split, name=name)
+    load_s = time.perf_counter() - t0
+    fit: dict[str, Any] = {}
+    if fit_head:
+        t1 = time.perf_counter()
+        fitted = pipeline.fit_head(encoder_model, dataset, batch_size=options["batch_size"],
+                                   document_prefix=options["document_prefix"],
+                                   autocast_dtype=options["autocast_dtype"])
+        fit = {"timings": {"fit_head_s": time.perf_counter() - t1}, "counts": {"head_fitted_on": fitted}}
+    return dataset, load_s, fit
+
+
+def _evaluate_into(report: dict[str, Any], encoder_model, name: str, folder: Path, split: str,
+                   options: dict[str, Any], *, fit_head: bool, return_results: bool, progress_start) -> None:
+    """Evaluate one dataset (:func:`evaluate_dataset` with ``options``) and add it to every section of ``report``."""
+    from ragcun.evaluation import pipeline
+
+    dataset, load_s, fit = _load_and_fit(encoder_model, name, folder, split, options, fit_head=fit_head)
+    out = pipeline.evaluate_dataset(encoder_model, dataset, **options, progress_start=progress_start)
+    report["datasets"][name] = out["metrics"]
+    report["timings"][name] = {"load_s": load_s, **out["timings"], **fit.get("timings", {})}
+    report["counts"][name] = {**out["counts"], **fit.get("counts", {})}
+    report["warnings"].extend(out["warnings"])
+    if options["per_query"]:
+        report["per_query"][name] = out["per_query"]
+    if return_results:
+        report["runs"][name] = out["results"]
+        report["qrels"][name] = dataset.qrels  # the judgments it was scored with, for run_files.save_run
+
+
 def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: str | os.PathLike | None = None,
                   split: str = "test", *, k: int = 1000, k_values: Sequence[int] | None = None,
                   batch_size: int = 128, dtype: str = "float32", distance: str | None = None,
@@ -134,115 +273,38 @@ def evaluate_beir(model: Any, datasets: str | Sequence[str] = "all", data_dir: s
     first ``D`` coordinates of every embedding (a Matryoshka prefix, scored with the model's own distance;
     :mod:`ragcun.truncation`).
     """
-    import torch
-
-    from ragcun.components import component_name
-    from ragcun.data.beir import default_data_dir, load_beir
+    from ragcun.console import progress_tasks
+    from ragcun.data.beir import default_data_dir
     from ragcun.distributed import pick_device, world
     from ragcun.evaluation import pipeline
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {batch_size}")
-    if corpus_chunk_size < 1:
-        raise ValueError(f"corpus_chunk_size must be positive, got {corpus_chunk_size}")
-    if search not in ("exact", "faiss"):
-        raise ValueError(f"--search must be exact or faiss, got {search!r}")
+
+    _check_options(batch_size, corpus_chunk_size, search)
     target = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     mode = pipeline.precision(dtype, "eval")
     autocast_dtype = pipeline.autocast_dtype(mode, target)
     k_values = sorted(set(k_values)) if k_values else k_values_for(k)
-    k = max(k_values)
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    names = parse_datasets(datasets)
-    chosen, skipped = select_datasets(names, data_dir, split, download=download)
-
-    t_load = time.perf_counter()
-    model, model_name = _model_and_name(model, distance, settings)
-    if truncate_dim is not None:
-        from ragcun.truncation import truncate_model
-
-        full_dim = model.dim
-        model = truncate_model(model, truncate_dim)
-        model_name = f"{model_name} (first {truncate_dim} of {full_dim} dims)"
-    model.to(target)
-    model_load_s = time.perf_counter() - t_load
-    from ragcun.heads.fitted import FIT_SAMPLE, needs_fit
-
-    # a head fitted from data (center, whiten) that comes unfitted is fitted on each dataset's own corpus, as the
-    # ablation's training-free arms are; one saved fitted keeps its statistics
-    fit_per_dataset = needs_fit(model.head)
-    encoder_model = pipeline.inference_model(model, mode)
-    if fit_per_dataset and encoder_model is model:  # fit a copy: the caller's model stays as it was given
-        import copy
-
-        encoder_model = copy.deepcopy(model)
-    q_prefix = model.query_prefix if query_prefix is None else query_prefix
-    d_prefix = model.document_prefix if document_prefix is None else document_prefix
-
+    chosen, skipped = select_datasets(parse_datasets(datasets), data_dir, split, download=download)
+    model, model_name, model_load_s = _load_model(model, distance, settings, truncate_dim, target)
+    encoder_model, fit_per_dataset = _encoder_model(model, mode)
+    # BEIR's document order, the corpus encoded in chunks each searched as it comes, sharded over the ranks
+    options = {"k": max(k_values), "k_values": k_values, "batch_size": batch_size, "autocast_dtype": autocast_dtype,
+               "query_prefix": model.query_prefix if query_prefix is None else query_prefix,
+               "document_prefix": model.document_prefix if document_prefix is None else document_prefix,
+               "ignore_identical_ids": ignore_identical_ids, "search_kind": search, "order": "length",
+               "corpus_chunk_size": corpus_chunk_size, "shard": True, "per_query": per_query}
     rank, world_size = world()
-    if show_progress is None:
-        show_progress = rank == 0
-    report: dict[str, Any] = {
-        "model": model_name,
-        "datasets": {},
-        "skipped": skipped,
-        "settings": {
-            "split": split, "k": k, "k_values": k_values, "batch_size": batch_size, "dtype": dtype,
-            "precision": mode,
-            "distance": component_name(model.distance),
-            "query_prefix": q_prefix, "document_prefix": d_prefix, "ignore_identical_ids": ignore_identical_ids,
-            "search": search, "corpus_chunk_size": corpus_chunk_size, "data_dir": str(data_dir),
-            "dim": model.dim, "truncate_dim": truncate_dim,
-            "max_seq_length": getattr(model.encoder, "max_seq_length", None),
-            "device": str(target), "world_size": world_size, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "platform": platform.platform(),
-            "document_text": "title + ' ' + text, stripped (sentence-transformers / BEIR)",
-            "head_fitted_on": (f"each dataset's corpus (a seeded sample of at most {FIT_SAMPLE} documents)"
-                               if fit_per_dataset else None),
-        },
-        "timings": {"model_load_s": model_load_s},
-        "counts": {},
-        "warnings": [],
-    }
-    slow = dtype_warning(dtype, target)
-    if slow:
-        report["warnings"].append(slow)
-        if rank == 0:  # now, not only in the report: the run it warns about is long
-            from ragcun.console import stderr
-
-            stderr.print(f"[yellow]warning:[/] {slow}", highlight=False, soft_wrap=True)
-    if per_query:
-        report["per_query"] = {}
-    if return_results:
-        report["runs"], report["qrels"] = {}, {}
+    report = _empty_report(model_name, skipped,
+                           _report_settings(model, options, split=split, dtype=dtype, mode=mode, search=search,
+                                            data_dir=data_dir, truncate_dim=truncate_dim, target=target,
+                                            world_size=world_size, fit_per_dataset=fit_per_dataset),
+                           model_load_s, per_query=per_query, return_results=return_results)
+    _warn_about_dtype(report, dtype, target, rank)
     total = time.perf_counter()
-    from ragcun.console import progress_tasks
-
-    with progress_tasks(show_progress) as start:
+    with progress_tasks(rank == 0 if show_progress is None else show_progress) as start:
         for name, folder in chosen:
-            t0 = time.perf_counter()
-            dataset = load_beir(folder, split, name=name)
-            load_s = time.perf_counter() - t0
-            fit = {}
-            if fit_per_dataset:
-                t1 = time.perf_counter()
-                fitted = pipeline.fit_head(encoder_model, dataset, batch_size=batch_size, document_prefix=d_prefix,
-                                           autocast_dtype=autocast_dtype)
-                fit = {"timings": {"fit_head_s": time.perf_counter() - t1}, "counts": {"head_fitted_on": fitted}}
-            # BEIR's document order, the corpus encoded in chunks each searched as it comes, sharded over the ranks
-            out = pipeline.evaluate_dataset(encoder_model, dataset, k=k, k_values=k_values, batch_size=batch_size,
-                                            autocast_dtype=autocast_dtype, query_prefix=q_prefix,
-                                            document_prefix=d_prefix, ignore_identical_ids=ignore_identical_ids,
-                                            search_kind=search, order="length", corpus_chunk_size=corpus_chunk_size,
-                                            shard=True, per_query=per_query, progress_start=start)
-            report["datasets"][name] = out["metrics"]
-            report["timings"][name] = {"load_s": load_s, **out["timings"], **fit.get("timings", {})}
-            report["counts"][name] = {**out["counts"], **fit.get("counts", {})}
-            report["warnings"].extend(out["warnings"])
-            if per_query:
-                report["per_query"][name] = out["per_query"]
-            if return_results:
-                report["runs"][name] = out["results"]
-                report["qrels"][name] = dataset.qrels  # the judgments it was scored with, for run_files.save_run
+            _evaluate_into(report, encoder_model, name, folder, split, options, fit_head=fit_per_dataset,
+                           return_results=return_results, progress_start=start)
     report["timings"]["total_s"] = time.perf_counter() - total
     return report
 

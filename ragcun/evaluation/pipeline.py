@@ -311,6 +311,65 @@ def isotropy_columns(documents: torch.Tensor, sample: int, seed: int = 0) -> dic
 
 # -- the pipeline -----------------------------------------------------------------------------------------------
 
+def _search_while_encoding(model, dataset, distance, k: int, *, batch_size: int, autocast_dtype, query_prefix: str,
+                           document_prefix: str, ignore_identical_ids: bool, search_kind: str, order: str,
+                           corpus_chunk_size: int, shard: bool, keep: bool, progress_start):
+    """:func:`evaluate_dataset` with a ``corpus_chunk_size``: the queries encoded, then the corpus
+    ``corpus_chunk_size`` documents at a time, each chunk added to the running top-k as it comes (a corpus of any
+    size in bounded memory). Returns ``(results, query ids, document ids, timings, encoded)``; ``encoded`` holds the
+    vectors searched where ``keep`` asks for them, else ``None``."""
+    from ragcun.embedding import Embedding
+    from ragcun.evaluation.search import identical_id_positions, make_searcher, to_results
+
+    timings: dict[str, float] = {}
+    query_ids, doc_ids = ordered_ids(dataset, order)
+    t0 = time.perf_counter()
+    query_emb = encode_queries(model, dataset, query_ids, batch_size=batch_size, autocast_dtype=autocast_dtype,
+                               query_prefix=query_prefix, progress_start=progress_start)
+    timings["encode_queries_s"] = time.perf_counter() - t0
+    exclude = identical_id_positions(query_ids, doc_ids) if ignore_identical_ids else None
+    searcher = make_searcher(search_kind, distance, query_emb, k, exclude, shard=shard)
+    advance = progress_start(f"{dataset.name} corpus", len(doc_ids))
+    kept: list[Embedding] = []
+    t0 = time.perf_counter()
+    encode_s = 0.0
+    for s in range(0, len(doc_ids), corpus_chunk_size):
+        t1 = time.perf_counter()
+        emb = encode_documents(model, dataset.corpus, doc_ids[s:s + corpus_chunk_size], batch_size=batch_size,
+                               autocast_dtype=autocast_dtype, document_prefix=document_prefix, progress=advance)
+        encode_s += time.perf_counter() - t1
+        searcher.add(emb)
+        if keep:
+            kept.append(emb)
+        del emb
+    values, indices = searcher.result()
+    results = to_results(values, indices, query_ids, doc_ids)
+    timings["encode_corpus_s"] = encode_s
+    timings["search_s"] = time.perf_counter() - t0 - encode_s
+    encoded = None
+    if kept:
+        encoded = EncodedDataset(query_ids, doc_ids, query_emb, Embedding.cat(kept) if len(kept) > 1 else kept[0])
+    return results, query_ids, doc_ids, timings, encoded
+
+
+def _pipeline_output(dataset, scored: dict[str, Any], results, timings: dict[str, float], query_ids, doc_ids,
+                     encoded: EncodedDataset | None, *, per_query: bool, isotropy_sample: int | None,
+                     keep_encoded: bool) -> dict[str, Any]:
+    """:func:`evaluate_dataset`'s return value, the optional parts only where their option asks for them."""
+    warnings = dataset.warnings() if callable(getattr(dataset, "warnings", None)) else []
+    out: dict[str, Any] = {"metrics": scored["metrics"], "timings": timings,
+                           "counts": {"documents": len(doc_ids), "queries": len(query_ids),
+                                      "qrels": sum(len(v) for v in dataset.qrels.values())},
+                           "warnings": warnings, "results": results}
+    if per_query:
+        out["per_query"] = scored["per_query"]
+    if isotropy_sample:
+        out["isotropy"] = isotropy_columns(encoded.documents.mean, isotropy_sample)
+    if keep_encoded:
+        out["encoded"] = encoded
+    return out
+
+
 def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] | None = None,
                      batch_size: int = 128, autocast_dtype=None, query_prefix: str = "",
                      document_prefix: str = "", ignore_identical_ids: bool = True, search_kind: str = "exact",
@@ -327,9 +386,6 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
     "timings", "counts", "warnings", "results"}`` plus ``"per_query"`` (``per_query``), ``"isotropy"``
     (``isotropy_sample``: :func:`isotropy_columns` of the vectors searched) and ``"encoded"`` (``keep_encoded``).
     """
-    from ragcun.embedding import Embedding
-    from ragcun.evaluation.search import identical_id_positions, make_searcher, to_results
-
     k_values = list(k_values or k_values_for(k))
     distance = model.distance if distance is None else distance
     start = progress_start or (lambda description, total: (lambda n: None))
@@ -350,32 +406,12 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
         timings["search_s"] = time.perf_counter() - t0
         query_ids, doc_ids = encoded.query_ids, encoded.doc_ids
     else:  # encode while searching: chunk by chunk into the running top-k
-        query_ids, doc_ids = ordered_ids(dataset, order)
-        t0 = time.perf_counter()
-        query_emb = encode_queries(model, dataset, query_ids, batch_size=batch_size, autocast_dtype=autocast_dtype,
-                                   query_prefix=query_prefix, progress_start=start)
-        timings["encode_queries_s"] = time.perf_counter() - t0
-        exclude = identical_id_positions(query_ids, doc_ids) if ignore_identical_ids else None
-        searcher = make_searcher(search_kind, distance, query_emb, k, exclude, shard=shard)
-        advance = start(f"{dataset.name} corpus", len(doc_ids))
-        kept: list[Embedding] = []
-        t0 = time.perf_counter()
-        encode_s = 0.0
-        for s in range(0, len(doc_ids), corpus_chunk_size):
-            t1 = time.perf_counter()
-            emb = encode_documents(model, dataset.corpus, doc_ids[s:s + corpus_chunk_size], batch_size=batch_size,
-                                   autocast_dtype=autocast_dtype, document_prefix=document_prefix, progress=advance)
-            encode_s += time.perf_counter() - t1
-            searcher.add(emb)
-            if keep_encoded or isotropy_sample:
-                kept.append(emb)
-            del emb
-        values, indices = searcher.result()
-        results = to_results(values, indices, query_ids, doc_ids)
-        timings["encode_corpus_s"] = encode_s
-        timings["search_s"] = time.perf_counter() - t0 - encode_s
-        if kept:
-            encoded = EncodedDataset(query_ids, doc_ids, query_emb, Embedding.cat(kept) if len(kept) > 1 else kept[0])
+        results, query_ids, doc_ids, chunk_timings, encoded = _search_while_encoding(
+            model, dataset, distance, k, batch_size=batch_size, autocast_dtype=autocast_dtype,
+            query_prefix=query_prefix, document_prefix=document_prefix, ignore_identical_ids=ignore_identical_ids,
+            search_kind=search_kind, order=order, corpus_chunk_size=corpus_chunk_size, shard=shard,
+            keep=bool(keep_encoded or isotropy_sample), progress_start=start)
+        timings.update(chunk_timings)
 
     t0 = time.perf_counter()
     scored = score_run(dataset.qrels, results, k_values, per_query=per_query, ignore_identical_ids=ignore_identical_ids)
@@ -383,15 +419,5 @@ def evaluate_dataset(model, dataset, *, k: int = 1000, k_values: Sequence[int] |
     if "encode_corpus_s" in timings:
         encode_s = timings["encode_corpus_s"]
         timings["docs_per_s"] = len(doc_ids) / encode_s if encode_s > 0 else None
-    warnings = dataset.warnings() if callable(getattr(dataset, "warnings", None)) else []
-    out: dict[str, Any] = {"metrics": scored["metrics"], "timings": timings,
-                           "counts": {"documents": len(doc_ids), "queries": len(query_ids),
-                                      "qrels": sum(len(v) for v in dataset.qrels.values())},
-                           "warnings": warnings, "results": results}
-    if per_query:
-        out["per_query"] = scored["per_query"]
-    if isotropy_sample:
-        out["isotropy"] = isotropy_columns(encoded.documents.mean, isotropy_sample)
-    if keep_encoded:
-        out["encoded"] = encoded
-    return out
+    return _pipeline_output(dataset, scored, results, timings, query_ids, doc_ids, encoded, per_query=per_query,
+                            isotropy_sample=isotropy_sample, keep_encoded=keep_encoded)
