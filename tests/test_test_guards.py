@@ -128,7 +128,12 @@ def test_no_process_a_test_started_outlives_the_session(tmp_path, how):
 
     pid_file = tmp_path / "child.pid"
     (tmp_path / "test_leaky.py").write_text(_LEAKY_TEST.format(pid_file=str(pid_file), wait=how != "test ends"))
-    session = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "ragcun.testing.no_orphans",
+    # Ctrl-C must reach the inner session even when this one runs in the background of a shell without job
+    # control (`pytest ... &` in a script, as CI may), where SIGINT is ignored and children inherit that: the
+    # inner Python would keep SIGINT ignored and hang, so it restores the default handler first.
+    start = ("import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "sys.exit(pytest.main(sys.argv[1:]))")
+    session = subprocess.Popen([sys.executable, "-c", start, "-q", "-p", "ragcun.testing.no_orphans",
                                 "-p", "no:cacheprovider", str(tmp_path / "test_leaky.py")], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     child = None
