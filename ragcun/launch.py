@@ -28,7 +28,6 @@ jobs wait for a free slot.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -137,6 +136,8 @@ def run_jobs(jobs: Sequence[Job], groups: Sequence[Sequence[int]], *, show: Call
     SIGKILL (:class:`ragcun.signals.ChildProcesses`); the ``KeyboardInterrupt`` goes on to the caller.
     ``on_start(job, devices, threads)`` and ``on_finish(job, exit_code)`` say what happens (by default a line
     to ``show`` when a job starts)."""
+    import subprocess  # here, not at the top: the CLI imports this module for its option texts
+
     from ragcun.signals import ChildProcesses
 
     if not groups:

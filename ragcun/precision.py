@@ -1,8 +1,9 @@
 """Compute precision by name: the one place a ``--dtype`` string becomes a torch dtype, checked against the device.
 
-Training (:mod:`ragcun.training.optim`) and evaluation (:mod:`ragcun.evaluation.pipeline`, whose modes
-``bfloat16-weights`` and ``bfloat16-autocast`` tell the whole-model cast from autocast, in ``eval beir --dtype``
-and in ablation plans alike) both resolve their dtype here, so the names and the errors agree:
+Training (:mod:`ragcun.training.optim`) and evaluation (:mod:`ragcun.evaluation.pipeline`, whose modes,
+:data:`PRECISIONS`, are named here: ``bfloat16-weights`` and ``bfloat16-autocast`` tell the whole-model cast from
+autocast, in ``eval beir --dtype`` and in ablation plans alike) both resolve their dtype here, so the names and
+the errors agree:
 
 Training's ``--dtype`` (:data:`DTYPES`) is autocast and never casts the weights, so its bfloat16 is
 ``bfloat16-autocast``, evaluation's name for the same mode; the bare ``bfloat16`` it has always accepted still means
@@ -28,6 +29,28 @@ if TYPE_CHECKING:  # torch is imported on use: the names and their check serve l
 DTYPES = ("auto", "float32", "bfloat16-autocast", "float16", "bfloat16")
 # the one name each of training's precisions has: the bare bfloat16 is read as autocast, what it always meant there
 TRAINING_SPELLINGS = {"bfloat16": "bfloat16-autocast"}
+
+
+# evaluation's precision modes (ragcun eval beir --dtype, ablation plans): one name each, the same everywhere
+PRECISIONS = ("float32", "bfloat16-weights", "bfloat16-autocast", "float16")
+# an older spelling, read with the meaning it had where it was written
+OLD_SPELLINGS = {
+    "eval": {"bfloat16": "bfloat16-weights"},  # ragcun eval beir --dtype, evaluate_beir(dtype=), the beir evaluator
+    "plan": {"bfloat16": "bfloat16-autocast"},  # an ablation plan's dtype
+}
+
+
+def precision_names(place: str) -> tuple[str, ...]:
+    """Every name ``place`` (``"eval"`` or ``"plan"``) accepts: :data:`PRECISIONS`, then its older spellings."""
+    return (*PRECISIONS, *OLD_SPELLINGS[place])
+
+
+def precision(name: str, place: str, *, flag: str = "--dtype") -> str:
+    """The evaluation mode (one of :data:`PRECISIONS`) that ``name`` means where it was written (``place``:
+    ``"eval"`` or ``"plan"``, :data:`OLD_SPELLINGS`); a ValueError naming ``flag`` and the accepted names
+    otherwise."""
+    check_dtype_name(name, precision_names(place), flag=flag)
+    return OLD_SPELLINGS[place].get(name, name)
 
 
 def training_dtype(name: str, *, flag: str = "--dtype") -> str:

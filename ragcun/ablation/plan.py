@@ -70,7 +70,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ragcun.evaluation.pipeline import precision_names
+from ragcun.precision import precision_names
 from ragcun.evaluation.compare_runs import METRIC_FAMILIES
 from ragcun.training.config import TrainConfig, config_default
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ragcun.cli.options import DATA_DIR, echo_json, format_option, model_settings, set_option
-from ragcun.evaluation.pipeline import precision_names  # names only: no torch at import
+from ragcun.precision import precision_names  # names only: no torch at import
 
 
 class EvaluatorGroup(click.Group):

@@ -30,9 +30,9 @@ from ragcun.evaluation.pipeline import beir_metrics as beir_metrics
 from ragcun.evaluation.pipeline import evaluate_dataset as evaluate_dataset
 from ragcun.evaluation.pipeline import k_values_for as k_values_for
 from ragcun.evaluation.pipeline import per_query_scores as per_query_scores
-from ragcun.evaluation.pipeline import precision_names
+from ragcun.precision import precision_names
 
-# --dtype: one name per precision mode (ragcun.evaluation.pipeline.PRECISIONS, the same in plans), then the older
+# --dtype: one name per precision mode (ragcun.precision.PRECISIONS, the same in plans), then the older
 # spelling: bfloat16, read here as bfloat16-weights (the whole encoder in bfloat16, eval's fast path: on MiniLM it
 # moves NDCG@10 by less than 0.001 and encodes 1.3-1.5x faster than autocast on a CPU; benchmarks/RESULTS.md,
 # "Encoding against the matmul limit"). bfloat16-autocast / float16: autocast (products in 16 bits,

@@ -58,12 +58,17 @@ training has no other bfloat16 mode. Write the explicit names in anything new.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+# the evaluation precision modes and their names are ragcun.precision's (light: the CLI and plan checks read them)
+from ragcun.precision import OLD_SPELLINGS as OLD_SPELLINGS
+from ragcun.precision import PRECISIONS as PRECISIONS
+from ragcun.precision import precision as precision
+from ragcun.precision import precision_names as precision_names
 
 if TYPE_CHECKING:  # torch is imported on use: the precision names serve light modules (the CLI, plan checks)
     import torch
@@ -73,12 +78,6 @@ if TYPE_CHECKING:  # torch is imported on use: the precision names serve light m
 CORPUS_CHUNK_SIZE = 50_000  # documents encoded before their vectors are merged into the running top-k
 DEFAULT_K_VALUES = (1, 3, 5, 10, 100, 1000)
 
-PRECISIONS = ("float32", "bfloat16-weights", "bfloat16-autocast", "float16")
-# an older spelling, read with the meaning it had where it was written
-OLD_SPELLINGS = {
-    "eval": {"bfloat16": "bfloat16-weights"},  # ragcun eval beir --dtype, evaluate_beir(dtype=), the beir evaluator
-    "plan": {"bfloat16": "bfloat16-autocast"},  # an ablation plan's dtype
-}
 ORDERS = ("length", "id")
 
 # partition isotropy is not scale invariant: on raw vectors with norms ~sqrt(D) it is ~0 for any cloud, so the
@@ -88,19 +87,6 @@ ISOTROPY_KEYS = ("isoscore", "partition_isotropy_raw", "partition_isotropy_l2", 
 
 
 # -- precision --------------------------------------------------------------------------------------------------
-
-def precision_names(place: str) -> tuple[str, ...]:
-    """Every name ``place`` (``"eval"`` or ``"plan"``) accepts: :data:`PRECISIONS`, then its older spellings."""
-    return (*PRECISIONS, *OLD_SPELLINGS[place])
-
-
-def precision(name: str, place: str, *, flag: str = "--dtype") -> str:
-    """The mode (one of :data:`PRECISIONS`) that ``name`` means where it was written (``place``: ``"eval"`` or
-    ``"plan"``, :data:`OLD_SPELLINGS`); a ValueError naming ``flag`` and the accepted names otherwise."""
-    from ragcun.precision import check_dtype_name
-
-    check_dtype_name(name, precision_names(place), flag=flag)
-    return OLD_SPELLINGS[place].get(name, name)
 
 
 def autocast_dtype(mode: str, device=None, *, flag: str = "--dtype"):
@@ -251,6 +237,8 @@ def k_values_for(k: int) -> list[int]:
 def beir_metrics(qrels, results, k_values: Sequence[int], *, ignore_identical_ids: bool = True) -> dict[str, float]:
     """beir's own metrics (``EvaluateRetrieval``: pytrec_eval's NDCG, MAP, Recall, P, and beir's MRR) of a run
     ``{qid: {doc id: score}}`` against ``qrels``, named ``NDCG@10`` etc."""
+    import logging  # here, not at the top: the CLI imports this module for its precision names
+
     from beir.retrieval.evaluation import EvaluateRetrieval
 
     beir_logger = logging.getLogger("beir.retrieval.evaluation")
