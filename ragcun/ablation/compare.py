@@ -66,14 +66,15 @@ def _mean_sd(values: list[float]) -> tuple[float, float | None]:
 def _analysis(results: Path, plan) -> dict[str, Any]:
     """The plan's baseline, primary family (``None``: a plan without ``[primary]``), secondary comparisons and
     datasets: from ``plan`` (a loaded plan file) when given, else from the results folder's ``plan.json``."""
+    path = results / "plan.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
     if plan is not None:
         return {"name": plan.name, "baseline": plan.baseline, "datasets": list(plan.datasets),
                 "primary": plan.primary.family() if plan.primary else None,
-                "secondary": [str(c) for c in plan.secondary]}
-    path = results / "plan.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
+                "secondary": [str(c) for c in plan.secondary], "truncate_dim": info.get("truncate_dim")}
     return {"name": info.get("name", results.name), "baseline": info.get("baseline"),
-            "datasets": info.get("datasets"), "primary": info.get("primary"), "secondary": info.get("secondary") or []}
+            "datasets": info.get("datasets"), "primary": info.get("primary"), "secondary": info.get("secondary") or [],
+            "truncate_dim": info.get("truncate_dim")}
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -127,7 +128,11 @@ def compare(results: str | Path, *, plan=None, baseline: str | None = None, test
     if family is not None and margin is not None:
         family = {**family, "margin": float(margin)}
     prereg = check_for_compare(results, family, exploratory=exploratory)
-    with_verdicts = family is not None and prereg["status"] != "changed"
+    if spec["truncate_dim"] is not None:  # a plan's truncate_dims view: the pre-registered endpoint is the full width
+        prereg = {"status": "truncated view", "note": f"every run's vectors cut to their first {spec['truncate_dim']} "
+                  "dimensions (the plan's truncate_dims): an exploratory view, no verdicts; the pre-registered "
+                  "analysis is the full width's, in the folder above"}
+    with_verdicts = family is not None and prereg["status"] not in ("changed", "truncated view")
     metric = family["metric"] if family else METRIC
     margin = float(family["margin"] if family else margin if margin is not None else 0.01)
     alpha = float(family["alpha"]) if family else 0.05
@@ -160,7 +165,8 @@ def compare(results: str | Path, *, plan=None, baseline: str | None = None, test
             "endpoint_datasets": endpoint_ds, "datasets": datasets, "arms": rows, "comparisons": comparisons,
             "tests": len(primary_tests), "bootstrap": {"resamples": resamples, "seed": seed},
             "wall_s": {"runs": sum(sum(r["wall_s"]) for r in rows), "selection_training": sum(selection_s)},
-            "selection": _read_json(results / "selection.json"), "dev_split": _dev_summary(results)}
+            "selection": _read_json(results / "selection.json"), "dev_split": _dev_summary(results),
+            **({"truncate_dim": spec["truncate_dim"]} if spec["truncate_dim"] is not None else {})}
 
 
 def _run_name(result: dict[str, Any]) -> str:
@@ -308,15 +314,17 @@ def _run_cells(cell: dict[str, Any], holm_column: bool = False) -> list[str]:
 def to_markdown(report: dict[str, Any]) -> str:
     metric, margin, alpha = report["metric"], report["margin"], report["alpha"]
     family, prereg = report["primary"], report["preregistration"]
-    lines = [f"# Ablation report: {report['name']}", "", f"**Pre-registration:** {prereg['note']}."]
+    title = report["name"] + (f", first {report['truncate_dim']} dims" if report.get("truncate_dim") else "")
+    lines = [f"# Ablation report: {title}", "", f"**Pre-registration:** {prereg['note']}."]
     if family is not None:
         over = (f"the macro-average over {', '.join(family['datasets'])}" if family["average"] == "macro"
                 else f"each of {', '.join(family['datasets'])}")
         lines.append("")
         lines.append(f"**Primary family** (Holm corrects over these {report['tests']} tests only): {metric} on {over}; "
                      f"{'; '.join(family['comparisons'])}; margin ±{family['margin']:g}; alpha {family['alpha']:g}."
-                     + ("" if report["verdicts"] else " **Exploratory analysis: the family differs from the recorded "
-                        "one, so no comparison gets a verdict.**"))
+                     + ("" if report["verdicts"] else " **Exploratory analysis: " + (
+                        "a truncated view" if report.get("truncate_dim") else "the family differs from the recorded "
+                        "one") + ", so no comparison gets a verdict.**"))
     else:
         lines += ["", "**Every comparison is exploratory** (the plan declares no [primary]): trained arms against "
                   f"`{report['baseline']}`, training-free arms against `base`; p-values unadjusted, no verdicts."]
@@ -581,4 +589,14 @@ def write_report(results: str | Path, **kwargs: Any) -> tuple[dict[str, Any], li
     report = compare(results, **kwargs)
     (results / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     (results / "report.md").write_text(to_markdown(report))
-    return report, [results / "report.md", results / "report.json", *plot(report, results)]
+    paths = [results / "report.md", results / "report.json", *plot(report, results)]
+    for view in truncated_views(results):  # each width of the plan's truncate_dims: a report of its own
+        paths += write_report(view, **{k: v for k, v in kwargs.items() if k not in ("plan", "baseline")})[1]
+    return report, paths
+
+
+def truncated_views(results: Path) -> list[Path]:
+    """The results folders of a plan's ``truncate_dims`` (``dims/D`` with finished runs), widest first."""
+    folders = [p.parent for p in Path(results).glob("dims/*/plan.json") if p.parent.name.isdigit()
+               and any(p.parent.glob("runs/*/*/result.json"))]
+    return sorted(folders, key=lambda p: -int(p.name))

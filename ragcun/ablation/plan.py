@@ -268,6 +268,11 @@ KEYS: dict[str, tuple[Key, ...]] = {
             "scores by (`[primary]` and `[dev]` metric; NDCG@10 without `[primary]`)", check=POSITIVE_INTEGER),
         Key("isotropy_sample", "integer >= 1", 2000, "documents of each searched corpus whose isotropy the report "
             "shows", check=POSITIVE_INTEGER),
+        Key("truncate_dims", "list of distinct integers >= 1", [], "widths every run is also scored at, its query "
+            "and document embeddings cut to their first D coordinates (a Matryoshka prefix, searched with the arm's "
+            "distance; the vectors are encoded once): results under `dims/D/`, compared there like the full width "
+            "(exploratory); a width not below an arm's own is skipped for that arm", check=_list_of(
+                "integers >= 1", lambda v: _is_int(v) and v >= 1, unique=True)),
         Key("train", "table", REQUIRED, "the shared training recipe: `[train]` below", check=TABLE),
         Key("arms", "table of tables", REQUIRED, "the arms, one `[arms.NAME]` table each: below; NAME becomes a "
             "folder name: letters, digits, `.`, `_`, `-`", check=_tables),
@@ -489,6 +494,7 @@ class Plan:
     batch_size: int = 64  # evaluation encoding batch
     k: int = 100
     isotropy_sample: int = 2000
+    truncate_dims: list[int] = field(default_factory=list)  # widths every run is also scored at (dims/D/)
     dev_split: str | None = None  # the dataset's own dev split (else dev_fraction of train is carved out)
     train_split: str = "train"  # the split of train_data trained on
     split: str = "test"  # the split of each of datasets evaluated
@@ -535,7 +541,8 @@ class Plan:
         # the evaluated split is recorded only when it is not "test", so every result made before it could be
         # chosen keeps its settings record
         return {"datasets": list(self.datasets), "dtype": self.dtype, "k": self.k, "batch_size": self.batch_size,
-                "isotropy_sample": self.isotropy_sample, **({"split": self.split} if self.split != "test" else {})}
+                "isotropy_sample": self.isotropy_sample, **({"split": self.split} if self.split != "test" else {}),
+                **({"truncate_dims": sorted(self.truncate_dims, reverse=True)} if self.truncate_dims else {})}
 
     @property
     def carves_dev(self) -> bool:
@@ -839,6 +846,7 @@ def _build_plan(path: Path, data: dict[str, Any], arms: dict[str, Arm], train: d
         dev_metric=dev.get("metric", default("dev", "metric")), dtype=data.get("dtype", default("", "dtype")),
         batch_size=int(data.get("batch_size", default("", "batch_size"))), k=int(data.get("k", default("", "k"))),
         isotropy_sample=int(data.get("isotropy_sample", default("", "isotropy_sample"))),
+        truncate_dims=sorted(data.get("truncate_dims", default("", "truncate_dims")), reverse=True),
         dev_split=str(train["dev_split"]) if "dev_split" in train else None, primary=primary, secondary=secondary,
         train_file=str(train["train_file"]) if "train_file" in train else None,
     )

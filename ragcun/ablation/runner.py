@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from ragcun.ablation.plan import Arm, Plan, describe_differences, settings_differences, settings_hash
+from ragcun.ablation.plan import Arm, Plan, canonical, describe_differences, settings_differences, settings_hash
 
 RESULT_FILE = "result.json"
 STALE = "stale"  # RESULTS/stale/ and WORK/stale/: runs set aside by --rerun-changed
@@ -48,6 +48,12 @@ def _atomic_json(path: Path, data: Any) -> None:
 
 def run_dir(plan: Plan, arm: Arm, seed: int) -> Path:
     return plan.results / "runs" / arm.name / (f"seed-{seed}" if arm.trained else "fixed")
+
+
+def dims_run_dir(plan: Plan, dim: int, run: Path) -> Path:
+    """Where a run's results at ``dim`` dims go: ``RESULTS/dims/D/`` holds a results folder of its own (plan.json,
+    runs/ARM/SEED/), so ``ragcun ablation compare`` reads it like the full width's."""
+    return plan.results / "dims" / str(dim) / run.relative_to(plan.results)
 
 
 def candidate_file(plan: Plan, lam: float) -> Path:
@@ -143,13 +149,13 @@ class PlanRunner:
 
     def write_plan_record(self) -> None:
         plan = self.plan
-        _atomic_json(plan.results / "plan.json", {"name": plan.name, "plan_file": str(plan.path),
-                                                  "baseline": plan.baseline, "seeds": plan.seeds,
-                                                  "datasets": plan.datasets, "arms": list(plan.arms),
-                                                  "train": plan.train, "dtype": plan.dtype, "k": plan.k,
-                                                  "primary": plan.primary.family() if plan.primary else None,
-                                                  "secondary": [str(c) for c in plan.secondary],
-                                                  "settings": plan.shared_settings()})
+        record = {"name": plan.name, "plan_file": str(plan.path), "baseline": plan.baseline, "seeds": plan.seeds,
+                  "datasets": plan.datasets, "arms": list(plan.arms), "train": plan.train, "dtype": plan.dtype,
+                  "k": plan.k, "primary": plan.primary.family() if plan.primary else None,
+                  "secondary": [str(c) for c in plan.secondary], "settings": plan.shared_settings()}
+        _atomic_json(plan.results / "plan.json", record)
+        for dim in plan.truncate_dims:  # each width a results folder of its own, for ragcun ablation compare
+            _atomic_json(plan.results / "dims" / str(dim) / "plan.json", {**record, "truncate_dim": dim})
         self.warn_if_results_ignored()
         self.warn_if_precision_is_slow()
 
@@ -238,16 +244,16 @@ class PlanRunner:
 
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate(self, model, datasets: list[str], *, reuse_base: bool, out: Path | None, tag: str,
-                 keep_per_query: bool = False) -> dict:
-        """Score ``model`` on ``datasets``; with ``reuse_base`` apply its head to the cached base outputs."""
-        from ragcun.ablation.scoring import apply_head, encode_dataset, score
-        from ragcun.evaluation.run_files import format_trec_run
-
+                 keep_per_query: bool = False, truncated: dict[int, dict] | None = None) -> dict:
+        """Score ``model`` on ``datasets``; with ``reuse_base`` apply its head to the cached base outputs. With
+        ``truncated`` (a test-set run of a plan with ``truncate_dims``), the same vectors are also scored cut to
+        each width below the model's, their per-query files under :func:`dims_run_dir` and their report cells in
+        ``truncated[D]``."""
         from ragcun.ablation.plan import metric_cutoff
+        from ragcun.ablation.scoring import EncodedDataset, apply_head, encode_dataset
 
         cutoffs = {10, 100, self.plan.k, *(metric_cutoff(m) for m in self.plan.metrics().values())}
         k_values = sorted(cutoffs & set(range(1, self.plan.k + 1)))
-        shown = "NDCG@10" if 10 in k_values else next(iter(self.plan.metrics().values()))
         report = {}
         for name in datasets:
             t0 = time.perf_counter()
@@ -258,24 +264,39 @@ class PlanRunner:
                 model.eval()
                 encoded = encode_dataset(model, dataset, batch_size=self.plan.batch_size, dtype=self.plan.dtype,
                                          query_prefix=model.query_prefix, document_prefix=model.document_prefix)
-            scored = score(model.distance, encoded, dataset, k=self.plan.k, k_values=k_values,
-                           isotropy_sample=self.plan.isotropy_sample)
-            if out is not None:
-                _atomic_json(out / f"{name}.per_query.json", scored["per_query"])
-                trec = self.plan.work_dir / "trec" / out.relative_to(self.plan.results) / f"{name}.trec"
-                trec.parent.mkdir(parents=True, exist_ok=True)
-                trec.write_text(format_trec_run(scored["results"], tag))
-            report[name] = {"metrics": {m: v for m, v in scored["metrics"].items()
-                                        if m.split("@")[0] in ("NDCG", "MRR", "Recall", "MAP", "P")},
-                            "isotropy": scored["isotropy"], "counts": scored["counts"],
-                            "eval_s": time.perf_counter() - t0}
-            if keep_per_query:
-                report[name]["per_query"] = scored["per_query"]
-            self.show(f"  {name}: {shown} {scored['metrics'][shown]:.4f}  SIGReg "
-                      f"{scored['isotropy']['sigreg_raw']:.2f} "
-                      f"(floor {scored['isotropy']['sigreg_gaussian_floor']:.2f})"
-                      f"  IsoScore {scored['isotropy']['isoscore']:.3f}")
+            report[name] = self._score(model.distance, encoded, name, out, tag, k_values, keep_per_query, t0)
+            for dim in (self.plan.truncate_dims if truncated is not None else []):
+                if dim < encoded.queries.mean.shape[-1]:  # a prefix as wide as the vector is the vector itself
+                    cut = EncodedDataset(encoded.query_ids, encoded.doc_ids, encoded.queries.truncate(dim),
+                                         encoded.documents.truncate(dim))
+                    truncated.setdefault(dim, {})[name] = self._score(
+                        model.distance, cut, name, dims_run_dir(self.plan, dim, out), f"{tag}-dim{dim}", k_values,
+                        False, time.perf_counter(), label=f"{dim} dims")
         return report
+
+    def _score(self, distance, encoded, name: str, out: Path | None, tag: str, k_values: list[int],
+               keep_per_query: bool, t0: float, label: str = "") -> dict:
+        """One dataset's report cell from its vectors (and, with ``out``, its per-query file and TREC run)."""
+        from ragcun.ablation.scoring import score
+        from ragcun.evaluation.run_files import format_trec_run
+
+        scored = score(distance, encoded, self.dataset(name), k=self.plan.k, k_values=k_values,
+                       isotropy_sample=self.plan.isotropy_sample)
+        if out is not None:
+            _atomic_json(out / f"{name}.per_query.json", scored["per_query"])
+            trec = self.plan.work_dir / "trec" / out.relative_to(self.plan.results) / f"{name}.trec"
+            trec.parent.mkdir(parents=True, exist_ok=True)
+            trec.write_text(format_trec_run(scored["results"], tag))
+        cell = {"metrics": {m: v for m, v in scored["metrics"].items()
+                            if m.split("@")[0] in ("NDCG", "MRR", "Recall", "MAP", "P")},
+                "isotropy": scored["isotropy"], "counts": scored["counts"], "eval_s": time.perf_counter() - t0}
+        if keep_per_query:
+            cell["per_query"] = scored["per_query"]
+        shown = "NDCG@10" if "NDCG@10" in scored["metrics"] else next(iter(self.plan.metrics().values()))
+        self.show(f"  {name}{f' ({label})' if label else ''}: {shown} {scored['metrics'][shown]:.4f}  SIGReg "
+                  f"{scored['isotropy']['sigreg_raw']:.2f} (floor {scored['isotropy']['sigreg_gaussian_floor']:.2f})"
+                  f"  IsoScore {scored['isotropy']['isoscore']:.3f}")
+        return cell
 
     # -- training --------------------------------------------------------------------------------------
     def train_config(self, arm: Arm, seed: int, lam: float | None):
@@ -495,6 +516,11 @@ class PlanRunner:
         results = self.plan.results
         if stale.path.name == RESULT_FILE:  # the run's folder: result.json and the per-query files with it
             folder = stale.path.parent
+            # its truncated widths' folders (dims/D/runs/...) go first: they belong to the run set aside
+            for view in sorted(results.glob(f"dims/*/{folder.relative_to(results)}")):
+                into = _free_path(results / STALE / view.relative_to(results).with_name(f"{view.name}-{stale.tag}"))
+                into.parent.mkdir(parents=True, exist_ok=True)
+                view.rename(into)
             target = _free_path(results / STALE / folder.relative_to(results).with_name(f"{folder.name}-{stale.tag}"))
             target.parent.mkdir(parents=True, exist_ok=True)
             folder.rename(target)
@@ -653,8 +679,9 @@ class PlanRunner:
             self.train_folder, info = own_dev_split(plan.train_data, self.data_dir, plan.dev_split, plan.train_split)
             if not plan.train_file:
                 lines.append(f"training data: {plan.train_data} {plan.train_split} ({info['train_queries']} "
-                             f"queries); lambda chosen on its own {plan.dev_split} split ({info['dev_queries']} "
-                             "queries)")
+                             + (f"queries); lambda chosen on its own {plan.dev_split} split ({info['dev_queries']} "
+                                "queries)" if plan.select_arm else
+                                f"queries, all of them; its {plan.dev_split} split is not used: no lambda to choose)"))
             elif plan.select_arm:
                 lines.append(f"lambda chosen on {plan.train_data}'s {plan.dev_split} split ({info['dev_queries']} "
                              "queries)")
@@ -677,7 +704,9 @@ class PlanRunner:
             if plan.split not in available_splits(folder):
                 raise ValueError(f"{plan.path}: dataset {name!r} ({folder}) has no {plan.split} split")
         lines.append(f"{'test collections' if plan.split == 'test' else f'evaluated on their {plan.split} split'}: "
-                     f"{', '.join(plan.datasets)} ({plan.split} splits present)")
+                     f"{', '.join(plan.datasets)} ({plan.split} splits present)"
+                     + (f"; also scored at {', '.join(map(str, plan.truncate_dims))} dims (the vectors cut to a "
+                        "prefix; results under dims/D/)" if plan.truncate_dims else ""))
         return lines
 
     def todo(self) -> list[tuple[Arm, int]]:
@@ -725,19 +754,26 @@ class PlanRunner:
         out = run_dir(plan, arm, seed)
         t0 = time.perf_counter()
         lam = None
+        truncated: dict[int, dict] = {}
         if arm.trained:
             lam = self.select_lambda() if arm.selects_lambda else None
             model, info = self.trained_model(arm, seed, lam)
             self.show(f"{arm.name} seed {seed}: evaluating on {', '.join(plan.datasets)}")
             report = self.evaluate(model, plan.datasets, reuse_base=arm.freeze_encoder and not arm.encoder,
-                                   out=out, tag=f"{arm.name}-{seed}")
+                                   out=out, tag=f"{arm.name}-{seed}", truncated=truncated)
         else:
             model, info = self.transformed_model(arm)
-            report = self.evaluate_transform(arm, model, out)
+            report = self.evaluate_transform(arm, model, out, truncated)
         settings = plan.run_settings(arm, seed, lam)
-        _atomic_json(out / RESULT_FILE, {"arm": arm.name, "what": arm.what, "seed": seed, "trained": arm.trained,
-                                         "datasets": report, "info": info, "wall_s": time.perf_counter() - t0,
-                                         "settings": settings, "settings_hash": settings_hash(settings)})
+        record = {"arm": arm.name, "what": arm.what, "seed": seed, "trained": arm.trained, "info": info,
+                  "wall_s": time.perf_counter() - t0}
+        # each width's result first: the full width's result.json marks the run finished, so it comes last
+        for dim, cells in truncated.items():
+            at_dim = canonical({**settings, "evaluation": {**settings["evaluation"], "truncate_dim": dim}})
+            _atomic_json(dims_run_dir(plan, dim, out) / RESULT_FILE, {
+                **record, "datasets": cells, "settings": at_dim, "settings_hash": settings_hash(at_dim)})
+        _atomic_json(out / RESULT_FILE, {**record, "datasets": report, "settings": settings,
+                                         "settings_hash": settings_hash(settings)})
         return f"{arm.name}/{out.name}"
 
     # -- training-free arms ----------------------------------------------------------------------------
@@ -753,14 +789,14 @@ class PlanRunner:
         return model, {"transform": arm.transform, "distance": arm.distance or "cosine", "trainable_params": 0,
                        "fitted_on": "the corpus being searched (each dataset's own)"}
 
-    def evaluate_transform(self, arm: Arm, model, out: Path) -> dict:
+    def evaluate_transform(self, arm: Arm, model, out: Path, truncated: dict[int, dict] | None = None) -> dict:
         from ragcun.evaluation.pipeline import fit_head
 
         report = {}
         for name in self.plan.datasets:
             if hasattr(model.head, "fit"):  # on every cached vector of the corpus it searches
                 fit_head(model, self.dataset(name), encoded=self.base_features(name))
-            report.update(self.evaluate(model, [name], reuse_base=True, out=out, tag=arm.name))
+            report.update(self.evaluate(model, [name], reuse_base=True, out=out, tag=arm.name, truncated=truncated))
         return report
 
 
