@@ -315,6 +315,60 @@ def test_the_cli_scores_and_says_how_to_train(tiny_model_dir, tmp_path):
     assert again.exit_code != 0 and "does not overwrite" in again.output
 
 
+def test_a_sample_scores_a_fixed_random_subset_in_input_order(tiny_model_dir, tmp_path):
+    from ragcun.workflows.teacher_scores import read_metadata, score_training_data
+
+    source = _source_jsonl(tmp_path, n=10)
+    teacher = f"hf:{tiny_model_dir}"
+    full = tmp_path / "full.jsonl"
+    score_training_data(teacher, f"jsonl:{source}", full, negatives=2, batch_size=4)
+    by_query = {r["query"]: r for r in map(json.loads, full.read_text().splitlines())}
+    picked = {}
+    for seed in (1, 2):
+        out = tmp_path / f"sample-{seed}.jsonl"
+        result = score_training_data(teacher, f"jsonl:{source}", out, negatives=2, batch_size=4, sample=4,
+                                     sample_seed=seed)
+        assert result["lines"] == 4 and result["sampled_from"] == 10 and result["sample_seed"] == seed
+        records = [json.loads(x) for x in out.read_text().splitlines()]
+        numbers = [int(r["query"].split()[-1]) for r in records]
+        assert numbers == sorted(numbers) and len(set(numbers)) == 4  # input order, no repeats
+        for r in records:  # the same scores as when the whole file is scored
+            whole = by_query[r["query"]]
+            assert r["pos_scores"] + r["neg_scores"] == pytest.approx(whole["pos_scores"] + whole["neg_scores"],
+                                                                     rel=1e-5, abs=1e-6)
+        assert read_metadata(out)["job"]["sample"] == 4
+        picked[seed] = numbers
+    assert picked[1] != picked[2]  # another seed, another sample
+    again = score_training_data(teacher, f"jsonl:{source}", tmp_path / "sample-1.jsonl", negatives=2, batch_size=4,
+                                sample=4, sample_seed=1)
+    assert again["already_complete"]
+    with pytest.raises(ValueError, match="does not overwrite"):  # another sample is another job
+        score_training_data(teacher, f"jsonl:{source}", tmp_path / "sample-1.jsonl", negatives=2, sample=5)
+    everything = score_training_data(teacher, f"jsonl:{source}", tmp_path / "all.jsonl", negatives=2, sample=50)
+    assert everything["lines"] == 10 and "sampled_from" not in everything  # a sample as large as the file: all
+
+
+def test_a_bfloat16_teacher_scores_close_to_float32_and_says_so(tiny_model_dir, tmp_path):
+    from ragcun.workflows.teacher_scores import read_metadata, score_training_data
+
+    source = _source_jsonl(tmp_path, n=5)
+    teacher = f"hf:{tiny_model_dir}"
+    exact, fast = tmp_path / "f32.jsonl", tmp_path / "bf16.jsonl"
+    score_training_data(teacher, f"jsonl:{source}", exact, negatives=2)
+    score_training_data(teacher, f"jsonl:{source}", fast, negatives=2, dtype="bfloat16-autocast")
+    assert read_metadata(fast)["teacher_dtype"] == "bfloat16-autocast" and read_metadata(exact)["teacher_dtype"] == \
+        "float32"
+    for a, b in zip(*(map(json.loads, p.read_text().splitlines()) for p in (exact, fast))):
+        assert a["query"] == b["query"]
+        assert b["pos_scores"] + b["neg_scores"] == pytest.approx(a["pos_scores"] + a["neg_scores"], abs=0.05)
+        assert b["pos_scores"] + b["neg_scores"] != a["pos_scores"] + a["neg_scores"]  # it did compute in bfloat16
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        score_training_data(teacher, f"jsonl:{source}", tmp_path / "x.jsonl", dtype="bfloat17")
+    with pytest.raises(ValueError, match="a cross-encoder teacher scores in float32"):
+        score_training_data(f"cross-encoder:{tmp_path}", f"jsonl:{source}", tmp_path / "y.jsonl",
+                            dtype="bfloat16-autocast")
+
+
 # -- training from teacher scores ------------------------------------------------------------------------------------
 
 def test_training_a_few_steps_from_the_msmarco_samples_teacher_scores(tiny_model_dir, tmp_path):

@@ -81,7 +81,7 @@ class ScoringInput:
 
     def __init__(self, train_data: str, *, data_dir: str | None = None, negatives: int = 0,
                  mine_negatives: str | None = None, qrels_threshold: int = 1, miner=None, is_main: bool = True,
-                 barrier: Callable[[], None] = lambda: None) -> None:
+                 barrier: Callable[[], None] = lambda: None, sample: int | None = None, sample_seed: int = 0) -> None:
         from ragcun.data.training import parse_data_spec
 
         if negatives < 0:
@@ -104,6 +104,22 @@ class ScoringInput:
             if not self.path.is_file():
                 raise ValueError(f"--train-data: {self.path} does not exist")
             self.count = sum(1 for _ in self._lines())
+        self._pick(sample, sample_seed)
+
+    def _pick(self, sample: int | None, seed: int) -> None:
+        """Keep a fixed random ``sample`` of the items (their input order kept; positions 0..sample-1 from here
+        on): a pilot, or a teacher too slow for the whole set. ``None``, or a sample as large as the input: all."""
+        self.total, self._position = self.count, None
+        if sample is None:
+            return
+        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+            raise ValueError(f"--sample must be a positive integer, got {sample!r}")
+        if sample < self.count:
+            import random
+
+            picked = sorted(random.Random(seed).sample(range(self.count), sample))
+            self._position = {index: position for position, index in enumerate(picked)}
+            self.count = sample
 
     def _lines(self) -> Iterator[tuple[int, str]]:
         from ragcun.data.beir import decode_line
@@ -115,13 +131,21 @@ class ScoringInput:
                     yield number, decode_line(raw, self.path, number)
 
     def items(self, wanted: Callable[[int], bool]) -> Iterator[tuple[int, ScoringItem]]:
-        """``(index, item)`` for the indices ``wanted`` accepts, in order (only those are parsed)."""
+        """``(index, item)`` for the indices ``wanted`` accepts, in order (only those are parsed); with a sample,
+        the index is the item's position in the sample."""
+        position = self._position
+
+        def kept(i: int) -> int | None:  # the item's index in the output, or None when it is not sampled
+            return i if position is None else position.get(i)
+
         if self._items is not None:
-            yield from ((i, item) for i, item in enumerate(self._items) if wanted(i))
+            for i, item in enumerate(self._items):
+                if (at := kept(i)) is not None and wanted(at):
+                    yield at, item
             return
         for index, (number, line) in enumerate(self._lines()):
-            if wanted(index):
-                yield index, self._parse(line, f"{self.path}:{number}")
+            if (at := kept(index)) is not None and wanted(at):
+                yield at, self._parse(line, f"{self.path}:{number}")
 
     def _parse(self, line: str, where: str) -> ScoringItem:
         k = self.negatives
@@ -198,15 +222,22 @@ class BiEncoderTeacher:
     kind = "bi-encoder"
 
     def __init__(self, spec: str, *, distance: str | None = None, settings=None, device=None,
-                 query_prefix: str | None = None, document_prefix: str | None = None, batch_size: int = 32) -> None:
+                 query_prefix: str | None = None, document_prefix: str | None = None, batch_size: int = 32,
+                 dtype: str = "float32") -> None:
         from ragcun.components import component_name
         from ragcun.distances.base import similarity_formula
+        from ragcun.evaluation.pipeline import autocast_dtype, inference_model
+        from ragcun.precision import precision
         from ragcun.resolve import resolve_model
 
         self.model = resolve_model(spec, distance=distance, settings=settings)
         if device is not None:
             self.model.to(device)
         self.model.eval()
+        # --dtype as in ragcun eval beir: the same encoding (a prepared copy, autocast) as its evaluation
+        self.dtype = precision(dtype, "eval")
+        self.autocast = autocast_dtype(self.dtype, self.model.device)
+        self.model = inference_model(self.model, self.dtype)
         self.query_prefix = self.model.query_prefix if query_prefix is None else query_prefix
         self.document_prefix = self.model.document_prefix if document_prefix is None else document_prefix
         self.batch_size = batch_size
@@ -219,9 +250,9 @@ class BiEncoderTeacher:
         from ragcun.distances.base import exact_similarity
 
         queries = self.model.encode_embeddings([self.query_prefix + it.query for it in items], self.batch_size,
-                                               show_progress=False)
+                                               show_progress=False, autocast_dtype=self.autocast)
         docs = self.model.encode_embeddings([self.document_prefix + d for it in items for d in it.pos + it.neg],
-                                            self.batch_size, show_progress=False)
+                                            self.batch_size, show_progress=False, autocast_dtype=self.autocast)
         out, start = [], 0
         for i, it in enumerate(items):
             n = len(it.pos) + len(it.neg)
@@ -280,6 +311,9 @@ def load_teacher(spec: str, **kwargs):
     if spec.startswith(CROSS_ENCODER):
         kwargs.pop("distance", None)
         kwargs.pop("settings", None)
+        if kwargs.pop("dtype", "float32") != "float32":
+            raise ValueError("--dtype: a cross-encoder teacher scores in float32 (sentence-transformers' "
+                             "CrossEncoder); --dtype is for bi-encoder teachers")
         if not spec[len(CROSS_ENCODER):]:
             raise ValueError("--teacher cross-encoder:PATH needs a folder after 'cross-encoder:'")
         return CrossEncoderTeacher(spec[len(CROSS_ENCODER):], **kwargs)
@@ -337,11 +371,14 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
                         data_dir: str | None = None, mine_negatives: str | None = None, qrels_threshold: int = 1,
                         batch_size: int = 32, device: str | None = None, distance: str | None = None,
                         settings=None, query_prefix: str | None = None, document_prefix: str | None = None,
-                        ctx=None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                        ctx=None, progress: Callable[[int, int], None] | None = None, sample: int | None = None,
+                        sample_seed: int = 0, dtype: str = "float32") -> dict[str, Any]:
     """Score every item of ``train_data`` with ``teacher`` into ``output`` (see the module docstring); return the
     metadata written beside it, with ``"resumed"`` (lines kept from an earlier run) and ``"scored"`` (lines this
     call scored, on this rank). ``ctx``: the torchrun context (:func:`ragcun.distributed.setup`); None: one process.
-    ``progress(done, total)`` is called on rank 0 after each batch."""
+    ``progress(done, total)`` is called on rank 0 after each batch. ``sample``: score a fixed random sample of that
+    many items (chosen with ``sample_seed``, kept in input order); ``dtype``: a bi-encoder teacher's precision, named
+    as in ``ragcun eval beir --dtype``. Both are part of the job, so a resumed run must give the same."""
     import ragcun.distributed as D
 
     ctx = ctx or D.DistributedContext()
@@ -349,7 +386,10 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
     _check_batch_size_and_output(batch_size, output)
     job = {"teacher": teacher, "train_data": train_data, "negatives": int(negatives), "mine_negatives": mine_negatives,
            "qrels_threshold": int(qrels_threshold), "distance": distance, "settings": settings,
-           "query_prefix": query_prefix, "document_prefix": document_prefix}
+           "query_prefix": query_prefix, "document_prefix": document_prefix,
+           # recorded only when given, so a job written before they existed compares equal
+           **({"sample": sample, "sample_seed": sample_seed} if sample is not None else {}),
+           **({"dtype": dtype} if dtype != "float32" else {})}
     finished = _metadata_if_already_scored(output, job)
     if finished is not None:
         return {**finished, "resumed": finished.get("lines", 0), "scored": 0, "already_complete": True}
@@ -357,11 +397,11 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
 
     target = D.pick_device(device, ctx.local_rank)
     model = load_teacher(teacher, distance=distance, settings=settings, device=target, batch_size=batch_size,
-                         query_prefix=query_prefix, document_prefix=document_prefix)
+                         query_prefix=query_prefix, document_prefix=document_prefix, dtype=dtype)
     data = ScoringInput(train_data, data_dir=data_dir, negatives=negatives, mine_negatives=mine_negatives,
                         qrels_threshold=qrels_threshold,
                         miner=model if isinstance(model, BiEncoderTeacher) else None, is_main=ctx.is_main,
-                        barrier=lambda: D.barrier(ctx))
+                        barrier=lambda: D.barrier(ctx), sample=sample, sample_seed=sample_seed)
     job["lines"] = data.count
     recorded = json.loads(json.dumps(job))  # the job as its JSON file reads back, for comparing with one
     _record_or_check_job(output, recorded, ctx)
@@ -375,6 +415,9 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
 
     meta = _scores_metadata(teacher, train_data, negatives, mine_negatives, qrels_threshold, model, data.count,
                             recorded)
+    meta["teacher_dtype"] = getattr(model, "dtype", "float32")
+    if data.count != data.total:  # a sample: say of how many
+        meta.update(sampled_from=data.total, sample_seed=sample_seed)
     if ctx.is_main:
         _merge_parts_into_output(output, data.count, meta)
     D.barrier(ctx)
