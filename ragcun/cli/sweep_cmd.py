@@ -15,7 +15,9 @@ from ragcun.launch import PARALLEL_CHOICES, PARALLEL_HELP, SLOTS_HELP
 @click.option("--eval-data", required=True, metavar="SPEC",
               help="BEIR split evaluated at the end, e.g. beir:scifact:test")
 @config_option("--data-dir")
-@click.option("--output-dir", required=True, help="the runs go in OUTPUT_DIR/baseline, /isotropy, /frozen")
+@click.option("--output-dir", required=True,
+              help="the plan (OUTPUT_DIR/sweep.toml), models (OUTPUT_DIR/models/RUN/seed-SEED) and results "
+                   "(OUTPUT_DIR/runs/RUN/seed-SEED)")
 @config_option("--encoder", help="encoder spec, as for ragcun train")
 @config_option("--head", help="head spec, as for ragcun train")
 @config_option("--distance", help="distance spec, as for ragcun train")
