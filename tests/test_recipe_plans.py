@@ -43,6 +43,7 @@ def test_the_distill_plan_trains_both_arms_on_the_scored_file_and_says_how_to_ma
     assert plan.train_file == "jsonl:runs/ablation/squad-distill/data/squad-train-mpnet.jsonl"
     assert plan.dev_split is None
     text = path.read_text()
-    assert "ragcun data score --teacher hf:/models/all-mpnet-base-v2 --train-data beir:squad:train" in text
+    assert "ragcun data score --teacher all-mpnet-base-v2 --train-data beir:squad:train --negatives 4" in text
+    assert "--sample 16000 --dtype bfloat16-autocast" in text  # affordable on a CPU: the plan says why
     assert "--output runs/ablation/squad-distill/data/squad-train-mpnet.jsonl" in text
     assert "ragcun ablation run benchmarks/ablation/squad-distill.toml --dry-run" in text
