@@ -33,14 +33,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ragcun.ablation.plan import RESERVED_TRAIN
+from ragcun.training.command_line import set_options
 from ragcun.training.config import TrainConfig
 
 RUNS = ("baseline", "isotropy", "frozen")
 FROZEN_HEAD_LR = 1e-3
 PLAN_FILE = "sweep.toml"
-# the plan's own keys or the runner's (RESERVED_TRAIN), or the sweep's final evaluation's: not [train] settings
-NOT_TRAIN_KEYS = frozenset({"output_dir", "train_data", "seed", "loss", "freeze_encoder", "settings",
-                            "show_progress", "data_dir", "eval_data", "eval_batch_size"})
+# not [train] settings: what the runner sets per run (RESERVED_TRAIN), and the sweep's final evaluation's
+NOT_TRAIN_KEYS = RESERVED_TRAIN | {"data_dir", "eval_data", "eval_batch_size"}
 WHAT = {"baseline": "contrastive alone (SIGReg computed with weight 0: no gradient)",
         "isotropy": "contrastive + W x isotropy", "frozen": "contrastive + W x isotropy, encoder frozen (head only)"}
 
@@ -71,13 +72,6 @@ def _toml(value: Any, name: str) -> str:
         raise ValueError(f"ragcun sweep: the setting {name} = {value!r} cannot be written into a plan file; give it "
                          "in a plan of your own (ragcun ablation run) instead")
     return json.dumps(value)
-
-
-def _set_options(settings: dict[str, Any]) -> list[str]:
-    """Component settings as ``--set KIND.NAME.PARAM=VALUE`` strings (values as TOML literals)."""
-    return [f"{kind}.{component}.{param}={_toml(value, f'{kind}.{component}.{param}')}"
-            for kind, by_name in sorted(settings.items()) for component, params in sorted(by_name.items())
-            for param, value in sorted(params.items())]
 
 
 def _training_data(spec: str) -> dict[str, str]:
@@ -126,7 +120,7 @@ def sweep_plan(base: TrainConfig, eval_data: str, *, data_dir: str | None = None
         if key not in NOT_TRAIN_KEYS and (value != defaults.get(key) or (key in always and value is not None)):
             lines.append(f"{key} = {_toml(value, key)}")
     if base.settings:
-        lines.append(f"set = {_toml(_set_options(base.settings), 'set')}")
+        lines.append(f"set = {_toml(set_options(base.settings, literal=_toml), 'set')}")
     for name, config in configs.items():
         lines += ["", f"[arms.{name}]", f"what = {_toml(WHAT[name], 'what')}", f"loss = {_toml(config.loss, 'loss')}"]
         if config.freeze_encoder:

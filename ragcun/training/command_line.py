@@ -57,8 +57,19 @@ def training_command(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 unflagged[name] = value
         else:
             argv += [s.flag, str(value)]
-    for kind, by_name in sorted((config.get("settings") or {}).items()):
+    for option in set_options(config.get("settings")):
+        argv += ["--set", option]
+    return " ".join(shlex.quote(a) for a in argv), unflagged
+
+
+def set_options(settings: dict[str, Any] | None, literal=None) -> list[str]:
+    """Component settings (``{kind: {name: {param: value}}}``) as ``KIND.NAME.PARAM=VALUE`` strings, ``--set``'s
+    syntax, sorted; ``literal(value, "KIND.NAME.PARAM")`` writes each value (default: a TOML literal)."""
+    literal = literal or (lambda value, _name: _toml_literal(value))
+    out = []
+    for kind, by_name in sorted((settings or {}).items()):
         for component, params in sorted(by_name.items()):
             for param, value in sorted(params.items()):
-                argv += ["--set", f"{kind}.{component}.{param}={_toml_literal(value)}"]
-    return " ".join(shlex.quote(a) for a in argv), unflagged
+                name = f"{kind}.{component}.{param}"
+                out.append(f"{name}={literal(value, name)}")
+    return out
