@@ -109,7 +109,7 @@ class ScoringInput:
     def _pick(self, sample: int | None, seed: int) -> None:
         """Keep a fixed random ``sample`` of the items (their input order kept; positions 0..sample-1 from here
         on): a pilot, or a teacher too slow for the whole set. ``None``, or a sample as large as the input: all."""
-        self.total, self._position = self.count, None
+        self.total, self._position, self.sample_seed = self.count, None, seed
         if sample is None:
             return
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
@@ -413,11 +413,7 @@ def score_training_data(teacher: str, train_data: str, output: str | os.PathLike
     scored = _score_this_ranks_share(model, data, mine, done, ctx, batch_size, progress)
     D.barrier(ctx)
 
-    meta = _scores_metadata(teacher, train_data, negatives, mine_negatives, qrels_threshold, model, data.count,
-                            recorded)
-    meta["teacher_dtype"] = getattr(model, "dtype", "float32")
-    if data.count != data.total:  # a sample: say of how many
-        meta.update(sampled_from=data.total, sample_seed=sample_seed)
+    meta = _scores_metadata(teacher, train_data, negatives, mine_negatives, qrels_threshold, model, data, recorded)
     if ctx.is_main:
         _merge_parts_into_output(output, data.count, meta)
     D.barrier(ctx)
@@ -526,8 +522,9 @@ def _append_scored_batch(model, batch: list[tuple[int, ScoringItem]], out) -> No
 
 
 def _scores_metadata(teacher: str, train_data: str, negatives: int, mine_negatives: str | None,
-                     qrels_threshold: int, model, lines: int, recorded: dict[str, Any]) -> dict[str, Any]:
-    """The ``OUTPUT.meta.json`` content: the teacher, its similarity, sign and scale, and the job."""
+                     qrels_threshold: int, model, data: ScoringInput, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The ``OUTPUT.meta.json`` content: the teacher, its similarity, sign, scale and precision, the job, and of
+    how many lines a sample was drawn."""
     from ragcun import __version__
 
     return {"format": FORMAT, "version": VERSION, "teacher": teacher, "teacher_kind": model.kind,
@@ -535,12 +532,14 @@ def _scores_metadata(teacher: str, train_data: str, negatives: int, mine_negativ
             "note": ("pos_scores/neg_scores are the teacher's own similarity, unscaled; map them onto the student's "
                      "with loss.margin-mse.teacher_scale or loss.distill-kl.teacher_temperature (ragcun's euclidean "
                      "similarity is -||q - d||, sqeuclidean -||q - d||^2)"),
-            "lines": lines, "train_data": train_data, "negatives": int(negatives),
+            "lines": data.count, "train_data": train_data, "negatives": int(negatives),
             "mine_negatives": mine_negatives, "qrels_threshold": int(qrels_threshold),
             "query_prefix": getattr(model, "query_prefix", ""),
             "document_prefix": getattr(model, "document_prefix", ""),
             "job": recorded, "ragcun_version": __version__,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "teacher_dtype": getattr(model, "dtype", "float32"),
+            **({"sampled_from": data.total, "sample_seed": data.sample_seed} if data.count != data.total else {})}
 
 
 def _merge_parts_into_output(output: Path, count: int, meta: dict[str, Any]) -> None:
