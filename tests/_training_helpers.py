@@ -64,8 +64,9 @@ class NaNAtStep:
         return out
 
 
-def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
-    """A small synthetic BEIR folder: varied lengths, graded qrels, one query id shared with a document."""
+def write_beir(folder, n_docs: int = 37, n_queries: int = 9, same_qrels_as: tuple[str, ...] = ()):
+    """A small synthetic BEIR folder: varied lengths, graded qrels, one query id shared with a document; each split
+    of ``same_qrels_as`` (e.g. ``("train",)``, for a plan that trains on it) gets the test split's qrels."""
     import random
 
     rng = random.Random(0)
@@ -86,6 +87,8 @@ def write_beir(folder, n_docs: int = 37, n_queries: int = 9):
         for qid in query_ids:
             for j in rng.sample(range(n_docs), 3):
                 fh.write(f"{qid}\td{j}\t{rng.randint(0, 2)}\n")
+    for split in same_qrels_as:
+        (folder / "qrels" / f"{split}.tsv").write_text((folder / "qrels" / "test.tsv").read_text())
     return folder
 
 

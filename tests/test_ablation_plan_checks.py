@@ -176,8 +176,7 @@ def tiny(tiny_model_dir, tmp_path):
     """A one-arm, one-seed plan on a synthetic BEIR dataset (its test queries are also its train queries):
     a run trains one step and evaluates in about a second."""
     data = tmp_path / "data"
-    write_beir(data / "tiny")
-    (data / "tiny" / "qrels" / "train.tsv").write_text((data / "tiny" / "qrels" / "test.tsv").read_text())
+    write_beir(data / "tiny", same_qrels_as=("train",))
     plan = tmp_path / "plan.toml"
     plan.write_text(TINY.format(model=tiny_model_dir))
     return plan, data

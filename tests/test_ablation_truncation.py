@@ -54,8 +54,7 @@ def _invoke(*args):
 @pytest.fixture()
 def plan(tiny_model_dir, tmp_path):
     data = tmp_path / "data"
-    write_beir(data / "tiny")
-    (data / "tiny" / "qrels" / "train.tsv").write_text((data / "tiny" / "qrels" / "test.tsv").read_text())
+    write_beir(data / "tiny", same_qrels_as=("train",))
     path = tmp_path / "plan.toml"
     path.write_text(PLAN.format(model=tiny_model_dir))
     return path, data

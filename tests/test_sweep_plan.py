@@ -19,9 +19,7 @@ from ragcun.training.config import TrainConfig
 
 def _data(tmp_path):
     data = tmp_path / "data"
-    write_beir(data / "tiny")
-    for split in ("train", "dev"):
-        (data / "tiny" / "qrels" / f"{split}.tsv").write_text((data / "tiny" / "qrels" / "test.tsv").read_text())
+    write_beir(data / "tiny", same_qrels_as=("train", "dev"))
     return data
 
 
