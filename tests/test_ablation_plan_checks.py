@@ -233,18 +233,30 @@ def test_a_plan_edited_after_its_runs_is_refused_naming_the_setting_and_rerun_on
 
 def test_a_model_trained_with_other_settings_is_not_reused(tiny):
     plan, data = tiny
+    plan.write_text(plan.read_text().replace("steps = 1", "steps = 1\nsave_every = 1"))
     assert _run(plan, data).exit_code == 0
     shutil.rmtree(plan.parent / "results" / "runs")  # the result deleted (to run it again), its model kept
+    dry = _run(plan, data, "--dry-run")  # the dry run says what the real run will do with the model folder
+    assert dry.exit_code == 0 and "[model trained: evaluation only]" in dry.output, dry.output
     same = _run(plan, data)
     assert same.exit_code == 0 and ": training (" not in same.output, same.output  # the same settings: the model reused
     shutil.rmtree(plan.parent / "results" / "runs")
     plan.write_text(plan.read_text().replace("lr = 1e-3", "lr = 2e-3"))
+    dry = _run(plan, data, "--dry-run")
+    assert dry.exit_code == 1 and "trained with other settings (lr 0.001 -> 0.002" in dry.output, dry.output
+    assert "--rerun-changed" in dry.output and "Traceback" not in dry.output
+    dry = _run(plan, data, "--dry-run", "--rerun-changed")
+    assert dry.exit_code == 0 and "[would set aside and train again: trained with other settings" in dry.output
     refused = _run(plan, data)
     assert refused.exit_code == 1 and "this model was trained with other settings" in refused.output, refused.output
     assert "lr 0.001 -> 0.002" in refused.output and not (plan.parent / "results" / "runs").exists()
     again = _run(plan, data, "--rerun-changed")
     assert again.exit_code == 0 and "training it again" in again.output, again.output
     assert _result(plan)["info"]["lr"] == 2e-3
+    shutil.rmtree(plan.parent / "results" / "runs")  # as if killed after its checkpoint, before the final save
+    (plan.parent / "work" / "models" / "ft" / "seed-1" / "ragcun.json").unlink()
+    dry = _run(plan, data, "--dry-run")
+    assert dry.exit_code == 0 and "[part trained: resumes from step 1]" in dry.output, dry.output
 
 
 def test_results_without_a_settings_record_are_accepted_with_a_warning(tiny):

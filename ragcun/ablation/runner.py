@@ -356,20 +356,9 @@ class PlanRunner:
         """A model folder (finished or part trained) is reused only when its train_config.json is the run the
         plan gives now; otherwise refused, naming each setting, or (``rerun_changed``) set aside under
         WORK/stale/ and trained again. Call it holding the folder's lock."""
-        from ragcun.training.config import CONFIG_FILE as TRAIN_CONFIG
-        from ragcun.training.config import TrainConfig
-
-        if not (folder / TRAIN_CONFIG).is_file():
+        listed = _model_differences(folder, config)
+        if listed is None:
             return
-        saved = TrainConfig.load(folder)
-        differences = saved.differences(config, ignore=(*MODEL_IGNORES, "settings"))
-        given = [{kind: {name: params for name, params in names.items() if params}
-                  for kind, names in c.settings.items() if any(names.values())} for c in (saved, config)]
-        if given[0] != given[1]:  # component settings, kinds without any left out
-            differences["settings"] = tuple(given)
-        if not differences:
-            return
-        listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differences.items()))
         if not self.rerun_changed:
             raise ValueError(f"{folder}: this model was trained with other settings than the plan "
                              f"{self.plan.path} now gives ({listed}); revert the plan to them, or run it with "
@@ -653,14 +642,26 @@ class PlanRunner:
                     lines.append(f"  {arm.name} seed {seed}: {arm.loss} with the chosen lambda"
                                  + ("  [finished]" if done else ""))
                     break
+                state = "finished" if done else self.dry_run_model_state(config)
                 lines.append(f"  {arm.name} seed {seed}: {config.loss} ({config.encoder}, {config.head}, "
                              f"{config.distance}; {config.steps or config.epochs} "
                              f"{'steps' if config.steps else 'epochs'} "
                              f"x {config.batch_size * config.grad_accum}, lr {config.lr:g}, {config.dtype})"
-                             + ("  [finished]" if done else ""))
+                             + (f"  [{state}]" if state else ""))
         for each in settings:
             check_settings(each, {kind: sorted(names) for kind, names in in_use.items()})
         return lines
+
+    def dry_run_model_state(self, config) -> str:
+        """:func:`model_folder_state` of the run's model folder; a folder trained with other settings is refused
+        here as the real run would refuse it (or, with --rerun-changed, reported as set aside)."""
+        state = model_folder_state(Path(config.output_dir), config)
+        if state.startswith("trained with other settings"):
+            if not self.rerun_changed:
+                raise ValueError(f"{config.output_dir}: this model was {state}; revert the plan {self.plan.path} "
+                                 "to them, or run it with --rerun-changed to set this model aside and train it again")
+            return f"would set aside and train again: {state}"
+        return state
 
     def describe_data(self) -> list[str]:
         """The dry run's lines about the data (checked to exist, nothing written): what is trained on, where
@@ -810,6 +811,41 @@ def _records(folder: Path) -> list[dict]:
         return []
     return [record for _, record in read_metrics(path, hint="fix or remove that line, or delete the run folder "
                                                           "to train it again")]
+
+
+def _model_differences(folder: Path, config) -> str | None:
+    """How the settings a model folder was trained with (its train_config.json) differ from ``config``, listed
+    for a message; None when they agree or nothing was trained there yet. Reads only."""
+    from ragcun.training.config import CONFIG_FILE as TRAIN_CONFIG
+    from ragcun.training.config import TrainConfig
+
+    if not (folder / TRAIN_CONFIG).is_file():
+        return None
+    saved = TrainConfig.load(folder)
+    differences = saved.differences(config, ignore=(*MODEL_IGNORES, "settings"))
+    given = [{kind: {name: params for name, params in names.items() if params}
+              for kind, names in c.settings.items() if any(names.values())} for c in (saved, config)]
+    if given[0] != given[1]:  # component settings, kinds without any left out
+        differences["settings"] = tuple(given)
+    if not differences:
+        return None
+    return "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differences.items()))
+
+
+def model_folder_state(folder: Path, config) -> str:
+    """What a real run would do with ``folder`` (the dry run's note; reads only): "" when nothing is there yet,
+    "model trained: evaluation only", "part trained: resumes from step N", or "trained with other settings
+    (...)", which the real run refuses or, with --rerun-changed, sets aside."""
+    from ragcun.model import CONFIG_FILE
+    from ragcun.training import checkpoint as ckpt
+
+    changed = _model_differences(folder, config)
+    if changed is not None:
+        return f"trained with other settings ({changed})"
+    if (folder / CONFIG_FILE).is_file():
+        return "model trained: evaluation only"
+    latest = ckpt.latest_checkpoint(folder)
+    return f"part trained: resumes from step {latest.step}" if latest is not None else ""
 
 
 def _calibration(folder: Path) -> dict | None:
