@@ -156,6 +156,49 @@ def test_score_with_a_bi_encoder_writes_the_layout_and_the_metadata(tiny_model_d
     assert len(batch.teacher_scores) == 7
 
 
+def test_a_passage_recurring_across_lines_is_encoded_once_and_scored_alike(tiny_model_dir, tmp_path):
+    from ragcun.distances.base import exact_similarity
+    from ragcun.resolve import resolve_model
+    from ragcun.workflows.teacher_scores import BiEncoderTeacher, ScoringItem
+
+    passages = ["the first shared passage", "a second one, longer than the first", "third"]
+    items = [ScoringItem(query=f"question {i}", pos=[passages[i % 3]], neg=[passages[(i + 1) % 3], passages[2]])
+             for i in range(7)]
+    teacher = BiEncoderTeacher(f"{tiny_model_dir}+gaussian", settings={"head": {"gaussian": {"out_dim": 8}}},
+                               batch_size=2)
+    encoded = []
+    real = teacher.model.encode_embeddings
+
+    def counting(texts, *args, **kwargs):  # the real encoder, counting what it is asked to encode
+        encoded.extend(texts)
+        return real(texts, *args, **kwargs)
+
+    teacher.model.encode_embeddings = counting
+    scores = teacher.score(items[:4]) + teacher.score(items[4:])  # two batches: the second finds all 3 cached
+    documents = [t for t in encoded if not t.startswith("question")]
+    assert sorted(documents) == sorted(passages)  # each distinct passage once, over both batches
+    assert sum(t.startswith("question") for t in encoded) == 7
+    model = resolve_model(f"{tiny_model_dir}+gaussian", settings={"head": {"gaussian": {"out_dim": 8}}})
+    model.load_state_dict(teacher.model.state_dict())
+    for item, row in zip(items, scores):
+        expected = exact_similarity(model.distance, model.encode_embeddings([item.query]),
+                                    model.encode_embeddings(item.pos + item.neg))[0].tolist()
+        assert row == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_the_vector_cache_drops_the_least_recently_used():
+    from ragcun.workflows.teacher_scores import TextVectorCache
+
+    cache = TextVectorCache(2)
+    cache.put("a", 1), cache.put("b", 2)
+    assert cache.get("a") == 1  # "a" used: "b" is now the oldest
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+    nothing = TextVectorCache(0)
+    nothing.put("a", 1)
+    assert nothing.get("a") is None
+
+
 def test_scoring_resumes_after_a_crash_keeps_finished_lines_and_is_atomic(tiny_model_dir, tmp_path, monkeypatch):
     import ragcun.workflows.teacher_scores as ts
 
