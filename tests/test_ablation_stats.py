@@ -196,7 +196,8 @@ def _fake(folder: Path, arms: dict[str, list[np.ndarray]], *, primary: dict | No
                 per_query = {f"q{i}": {"NDCG@10": float(v), "Recall@100": 1.0} for i, v in enumerate(values)}
                 (run / f"{dataset}.per_query.json").write_text(json.dumps(per_query))
                 datasets[dataset] = {"metrics": {"NDCG@10": float(values.mean()), "Recall@100": 1.0},
-                                     "isotropy": {"isoscore": 0.5, "sigreg_raw": 3.0, "sigreg_gaussian_floor": 1.05,
+                                     "isotropy": {"isoscore": 0.5 - 2 * shift, "sigreg_raw": 3.0 + 10 * shift,
+                                                  "sigreg_gaussian_floor": 1.05,
                                                   "partition_isotropy_raw": 0.1}}
             (run / "result.json").write_text(json.dumps({
                 "arm": arm, "seed": seed if trained else 0, "trained": trained, "what": arm, "datasets": datasets,
@@ -262,6 +263,8 @@ def test_a_macro_endpoint_averages_each_runs_datasets(tmp_path):
                 for arm in ("noisy", "a") for s in (1, 2, 3)]
     assert list(cell["diffs"].values()) == pytest.approx(list(np.subtract(expected[:3], expected[3:])))
     assert report["endpoints"] == ["macro"] and report["tests"] == 1
+    # the isotropy columns averaged over the two datasets (d: IsoScore 0.5, SIGReg 3; e: 0.3, 4), one row per arm
+    assert "| a | 0.400 | - | 0.100 | 3.50 |" in to_markdown(report)
 
 
 def test_a_plan_without_primary_is_exploratory_throughout(tmp_path):

@@ -409,6 +409,7 @@ def _arm_tables(report: dict[str, Any]) -> list[str]:
     lines += ["", "Isotropy of the searched corpus embeddings (a fixed sample of n documents, raw vectors; I(W) also "
               "on L2-normalized ones where recorded: raw I(W) is ~0 for any cloud whose norms are large, as "
               "unnormalized embeddings' are), means over seeds. SIGReg beside its exact N(0, I) floor for that n."]
+    lines += _isotropy_summary(report)
     for dataset in datasets:
         lines += ["", f"### {dataset}", "",
                   f"| arm | seeds | trainable | λ | batch | λ·N | {metric} | per seed | R@100 | IsoScore | "
@@ -431,6 +432,28 @@ def _arm_tables(report: dict[str, Any]) -> list[str]:
                 f"{iso.get('partition_isotropy_raw', math.nan):.3f} / "
                 + (f"{iso['partition_isotropy_l2']:.3f}" if "partition_isotropy_l2" in iso else "-"),
                 f"{iso.get('sigreg_raw', math.nan):.2f} ({iso.get('sigreg_gaussian_floor', math.nan):.2f}) |"]))
+    return lines
+
+
+ISOTROPY_SUMMARY = (("IsoScore", "isoscore", ".3f"), ("I(W) l2", "partition_isotropy_l2", ".3f"),
+                    ("I(W) raw", "partition_isotropy_raw", ".3f"), ("SIGReg", "sigreg_raw", ".2f"))
+
+
+def _isotropy_summary(report: dict[str, Any]) -> list[str]:
+    """One row per arm: each isotropy metric averaged over the datasets (of its means over seeds), so arms can be
+    read side by side in one line; only with two datasets or more (else it repeats the dataset's table)."""
+    datasets = report["datasets"]
+    if len(datasets) < 2:
+        return []
+    lines = ["", f"Averaged over the {len(datasets)} datasets (each dataset's mean over seeds, then their mean):", "",
+             "| arm | " + " | ".join(name for name, _, _ in ISOTROPY_SUMMARY) + " |",
+             "|---|" + "---|" * len(ISOTROPY_SUMMARY)]
+    for row in report["arms"]:
+        cells = [row["arm"]]
+        for _, key, form in ISOTROPY_SUMMARY:
+            values = [c["isotropy"][key] for c in row["datasets"].values() if key in c["isotropy"]]
+            cells.append(format(float(np.mean(values)), form) if len(values) == len(datasets) else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
