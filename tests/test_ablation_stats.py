@@ -265,6 +265,11 @@ def test_a_macro_endpoint_averages_each_runs_datasets(tmp_path):
     assert report["endpoints"] == ["macro"] and report["tests"] == 1
     # the isotropy columns averaged over the two datasets (d: IsoScore 0.5, SIGReg 3; e: 0.3, 4), one row per arm
     assert "| a | 0.400 | - | 0.100 | 3.50 |" in to_markdown(report)
+    # the time line names a lambda selection only when the plan had one
+    report["wall_s"] = {"runs": 600.0, "selection_training": 0.0}
+    assert "finished runs 10.0 min in all; mean per run" in to_markdown(report)
+    report["wall_s"]["selection_training"] = 120.0
+    assert "the lambda selection trained its candidates for 2.0 min" in to_markdown(report)
 
 
 def test_a_plan_without_primary_is_exploratory_throughout(tmp_path):

@@ -380,11 +380,11 @@ def to_markdown(report: dict[str, Any]) -> str:
                   f"**{sel['chosen']:g}** from " + ", ".join(f"{k}: {v:.4f}" for k, v in sel["dev"].items())]
     wall = report.get("wall_s")
     if wall:
+        selection = (f"; the lambda selection trained its candidates for {wall['selection_training'] / 60:.1f} min "
+                     "when it ran (selection/; that time is inside the selected arm's first run when both ran in one "
+                     "invocation, see run_log.jsonl)") if wall.get("selection_training") else ""
         lines += ["", "Time (wall, this machine, as measured by the runs themselves; a run is its training and its "
-                  f"evaluation): finished runs {wall['runs'] / 60:.1f} min in all; the lambda selection trained its "
-                  f"candidates for {wall['selection_training'] / 60:.1f} min when it ran (selection/; that time is "
-                  "inside "
-                  "the selected arm's first run when both ran in one invocation, see run_log.jsonl); mean per run: "
+                  f"evaluation): finished runs {wall['runs'] / 60:.1f} min in all{selection}; mean per run: "
                   + "; ".join(
                       f"`{r['arm']}` {np.mean(r['wall_s']) / 60:.1f} min" for r in report["arms"] if r["wall_s"]) + "."]
     lines.append("")
