@@ -101,6 +101,7 @@ def test_each_width_is_scored_from_the_same_vectors_and_reported_apart(plan):
     assert (results / "dims/4/runs/ft-b/seed-2/tiny.per_query.json").is_file()
     report = (results / "dims/4/report.md").read_text()
     assert "# Ablation report: trunc, first 4 dims" in report and "no verdicts" in report
+    assert "no tests, so no Holm correction" in report and "Holm corrects over these 0" not in report
     assert json.loads((results / "report.json").read_text())["verdicts"] is True  # the full width keeps its own
     assert json.loads((results / "dims/4/report.json").read_text())["verdicts"] is False
 

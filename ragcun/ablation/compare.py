@@ -320,7 +320,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         over = (f"the macro-average over {', '.join(family['datasets'])}" if family["average"] == "macro"
                 else f"each of {', '.join(family['datasets'])}")
         lines.append("")
-        lines.append(f"**Primary family** (Holm corrects over these {report['tests']} tests only): {metric} on {over}; "
+        holm_scope = (f"Holm corrects over these {report['tests']} tests only" if report["tests"]
+                      else "no tests, so no Holm correction")
+        lines.append(f"**Primary family** ({holm_scope}): {metric} on {over}; "
                      f"{'; '.join(family['comparisons'])}; margin ±{family['margin']:g}; alpha {family['alpha']:g}."
                      + ("" if report["verdicts"] else " **Exploratory analysis: " + (
                         "a truncated view" if report.get("truncate_dim") else "the family differs from the recorded "
