@@ -380,19 +380,24 @@ def to_markdown(report: dict[str, Any]) -> str:
     if sel:
         lines += ["", f"λ chosen on the dev split (arm `{sel['arm']}`, seed {sel['seed']}, {sel['metric']}): "
                   f"**{sel['chosen']:g}** from " + ", ".join(f"{k}: {v:.4f}" for k, v in sel["dev"].items())]
-    wall = report.get("wall_s")
-    if wall:
-        selection = (f"; the lambda selection trained its candidates for {wall['selection_training'] / 60:.1f} min "
-                     "when it ran (selection/; that time is inside the selected arm's first run when both ran in one "
-                     "invocation, see run_log.jsonl)") if wall.get("selection_training") else ""
-        lines += ["", "Time (wall, this machine, as measured by the runs themselves; a run is its training and its "
-                  f"evaluation): finished runs {wall['runs'] / 60:.1f} min in all{selection}; mean per run: "
-                  + "; ".join(
-                      f"`{r['arm']}` {np.mean(r['wall_s']) / 60:.1f} min" for r in report["arms"] if r["wall_s"]) + "."]
+    lines += _time_line(report)
     lines.append("")
     lines.append("What each arm is: " + "; ".join(f"`{r['arm']}`: {r['what'] or r['loss'] or 'training-free'}"
                                                   for r in report["arms"]) + ".")
     return "\n".join(lines) + "\n"
+
+
+def _time_line(report: dict[str, Any]) -> list[str]:
+    """The report's time line: the runs' own wall time, and the lambda selection's when the plan had one."""
+    wall = report.get("wall_s")
+    if not wall:
+        return []
+    selection = (f"; the lambda selection trained its candidates for {wall['selection_training'] / 60:.1f} min "
+                 "when it ran (selection/; that time is inside the selected arm's first run when both ran in one "
+                 "invocation, see run_log.jsonl)") if wall.get("selection_training") else ""
+    per_run = "; ".join(f"`{r['arm']}` {np.mean(r['wall_s']) / 60:.1f} min" for r in report["arms"] if r["wall_s"])
+    return ["", "Time (wall, this machine, as measured by the runs themselves; a run is its training and its "
+            f"evaluation): finished runs {wall['runs'] / 60:.1f} min in all{selection}; mean per run: {per_run}."]
 
 
 def _arm_tables(report: dict[str, Any]) -> list[str]:
