@@ -356,14 +356,9 @@ class PlanRunner:
         """A model folder (finished or part trained) is reused only when its train_config.json is the run the
         plan gives now; otherwise refused, naming each setting, or (``rerun_changed``) set aside under
         WORK/stale/ and trained again. Call it holding the folder's lock."""
-        listed = _model_differences(folder, config)
+        listed = self.changed_model(folder, config)
         if listed is None:
             return
-        if not self.rerun_changed:
-            raise ValueError(f"{folder}: this model was trained with other settings than the plan "
-                             f"{self.plan.path} now gives ({listed}); revert the plan to them, or run it with "
-                             "--rerun-changed to set this model aside (under the work folder's stale/) and train it "
-                             "again")
         moved = self._set_aside_model(folder)
         self.show(f"{folder}: trained with other settings ({listed}): set aside as {moved}, training it again")
 
@@ -652,16 +647,25 @@ class PlanRunner:
             check_settings(each, {kind: sorted(names) for kind, names in in_use.items()})
         return lines
 
+    def changed_model(self, folder: Path, config) -> str | None:
+        """The settings ``folder``'s model was trained with that differ from ``config``, listed (None: none, or no
+        model there yet); refused, naming them, unless ``rerun_changed``. Reads only: the real run and the dry run
+        ask the same question."""
+        listed = _model_differences(folder, config)
+        if listed is not None and not self.rerun_changed:
+            raise ValueError(f"{folder}: this model was trained with other settings ({listed}) than the plan "
+                             f"{self.plan.path} now gives; revert the plan to them, or run it with --rerun-changed "
+                             "to set this model aside (under the work folder's stale/) and train it again")
+        return listed
+
     def dry_run_model_state(self, config) -> str:
-        """:func:`model_folder_state` of the run's model folder; a folder trained with other settings is refused
-        here as the real run would refuse it (or, with --rerun-changed, reported as set aside)."""
-        state = model_folder_state(Path(config.output_dir), config)
-        if state.startswith("trained with other settings"):
-            if not self.rerun_changed:
-                raise ValueError(f"{config.output_dir}: this model was {state}; revert the plan {self.plan.path} "
-                                 "to them, or run it with --rerun-changed to set this model aside and train it again")
-            return f"would set aside and train again: {state}"
-        return state
+        """What the real run will do with the run's model folder (the dry run's note, "" for nothing there yet);
+        a folder trained with other settings is refused as the real run would refuse it."""
+        folder = Path(config.output_dir)
+        listed = self.changed_model(folder, config)
+        if listed is not None:
+            return f"would set aside and train again: trained with other settings ({listed})"
+        return trained_state(folder)
 
     def describe_data(self) -> list[str]:
         """The dry run's lines about the data (checked to exist, nothing written): what is trained on, where
@@ -832,16 +836,12 @@ def _model_differences(folder: Path, config) -> str | None:
     return "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differences.items()))
 
 
-def model_folder_state(folder: Path, config) -> str:
-    """What a real run would do with ``folder`` (the dry run's note; reads only): "" when nothing is there yet,
-    "model trained: evaluation only", "part trained: resumes from step N", or "trained with other settings
-    (...)", which the real run refuses or, with --rerun-changed, sets aside."""
+def trained_state(folder: Path) -> str:
+    """How far a model folder trained with the plan's settings got (reads only): "" when nothing is there yet,
+    "model trained: evaluation only", or "part trained: resumes from step N"."""
     from ragcun.model import CONFIG_FILE
     from ragcun.training import checkpoint as ckpt
 
-    changed = _model_differences(folder, config)
-    if changed is not None:
-        return f"trained with other settings ({changed})"
     if (folder / CONFIG_FILE).is_file():
         return "model trained: evaluation only"
     latest = ckpt.latest_checkpoint(folder)

@@ -278,27 +278,28 @@ class BiEncoderTeacher:
         # (in bfloat16 a vector depends slightly on the batch it was padded with). Queries rarely recur and
         # would only evict passages, so they are deduplicated within a batch only.
         self.documents = TextVectorCache(DOCUMENT_CACHE_SIZE)
-        self.no_cache = TextVectorCache(0)
 
-    def _encode(self, texts: list[str], cache: TextVectorCache):
-        """The embeddings of ``texts`` in order, encoding only those ``cache`` lacks, each distinct one once."""
+    def _encode(self, texts: list[str], cache: TextVectorCache | None = None):
+        """The embeddings of ``texts`` in order, each distinct one encoded once, and none that ``cache`` holds."""
         from ragcun.embedding import Embedding
 
-        found = {t: v for t in dict.fromkeys(texts) if (v := cache.get(t)) is not None}
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        distinct = list(dict.fromkeys(texts))
+        found = {t: v for t in distinct if cache is not None and (v := cache.get(t)) is not None}
+        missing = [t for t in distinct if t not in found]
         if missing:
             new = self.model.encode_embeddings(missing, self.batch_size, show_progress=False,
                                                autocast_dtype=self.autocast)
             for i, text in enumerate(missing):
                 found[text] = new[i:i + 1]
-                cache.put(text, found[text])
+                if cache is not None:
+                    cache.put(text, found[text])
         return Embedding.cat([found[t] for t in texts])
 
     def score(self, items: list[ScoringItem]) -> list[list[float]]:
         """``[pos scores..., neg scores...]`` per item."""
         from ragcun.distances.base import exact_similarity
 
-        queries = self._encode([self.query_prefix + it.query for it in items], self.no_cache)
+        queries = self._encode([self.query_prefix + it.query for it in items])
         docs = self._encode([self.document_prefix + d for it in items for d in it.pos + it.neg], self.documents)
         out, start = [], 0
         for i, it in enumerate(items):
