@@ -137,8 +137,9 @@ def current_umask() -> int:
 
 
 class atomic_path:  # noqa: N801 (used as a context manager, like open)
-    """Context manager yielding a temporary path beside ``target``; fsynced and renamed over it on success,
-    removed on failure."""
+    """Context manager yielding a temporary path beside ``target``; fsynced and renamed over it on success with
+    the usual permissions (0666 less the umask, not mkstemp's 0600, which would hide a scored file or a report
+    from the rest of a group), removed on failure."""
 
     def __init__(self, target: Path) -> None:
         self.target = Path(target)
@@ -165,6 +166,7 @@ class atomic_path:  # noqa: N801 (used as a context manager, like open)
         try:
             with self.tmp.open("rb") as fh:
                 os.fsync(fh.fileno())
+            self.tmp.chmod(0o666 & ~current_umask())
             os.replace(self.tmp, self.target)
         except BaseException as failed:  # a failed rename (or a kill right then) must not leave the temporary file
             self.tmp.unlink(missing_ok=True)
@@ -175,8 +177,8 @@ class atomic_path:  # noqa: N801 (used as a context manager, like open)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, skip_unchanged: bool = False) -> None:
-    """``path.write_text(text)`` through :class:`atomic_path`, with the usual permissions (0666 less the umask,
-    not mkstemp's 0600); ``skip_unchanged`` leaves a file that already holds ``text`` alone."""
+    """``path.write_text(text)`` through :class:`atomic_path`; ``skip_unchanged`` leaves a file that already holds
+    ``text`` alone."""
     path = Path(path)
     if skip_unchanged and path.is_file() and path.read_text() == text:
         return
@@ -187,7 +189,6 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, skip_unchanged: boo
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             _write(fh, text.encode("utf-8"))
-        tmp.chmod(0o666 & ~current_umask())
 
 
 def ignored_by_git(path: str | os.PathLike) -> str | None:

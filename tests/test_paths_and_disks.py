@@ -131,6 +131,19 @@ def test_the_atomic_writer_and_the_metrics_log_never_follow_a_link(tmp_path):
     assert victim.read_text() == "keep me" and (tmp_path / "out.json").is_symlink()
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_the_atomic_writer_gives_files_the_umasks_permissions_not_mkstemps(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        with files.atomic_path(tmp_path / "scored.jsonl") as tmp:
+            tmp.write_text("{}\n")
+        files.write_text_atomic(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(old)
+    for name in ("scored.jsonl", "report.json"):
+        assert ((tmp_path / name).stat().st_mode & 0o777) == 0o666 & ~umask, name
+
+
 # == 6: a plugin cannot replace a command =========================================================================
 class _Replaces:
     @staticmethod

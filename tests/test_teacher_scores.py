@@ -129,6 +129,7 @@ def _source_jsonl(tmp_path, n=7):
 def test_score_with_a_bi_encoder_writes_the_layout_and_the_metadata(tiny_model_dir, tmp_path):
     from ragcun.data.training import open_source as open_data
     from ragcun.distances.base import exact_similarity
+    from ragcun.files import current_umask
     from ragcun.resolve import resolve_model
     from ragcun.workflows.teacher_scores import read_metadata, score_training_data
 
@@ -142,6 +143,9 @@ def test_score_with_a_bi_encoder_writes_the_layout_and_the_metadata(tiny_model_d
     assert meta["similarity"] == "euclidean" and meta["similarity_formula"] == "-||q - d||"
     assert meta["sign"] == "higher scores mean more relevant" and meta["scale"] == 1.0
     assert meta["teacher_kind"] == "bi-encoder" and meta["lines"] == 7
+    usual = 0o666 & ~current_umask()  # readable by whoever may read the user's other files, not mkstemp's 0600
+    for written in (out, out.with_name("scored.jsonl.meta.json")):
+        assert (written.stat().st_mode & 0o777) == usual, written
     records = [json.loads(x) for x in out.read_text().splitlines()]
     model = resolve_model(teacher, settings={"head": {"gaussian": {"out_dim": 8}}})
     for i, r in enumerate(records):
