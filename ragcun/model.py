@@ -25,7 +25,7 @@ from torch import nn
 from ragcun import __version__
 from ragcun.components import build, check_compatible, provenance
 from ragcun.embedding import Embedding
-from ragcun.files import atomic_path, output_error
+from ragcun.files import atomic_path, ordinary_permissions, output_error
 from ragcun.registry import UnknownComponentError
 from ragcun.spec import Settings
 
@@ -189,6 +189,7 @@ class EmbeddingModel(nn.Module):
             config["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(folder / WEIGHTS_FILE)}
             with atomic_path(folder / CONFIG_FILE) as tmp:
                 tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            ordinary_permissions(folder, ("encoder",))  # save_assets copies files with their source's mode
         except OSError as exc:  # a full disk or a read-only folder: one line naming the folder (OutputError)
             raise (output_error(exc, folder) or exc) from None
         return folder

@@ -257,7 +257,7 @@ class _Invocation:
         result.peak_rss_mb = peak_resident_mib()
         if step >= state.total_steps and not result.interrupted:
             def save_final() -> None:
-                from ragcun.files import OutputError, ordinary_permissions
+                from ragcun.files import OutputError
 
                 try:
                     state.model.save_pretrained(out_dir)  # `ragcun eval beir --model OUTPUT_DIR` works on it
@@ -266,7 +266,6 @@ class _Invocation:
                     raise OutputError(f"{exc}; the final model was not written" + (
                         f"; the run's last checkpoint, {kept.folder} (step {kept.step}), is intact: free some space, "
                         "then --resume writes the final model" if kept is not None else "")) from None
-                ordinary_permissions(out_dir, ("model.safetensors", "ragcun.json", "encoder"))
                 self.log.write({"step": step, "final": {"pairs_per_s": result.pairs_per_s, "elapsed_s": elapsed,
                                                         "peak_memory_mb": result.peak_memory_mb,
                                                         "peak_rss_mb": result.peak_rss_mb}})
