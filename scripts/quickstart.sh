@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults, end to end on a CPU (measured 2026-12-06: 220 s on 2 quiet cores with AMX,
-# in bfloat16, .venv already set up; peak RSS 2.2 GB in training, 1.6 GB eval, 1.0 GB isotropy; SciFact NDCG@10 0.6722):
+# in bfloat16, .venv already set up; peak RSS 2.2 GB in training, 1.6 GB eval, 1.0 GB isotropy; SciFact NDCG@10 0.6722;
+# measured 2026-12-07 on 2 AVX2-only cores of an AMD EPYC (load 0.7 at the start), in float32: 840 s, 394 s training, 302 s eval, 138 s
+# isotropy, peak RSS 2.8 GB; NDCG@10 0.6724):
 #   1. fine-tune all-MiniLM-L6-v2 + a gaussian head with contrastive+isotropy on SciFact's train qrels;
 #   2. evaluate the result on SciFact's test split (BEIR metrics via pytrec_eval);
 #   3. compare the isotropy of the base model and the fine-tuned one.
@@ -19,11 +21,12 @@ OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)   # a new folder each time: nothing i
 # --gradient-checkpointing keeps one encoder layer's activations at a time: the same losses to the last digit, peak
 # memory 4.9 GB -> 2.8 GB for 1.21x the training time (benchmarks/RESULTS.md, "Memory per phase")
 # bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): training 1.48x sentence-transformers' bf16 Trainer
-# and evaluation 3.5-4x float32 there, at equal quality (benchmarks/RESULTS.md); elsewhere auto (float32 on a CPU that
-# would emulate bfloat16, about 5x slower; bfloat16 on a GPU that has it)
+# and evaluation 3.5-4x float32 there, at equal quality (benchmarks/RESULTS.md); elsewhere training's auto (float32 on a
+# CPU that would emulate bfloat16, about 5x slower; bfloat16 on a GPU that has it) and float32 evaluation (eval beir's
+# --dtype names its precisions outright and has no auto)
 # (training autocasts to bfloat16 and keeps float32 weights; evaluation casts the whole model: one name for each)
 NATIVE_BF16=$(python -c "from ragcun.precision import cpu_has_native_bfloat16 as n; print(int(n()))")
-if [ "$NATIVE_BF16" = 1 ]; then TRAIN_DTYPE=bfloat16-autocast EVAL_DTYPE=bfloat16-weights; else TRAIN_DTYPE=auto EVAL_DTYPE=auto; fi
+if [ "$NATIVE_BF16" = 1 ]; then TRAIN_DTYPE=bfloat16-autocast EVAL_DTYPE=bfloat16-weights; else TRAIN_DTYPE=auto EVAL_DTYPE=float32; fi
 python scripts/phase.py "1/3 train" ragcun train --head gaussian --loss contrastive+isotropy \
   --train-data beir:scifact:train --output-dir "$OUT/model" --steps ${STEPS:-30} --batch-size 32 --lr 5e-5 --save-every 15 \
   --gradient-checkpointing --dtype "$TRAIN_DTYPE"

@@ -91,3 +91,16 @@ def test_a_plugin_evaluators_data_dir_is_a_folder_too():
     command = evaluator_command(Entry())
     option = _option(command, "--data-dir")
     assert isinstance(option.type, click.Path) and not option.type.file_okay
+
+
+def test_every_dtype_the_quickstart_passes_is_one_its_command_accepts(commands):
+    """Both branches of the quickstart's precision choice (native bfloat16 or not): an AVX2-only CPU once got
+    `eval beir --dtype auto`, which eval beir refuses, so the README's first command failed there after training."""
+    script = (ROOT / "scripts" / "quickstart.sh").read_text()
+    for variable, command in (("TRAIN_DTYPE", "train"), ("EVAL_DTYPE", "eval beir")):
+        values = re.findall(rf"\b{variable}=([\w-]+)", script)
+        assert len(values) == 2, (variable, values)  # one per branch
+        assert f'--dtype "${variable}"' in script
+        choices = _option(commands[command], "--dtype").type.choices
+        for value in values:
+            assert value in choices, f"quickstart.sh passes {command} --dtype {value}; it accepts {choices}"
