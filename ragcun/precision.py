@@ -14,7 +14,8 @@ that (:func:`training_dtype`), and ``bfloat16-weights`` is refused with the reas
 * ``bfloat16`` on a CUDA device needs one that supports it. On a CPU it always works, but only a CPU with native
   bfloat16 arithmetic (AVX512-BF16 or AMX, which oneDNN uses) makes it fast: on an AVX2-only CPU torch emulates
   it and an encoder runs about 7x slower than in float32 (all-mpnet-base-v2 on an AMD EPYC with AVX2, measured
-  in benchmarks/RESULTS.md). :func:`precision_warning` says so before a run starts.
+  in benchmarks/RESULTS.md), training about 16x (all-MiniLM-L6-v2, benchmarks/bench_train.py, on the same kind of
+  CPU). :func:`precision_warning` says so before a run starts.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ def cpu_has_native_bfloat16() -> bool:
 
 
 def precision_warning(dtype: torch.dtype | None, device: torch.device | str | None, *,
-                      flag: str = "--dtype") -> str | None:
+                      flag: str = "--dtype", faster: str = "--dtype float32 (or auto)") -> str | None:
     """A warning for a precision that runs far slower than float32 on ``device``, or None: bfloat16 on a CPU
-    without native bfloat16 arithmetic."""
+    without native bfloat16 arithmetic. ``faster`` is what to use instead, in the words of the command that
+    warns (training's --dtype takes auto; evaluation's and a plan's do not)."""
     import torch
 
     if dtype is not torch.bfloat16 or device is None or torch.device(device).type != "cpu":
@@ -121,4 +123,5 @@ def precision_warning(dtype: torch.dtype | None, device: torch.device | str | No
         return None
     return (f"{flag} bfloat16: this CPU has no native bfloat16 arithmetic (torch reports "
             f"{torch.backends.cpu.get_cpu_capability()}; it needs AVX512-BF16 or AMX), so bfloat16 is emulated and "
-            "runs several times slower than float32 here; --dtype float32 (or auto) is faster on this machine")
+            "runs several times slower than float32 here (measured on an AVX2-only CPU: 16x in training, 7x in "
+            f"encoding; benchmarks/RESULTS.md); {faster} is faster on this machine")

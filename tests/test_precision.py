@@ -150,7 +150,34 @@ def test_bfloat16_on_a_cpu_that_emulates_it_is_named_slow(native_bf16):
     message = precision_warning(torch.bfloat16, "cpu")
     assert message.startswith("--dtype bfloat16: this CPU has no native bfloat16 arithmetic")
     assert "float32" in message and torch.backends.cpu.get_cpu_capability() in message
+    assert message.endswith("; --dtype float32 (or auto) is faster on this machine")  # training's --dtype
     assert precision_warning(torch.bfloat16, torch.device("cpu"), flag="--eval-dtype").startswith("--eval-dtype")
+
+
+def test_each_command_is_told_a_precision_it_accepts_instead_of_emulated_bfloat16(native_bf16):
+    """eval beir and a plan's dtype have no auto: the warning used to suggest it to them as well."""
+    from ragcun.evaluation.beir_eval import dtype_warning
+    from ragcun.precision import PRECISIONS
+
+    native_bf16(False)
+    for name in ("bfloat16-weights", "bfloat16-autocast"):
+        message = dtype_warning(name, "cpu")
+        assert message.endswith("; --dtype float32 is faster on this machine") and "auto" not in message
+    assert "float32" in PRECISIONS and "auto" not in PRECISIONS
+    assert dtype_warning("float32", "cpu") is None
+
+    # a plan's precision belongs to its design: the runner points to another plan, not to a flag
+    from pathlib import Path
+
+    from ragcun.ablation.plan import load_plan
+    from ragcun.ablation.runner import PlanRunner
+
+    shown: list[str] = []
+    plan = load_plan(Path(__file__).resolve().parents[1] / "benchmarks" / "ablation" / "squad-distill.toml")
+    PlanRunner(plan, show=shown.append).warn_if_precision_is_slow()
+    assert len(shown) == 1
+    assert shown[0].startswith("warning: the plan's dtype (squad-distill.toml) bfloat16: this CPU has no native")
+    assert shown[0].endswith('; a plan with dtype = "float32" (and float32 training) is faster on this machine')
     for quiet in [(torch.float32, "cpu"), (None, "cpu"), (torch.bfloat16, None), (torch.bfloat16, "cuda:0")]:
         assert precision_warning(*quiet) is None, quiet
 

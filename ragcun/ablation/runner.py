@@ -173,7 +173,9 @@ class PlanRunner:
         from ragcun.evaluation.beir_eval import dtype_warning
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        slow = dtype_warning(self.plan.dtype, device, flag=f"the plan's dtype ({self.plan.path.name})")
+        # a plan's precision is part of its design: the remedy is another plan, not a flag on this one
+        slow = dtype_warning(self.plan.dtype, device, flag=f"the plan's dtype ({self.plan.path.name})",
+                             faster='a plan with dtype = "float32" (and float32 training)')
         if slow:
             self.show(f"warning: {slow}")
 

@@ -83,14 +83,15 @@ def select_datasets(names: Sequence[str], data_dir: Path, split: str, *, downloa
     return unique, skipped
 
 
-def dtype_warning(dtype: str, device, *, flag: str = "--dtype") -> str | None:
+def dtype_warning(dtype: str, device, *, flag: str = "--dtype", faster: str = "--dtype float32") -> str | None:
     """:func:`ragcun.precision.precision_warning` for an evaluation ``--dtype`` name (every bfloat16 mode
-    computes in bfloat16)."""
+    computes in bfloat16; evaluation has no auto to suggest)."""
     import torch
 
     from ragcun.precision import precision_warning
 
-    return precision_warning(torch.bfloat16 if dtype.startswith("bfloat16") else None, device, flag=flag)
+    return precision_warning(torch.bfloat16 if dtype.startswith("bfloat16") else None, device, flag=flag,
+                             faster=faster)
 
 
 def _inference_copy(model, dtype: str):
