@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults, end to end on a CPU (measured 2026-12-06: 220 s on 2 quiet cores with AMX,
 # in bfloat16, .venv already set up; peak RSS 2.2 GB in training, 1.6 GB eval, 1.0 GB isotropy; SciFact NDCG@10 0.6722;
-# measured 2026-12-07 on 2 AVX2-only cores of an AMD EPYC (load 0.7 at the start), in float32: 840 s, 394 s training, 302 s eval, 138 s
-# isotropy, peak RSS 2.8 GB; NDCG@10 0.6724):
+# measured 2026-12-07 on 2 AVX2-only cores of an AMD EPYC (load 0.7 at the start), in float32: 840 s, 394 s
+# training, 302 s eval, 138 s isotropy, peak RSS 2.8 GB; NDCG@10 0.6724):
 #   1. fine-tune all-MiniLM-L6-v2 + a gaussian head with contrastive+isotropy on SciFact's train qrels;
 #   2. evaluate the result on SciFact's test split (BEIR metrics via pytrec_eval);
 #   3. compare the isotropy of the base model and the fine-tuned one.

@@ -71,7 +71,8 @@ if [ "${FORCE:-0}" != 1 ] && [[ "$DTYPE" == bfloat16* ]]; then
   fi
 fi
 
-echo "scoring with $("$PYTHON" -c 'import ragcun; print(ragcun.__file__)') at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+code=$("$PYTHON" -c 'import ragcun; print(ragcun.__file__)')
+echo "scoring with $code at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 mkdir -p "$(dirname "$OUTPUT")"
 
 if [ "$(lines)" -lt "$CUT" ]; then
