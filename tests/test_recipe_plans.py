@@ -1,4 +1,4 @@
-"""The recipes' measurement plans (benchmarks/ablation/squad-distill.toml, matryoshka.toml): written, not run;
+"""The recipes' measurement plans (benchmarks/ablation/squad-distill.toml, matryoshka.toml), and how to continue one;
 checked here by loading them and by building each trained arm's training config (the checks `ragcun train` does
 before anything runs)."""
 
@@ -48,3 +48,22 @@ def test_the_distill_plan_trains_both_arms_on_the_scored_file_and_says_how_to_ma
     assert "--sample 16000 --dtype bfloat16-autocast" in text  # affordable on a CPU: the plan says why
     assert "--output runs/ablation/squad-distill/data/squad-train-mpnet.jsonl" in text
     assert "ragcun ablation run benchmarks/ablation/squad-distill.toml --dry-run" in text
+
+
+def test_the_teacher_file_can_be_written_again_as_the_committed_runs_name_it():
+    """rescore_teacher.sh re-creates the file the squad-distill runs were trained on: the same scoring command as
+    the plan's header, the same output path as its train_file, and the SHA-256 its PROVENANCE.md records."""
+    import re
+
+    plan = load_plan(PLANS / "squad-distill.toml")
+    header = (PLANS / "squad-distill.toml").read_text()
+    script = (PLANS / "squad-distill" / "rescore_teacher.sh").read_text()
+    provenance = (PLANS / "squad-distill" / "PROVENANCE.md").read_text()
+    default = dict(re.findall(r"^(\w+)=\$\{\1:?-([^}]*)\}", script, re.M))
+    assert f"--sample {default['SAMPLE']} --dtype {default['DTYPE']} --batch-size {default['BATCH_SIZE']}" in header
+    assert f"ragcun data score --teacher {default['TEACHER']} --train-data beir:squad:train --negatives 4" in header
+    assert "--train-data beir:squad:train --negatives 4" in script and "--mine-negatives bm25" in script
+    assert "--negatives 4 \\\n#         --mine-negatives bm25" in header
+    assert plan.train_file == f"jsonl:{default['OUTPUT']}"
+    assert len(default["EXPECTED_SHA"]) == 64 and default["EXPECTED_SHA"] in provenance
+    assert f"in two pieces on the same\n  machine: {int(default['CUT']):,} lines" in provenance  # where it was cut
