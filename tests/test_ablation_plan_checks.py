@@ -348,3 +348,25 @@ def test_compare_refuses_an_arm_whose_runs_ran_with_different_settings(tmp_path)
     _fake_run(tmp_path, "b", 1, {"run": {"train": {"lr": 1e-3}}, "evaluation": {"datasets": ["d"], "k": 10}})
     with pytest.raises(ValueError, match=r"evaluated with different settings.*runs/b/seed-1: evaluation\.k 100 -> 10"):
         compare(tmp_path, resamples=100)
+
+
+def test_the_dry_run_warns_of_emulated_bfloat16_before_anything_runs(tiny, monkeypatch):
+    """The dry run is where a plan is checked before hours are spent: it names the slow precision, whether the
+    plan's evaluation or its [train] section asks for it, and what to use instead."""
+    import ragcun.precision
+
+    plan, data = tiny
+    original = plan.read_text()
+    monkeypatch.setattr(ragcun.precision, "cpu_has_native_bfloat16", lambda: False)
+    dry = _run(plan, data, "--dry-run")
+    assert dry.exit_code == 0 and "bfloat16" not in dry.output.replace("\n", " "), dry.output
+    for old, new, key in (('dtype = "float32"', 'dtype = "bfloat16-autocast"', "dtype"),
+                          ("steps = 1\n", 'steps = 1\ndtype = "bfloat16"\n', "[train] dtype")):
+        plan.write_text(original.replace(old, new, 1))
+        dry = _run(plan, data, "--dry-run")
+        text = " ".join(dry.output.split())
+        assert dry.exit_code == 0, dry.output
+        assert f"warning: the plan's {key} (plan.toml) bfloat16: this CPU has no native bfloat16" in text, text
+        assert 'a plan with dtype = "float32" (and float32 training) is faster on this machine' in text
+    monkeypatch.setattr(ragcun.precision, "cpu_has_native_bfloat16", lambda: True)
+    assert "warning" not in _run(plan, data, "--dry-run").output

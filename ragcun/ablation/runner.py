@@ -166,17 +166,25 @@ class PlanRunner:
 
         check_or_record(self.plan, show=self.show)
 
-    def warn_if_precision_is_slow(self) -> None:
-        """A plan written on a machine with native bfloat16 runs several times slower on one without: say so."""
+    def slow_precision(self) -> str | None:
+        """A plan written on a machine with native bfloat16 runs many times slower on one without: the warning
+        that says so (None: no bfloat16 in the plan, or a machine that computes it natively). The evaluation's
+        ``dtype`` is checked first, then ``[train]``'s (each training run would also warn, one at a time)."""
         import torch
 
         from ragcun.evaluation.beir_eval import dtype_warning
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # a plan's precision is part of its design: the remedy is another plan, not a flag on this one
-        slow = dtype_warning(self.plan.dtype, device, flag=f"the plan's dtype ({self.plan.path.name})",
-                             faster='a plan with dtype = "float32" (and float32 training)')
-        if slow:
+        faster = 'a plan with dtype = "float32" (and float32 training)'
+        for key, dtype in (("dtype", self.plan.dtype), ("[train] dtype", str(self.plan.train.get("dtype", "")))):
+            slow = dtype_warning(dtype, device, flag=f"the plan's {key} ({self.plan.path.name})", faster=faster)
+            if slow:
+                return slow
+        return None
+
+    def warn_if_precision_is_slow(self) -> None:
+        if (slow := self.slow_precision()) is not None:
             self.show(f"warning: {slow}")
 
     def warn_if_results_ignored(self) -> None:
@@ -594,6 +602,8 @@ class PlanRunner:
         plan = self.plan
         lines = [f"plan {plan.name} ({plan.path}): {len(plan.arms)} arm(s), results {plan.results}, "
                  f"work {plan.work_dir}"]
+        if (slow := self.slow_precision()) is not None:  # before hours are spent, not only once they start
+            lines.append(f"warning: {slow}")
         lines += self.describe_data()
         if plan.primary is not None:
             recorded = read(plan.results)

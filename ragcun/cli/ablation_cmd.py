@@ -58,7 +58,8 @@ def ablation_group() -> None:
                    "plan's settings [default: such a plan is refused, naming each run and setting]")
 @click.option("--dry-run", is_flag=True,
               help="check the plan (datasets, splits, every run's settings and components, the pre-registration, "
-                   "finished runs against the plan) and print what would run, without training or writing anything")
+                   "finished runs against the plan) and print what would run, without training or writing anything; "
+                   "it warns where this CPU would emulate the plan's bfloat16")
 def run_command(plan_file: str, data_dir: str | None, results: str | None, work_dir: str | None,
                 only: str | None, seed_list: str | None, parallel: str, slots: int | None, compare: bool,
                 rerun_changed: bool, dry_run: bool) -> None:
