@@ -97,3 +97,9 @@ def test_both_arms_train_on_the_scored_file_and_a_rewritten_file_is_refused(tiny
     scored.unlink()
     missing = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
     assert missing.exit_code != 0 and "train_file" in missing.output and "does not exist" in missing.output
+    # on a fresh machine the dry run says which file the finished runs need, not that the plan changed
+    dry = CliRunner().invoke(build_cli(), [*args, "--dry-run"], catch_exceptions=False)
+    text = " ".join(dry.output.split())
+    assert dry.exit_code == 0 and "MISSING: write it before running" in text, dry.output
+    assert f"trained on jsonl:{scored} with SHA-256 {run['settings']['run']['train_file_sha256']}: write" in text
+    assert "other settings" not in text

@@ -91,6 +91,19 @@ class Stale:
         return f"{self.path}: {what}{describe_differences(self.differences)}"
 
 
+def apart_from_the_missing_train_file(stale: list[Stale]) -> tuple[list[Stale], set[str]]:
+    """``stale`` less the one difference every finished run shows while the plan's training file is missing (its
+    hash -> None), and the hashes those runs recorded: the file to write again, not a change of plan."""
+    key = "run.train_file_sha256"
+    kept, wanted = [], set()
+    for each in stale:
+        wanted.update(str(old) for name, old, _ in each.differences if name == key and old)
+        rest = [d for d in each.differences if d[0] != key]
+        if rest:
+            kept.append(Stale(each.path, rest, model=each.model, tag=each.tag, legacy=each.legacy))
+    return kept, wanted
+
+
 class PlanRunner:
     def __init__(self, plan: Plan, *, data_dir: str | None = None, show: Callable[[str], None] = print,
                  only: set[str] | None = None, seeds: set[int] | None = None, rerun_changed: bool = False) -> None:
@@ -618,6 +631,11 @@ class PlanRunner:
             else:
                 lines.append(f"primary analysis: as recorded (hash {recorded['hash']})")
         stale, legacy = self.stale_runs()
+        if plan.train_file and plan.train_file_sha256() is None:  # the real run refuses to start until it is written
+            stale, wanted = apart_from_the_missing_train_file(stale)
+            if wanted:
+                lines.append(f"the finished runs were trained on {plan.train_file} with SHA-256 "
+                             f"{', '.join(sorted(wanted))}: write that file again, byte for byte, to continue them")
         if stale and not self.rerun_changed:
             raise ValueError(self.refusal(stale))
         for each in stale:
